@@ -1,0 +1,217 @@
+"""The feedback REST API: one view per operation; input serializer, service, output serializer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from feedback import selectors, services
+from feedback.serializers import (
+    ComparisonInputSerializer,
+    ComparisonOutputSerializer,
+    ConversationSerializer,
+    FeedbackInputSerializer,
+    FeedbackOutputSerializer,
+    FeedbackWriteOutputSerializer,
+    MessageSerializer,
+    SatisfactionSerializer,
+)
+
+ErrorSerializer = inline_serializer(
+    "Error",
+    fields={
+        "error": inline_serializer(
+            "ErrorBody",
+            fields={
+                "status": serializers.IntegerField(),
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "fields": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
+            },
+        )
+    },
+)
+ERRORS = {
+    code: OpenApiResponse(ErrorSerializer, description=text)
+    for code, text in {
+        400: "Invalid input (field errors in `fields`).",
+        401: "Not authenticated.",
+        404: "Not found, or not yours.",
+        413: "Body too large.",
+        415: "Not JSON.",
+        422: "Idempotency-Key reused with another body.",
+        429: "Throttled; see Retry-After.",
+    }.items()
+}
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Makes a retry safe: the same key from the same user replays the first answer and writes nothing.",
+)
+
+
+def _uuid_param(request: Request, name: str) -> uuid.UUID | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise serializers.ValidationError({name: ["Must be a valid UUID."]}) from None
+
+
+class FeedbackCollectionApi(GenericAPIView):
+    serializer_class = FeedbackOutputSerializer
+
+    @extend_schema(
+        operation_id="feedback_list",
+        parameters=[OpenApiParameter("message_id", OpenApiTypes.UUID, description="Only feedback on this message.")],
+        responses={200: FeedbackOutputSerializer(many=True), **ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        queryset = selectors.feedback_list(user=request.user, message_id=_uuid_param(request, "message_id"))
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(FeedbackOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="feedback_upsert",
+        request=FeedbackInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: OpenApiResponse(FeedbackWriteOutputSerializer, description="Created."),
+            200: OpenApiResponse(FeedbackWriteOutputSerializer, description="Updated."),
+            **ERRORS,
+        },
+        description=(
+            "Create or update your feedback on one of your assistant messages, or on one step of it "
+            "(`step_index`, from 0). Fields you leave out keep their stored value; `null` clears one."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        serializer = FeedbackInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+
+        def call() -> tuple[int, dict[str, Any]]:
+            result = services.feedback_upsert(
+                user=request.user,
+                message_id=data["message_id"],
+                step_index=data.get("step_index"),
+                **{name: data[name] for name in ("thumbs", "rating", "comment", "tags") if name in data},
+            )
+            body = dict(FeedbackOutputSerializer(result.feedback).data)
+            body["satisfaction"] = SatisfactionSerializer(result.satisfaction).data
+            return (status.HTTP_201_CREATED if result.created else status.HTTP_200_OK), body
+
+        code, body = services.idempotent(
+            user=request.user,
+            scope="feedback",
+            key=request.headers.get("Idempotency-Key"),
+            fingerprint=services.request_fingerprint(request.data),
+            call=call,
+        )
+        return Response(body, status=code)
+
+
+class FeedbackDetailApi(GenericAPIView):
+    serializer_class = FeedbackOutputSerializer
+
+    @extend_schema(operation_id="feedback_retrieve", responses={200: FeedbackOutputSerializer, **ERRORS})
+    def get(self, request: Request, feedback_id: int) -> Response:
+        feedback = selectors.feedback_get(user=request.user, feedback_id=feedback_id)
+        return Response(FeedbackOutputSerializer(feedback).data)
+
+    @extend_schema(
+        operation_id="feedback_delete",
+        responses={
+            200: inline_serializer("FeedbackDeleted", fields={"satisfaction": SatisfactionSerializer()}),
+            **ERRORS,
+        },
+    )
+    def delete(self, request: Request, feedback_id: int) -> Response:
+        satisfaction = services.feedback_delete(user=request.user, feedback_id=feedback_id)
+        return Response({"satisfaction": SatisfactionSerializer(satisfaction).data})
+
+
+class ComparisonCollectionApi(GenericAPIView):
+    serializer_class = ComparisonOutputSerializer
+
+    @extend_schema(operation_id="comparison_list", responses={200: ComparisonOutputSerializer(many=True), **ERRORS})
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(selectors.comparison_list(user=request.user))
+        return self.get_paginated_response(ComparisonOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="comparison_create",
+        request=ComparisonInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: ComparisonOutputSerializer, 200: ComparisonOutputSerializer, **ERRORS},
+        description="Record which of two answers to the same prompt you prefer; posting the pair again updates it.",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ComparisonInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+
+        def call() -> tuple[int, dict[str, Any]]:
+            comparison, created = services.comparison_record(
+                user=request.user,
+                prompt_id=data["prompt_message_id"],
+                chosen_id=data["chosen_message_id"],
+                rejected_id=data["rejected_message_id"],
+                is_tie=data["is_tie"],
+            )
+            return (201 if created else 200), dict(ComparisonOutputSerializer(comparison).data)
+
+        code, body = services.idempotent(
+            user=request.user,
+            scope="comparison",
+            key=request.headers.get("Idempotency-Key"),
+            fingerprint=services.request_fingerprint(request.data),
+            call=call,
+        )
+        return Response(body, status=code)
+
+
+class ConversationListApi(GenericAPIView):
+    serializer_class = ConversationSerializer
+
+    @extend_schema(operation_id="conversation_list", responses={200: ConversationSerializer(many=True), **ERRORS})
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(selectors.conversation_list(user=request.user))
+        return self.get_paginated_response(ConversationSerializer(page, many=True).data)
+
+
+class ConversationDetailApi(GenericAPIView):
+    serializer_class = ConversationSerializer
+
+    @extend_schema(operation_id="conversation_retrieve", responses={200: ConversationSerializer, **ERRORS})
+    def get(self, request: Request, conversation_id: uuid.UUID) -> Response:
+        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+        return Response(ConversationSerializer(conversation).data)
+
+
+class ConversationMessagesApi(GenericAPIView):
+    serializer_class = MessageSerializer
+
+    @extend_schema(operation_id="conversation_messages", responses={200: MessageSerializer(many=True), **ERRORS})
+    def get(self, request: Request, conversation_id: uuid.UUID) -> Response:
+        messages = selectors.conversation_messages(user=request.user, conversation_id=conversation_id)
+        page = self.paginate_queryset(messages)
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+
+class SatisfactionApi(GenericAPIView):
+    serializer_class = SatisfactionSerializer
+
+    @extend_schema(operation_id="satisfaction_retrieve", responses={200: SatisfactionSerializer, **ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response(SatisfactionSerializer(selectors.satisfaction_get(user=request.user)).data)

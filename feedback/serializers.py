@@ -1,0 +1,132 @@
+"""Input and output shapes of the feedback API. Inputs check types and ranges; rules that need the
+database (ownership, step range, tags) live in the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from feedback.models import Comparison, Conversation, Feedback, Message, MessageStep, UserSatisfaction
+
+
+class StrictSerializer(serializers.Serializer):
+    """Rejects fields it does not know, so a typo is an error rather than silently ignored."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self.initial_data, dict):
+            unknown = sorted(set(self.initial_data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return attrs
+
+
+class UUIDStringField(serializers.UUIDField):
+    """A UUID given as a string; DRF's own field would also take an integer as a UUID."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class TextField(serializers.CharField):
+    """Text given as a JSON string; DRF's CharField would also turn a number into text."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class FeedbackInputSerializer(StrictSerializer):
+    message_id = UUIDStringField()
+    step_index = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    thumbs = serializers.ChoiceField(choices=Feedback.Thumbs.choices, required=False, allow_null=True)
+    rating = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=5)
+    comment = TextField(
+        required=False, allow_blank=True, allow_null=True, max_length=settings.FEEDBACK_COMMENT_MAX_LENGTH
+    )
+    tags = serializers.ListField(
+        child=TextField(max_length=64), required=False, max_length=20, help_text="From FEEDBACK_TAGS."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if not any(name in attrs for name in ("thumbs", "rating", "comment", "tags")):
+            raise serializers.ValidationError("Send at least one of thumbs, rating, comment or tags.")
+        return attrs
+
+
+class SatisfactionSerializer(serializers.ModelSerializer):
+    score = serializers.FloatField(allow_null=True, help_text="Mean feedback value in [0, 1].")
+    mean_rating = serializers.FloatField(allow_null=True)
+
+    class Meta:
+        model = UserSatisfaction
+        fields = ["score", "count", "thumbs_up", "thumbs_down", "ratings", "mean_rating"]
+
+
+class FeedbackOutputSerializer(serializers.ModelSerializer):
+    message_id = serializers.UUIDField()
+    step_index = serializers.IntegerField(source="step.index", allow_null=True, default=None)
+
+    class Meta:
+        model = Feedback
+        fields = [
+            "id", "message_id", "step_index", "thumbs", "rating", "comment", "tags", "created_at", "updated_at"
+        ]  # fmt: skip
+
+
+class FeedbackWriteOutputSerializer(FeedbackOutputSerializer):
+    satisfaction = SatisfactionSerializer()
+
+    class Meta(FeedbackOutputSerializer.Meta):
+        fields = [*FeedbackOutputSerializer.Meta.fields, "satisfaction"]
+
+
+class ComparisonInputSerializer(StrictSerializer):
+    prompt_message_id = UUIDStringField(help_text="The user turn both answers reply to.")
+    chosen_message_id = UUIDStringField()
+    rejected_message_id = UUIDStringField()
+    is_tie = serializers.BooleanField(required=False, default=False)
+
+
+class ComparisonOutputSerializer(serializers.ModelSerializer):
+    prompt_message_id = serializers.UUIDField(source="prompt_id")
+    chosen_message_id = serializers.UUIDField(source="chosen_id")
+    rejected_message_id = serializers.UUIDField(source="rejected_id")
+
+    class Meta:
+        model = Comparison
+        fields = [
+            "id", "prompt_message_id", "chosen_message_id", "rejected_message_id", "is_tie", "created_at", "updated_at"
+        ]  # fmt: skip
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    message_count = serializers.IntegerField()
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "created_at", "message_count"]
+
+
+class StepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MessageStep
+        fields = ["index", "content"]
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    parent_id = serializers.UUIDField(allow_null=True)
+    model_version = serializers.CharField(source="model_version.label", allow_null=True, default=None)
+    steps = StepSerializer(many=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id", "role", "content", "parent_id", "status", "error", "model_version", "token_count",
+            "time_to_first_token_ms", "duration_ms", "created_at", "steps",
+        ]  # fmt: skip

@@ -1,0 +1,311 @@
+"""Every write to feedback, comparisons and satisfaction.
+
+Locking: each write first locks the caller's ``UserSatisfaction`` row. That serialises one user's
+writes (so two concurrent upserts of the same feedback leave one row and a consistent score) while
+different users never wait on each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from feedback import metrics
+from feedback.exceptions import FeedbackError, IdempotencyKeyReused, NotFound
+from feedback.models import (
+    Comparison,
+    Conversation,
+    Feedback,
+    IdempotencyRecord,
+    Message,
+    MessageStep,
+    UserSatisfaction,
+)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""A field the caller did not send: an update keeps its stored value."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    feedback: Feedback
+    created: bool
+    satisfaction: UserSatisfaction
+
+
+def satisfaction_lock(*, user: User) -> UserSatisfaction:
+    """Lock (creating if needed) the user's satisfaction row. Call inside a transaction."""
+    try:
+        return UserSatisfaction.objects.select_for_update().get(user=user)
+    except UserSatisfaction.DoesNotExist:
+        UserSatisfaction.objects.bulk_create([UserSatisfaction(user=user)], ignore_conflicts=True)
+        return UserSatisfaction.objects.select_for_update().get(user=user)
+
+
+def _account(satisfaction: UserSatisfaction, feedback: Feedback, sign: int) -> None:
+    value = feedback.value
+    if value is not None:
+        satisfaction.count += sign
+        satisfaction.value_sum = max(0.0, satisfaction.value_sum + sign * value)
+    if feedback.thumbs == Feedback.Thumbs.UP:
+        satisfaction.thumbs_up += sign
+    elif feedback.thumbs == Feedback.Thumbs.DOWN:
+        satisfaction.thumbs_down += sign
+    if feedback.rating is not None:
+        satisfaction.ratings += sign
+        satisfaction.rating_sum += sign * feedback.rating
+
+
+def _check_tags(tags: Iterable[str]) -> list[str]:
+    allowed = set(settings.FEEDBACK_TAGS)
+    tags = list(dict.fromkeys(tags))
+    unknown = [tag for tag in tags if tag not in allowed]
+    if unknown:
+        raise FeedbackError(
+            f"Unknown tag: {', '.join(unknown)}.",
+            code="unknown_tag",
+            fields={"tags": [f"Unknown tag {tag!r}; allowed: {', '.join(sorted(allowed))}." for tag in unknown]},
+        )
+    return tags
+
+
+def _own_assistant_message(*, user: User, message_id: uuid.UUID) -> Message:
+    message = Message.objects.select_related("model_version").filter(id=message_id, conversation__user=user).first()
+    if message is None:
+        raise NotFound("Message not found.")
+    if message.role != Message.Role.ASSISTANT:
+        raise FeedbackError(
+            "Only assistant messages can be rated.",
+            code="not_an_assistant_message",
+            fields={"message_id": ["This is a user message; rate the assistant's answer instead."]},
+        )
+    if message.status == Message.Status.FAILED:
+        raise FeedbackError(
+            "This answer failed to generate and cannot be rated.",
+            code="message_failed",
+            fields={"message_id": ["The answer failed to generate."]},
+        )
+    return message
+
+
+def _step_of(message: Message, step_index: int) -> MessageStep:
+    step = MessageStep.objects.filter(message=message, index=step_index).first()
+    if step is None:
+        count = MessageStep.objects.filter(message=message).count()
+        hint = f"it has {count} step{'s' if count != 1 else ''}" + (f" (0..{count - 1})" if count else "")
+        raise FeedbackError(
+            f"Step index {step_index} is out of range: {hint}.",
+            code="step_out_of_range",
+            fields={"step_index": [f"Step index {step_index} is out of range: {hint}."]},
+        )
+    return step
+
+
+@transaction.atomic
+def feedback_upsert(
+    *,
+    user: User,
+    message_id: uuid.UUID,
+    step_index: int | None = None,
+    thumbs: str | None = UNSET,
+    rating: int | None = UNSET,
+    comment: str | None = UNSET,
+    tags: list[str] = UNSET,
+) -> FeedbackResult:
+    """Create or update the user's feedback on one of their assistant messages (or one of its steps).
+
+    Fields left ``UNSET`` keep their stored value on update, so thumbs, stars and a comment can be
+    sent separately; ``None`` clears a field.
+    """
+    message = _own_assistant_message(user=user, message_id=message_id)
+    step = _step_of(message, step_index) if step_index is not None else None
+    if tags is not UNSET:
+        tags = _check_tags(tags)
+    if thumbs not in (UNSET, None, *Feedback.Thumbs.values):
+        raise FeedbackError("Thumbs must be 'up' or 'down'.", fields={"thumbs": ["Must be 'up' or 'down'."]})
+    if isinstance(rating, int) and not 1 <= rating <= 5:
+        raise FeedbackError("Rating must be between 1 and 5.", fields={"rating": ["Must be between 1 and 5."]})
+
+    satisfaction = satisfaction_lock(user=user)
+    feedback = Feedback.objects.filter(user=user, message=message, step=step).first()
+    created = feedback is None
+    if feedback is None:
+        feedback = Feedback(user=user, message=message, step=step)
+    else:
+        _account(satisfaction, feedback, -1)
+
+    if thumbs is not UNSET:
+        feedback.thumbs = thumbs
+    if rating is not UNSET:
+        feedback.rating = rating
+    if comment is not UNSET:
+        feedback.comment = (comment or "").strip()
+    if tags is not UNSET:
+        feedback.tags = tags
+    if feedback.thumbs is None and feedback.rating is None and not feedback.comment:
+        raise FeedbackError(
+            "Feedback must include thumbs, a rating or a comment (to remove feedback, delete it).",
+            code="empty_feedback",
+        )
+    feedback.save()
+    _account(satisfaction, feedback, +1)
+    satisfaction.save()
+
+    model_version = message.model_version.label if message.model_version else "none"
+    transaction.on_commit(
+        lambda: metrics.record_feedback(
+            thumbs=thumbs if thumbs is not UNSET else None,
+            rating=rating if rating is not UNSET else None,
+            comment=bool(comment is not UNSET and comment),
+            target="step" if step else "message",
+            model_version=model_version,
+            score=satisfaction.score,
+        )
+    )
+    return FeedbackResult(feedback=feedback, created=created, satisfaction=satisfaction)
+
+
+@transaction.atomic
+def feedback_delete(*, user: User, feedback_id: int) -> UserSatisfaction:
+    satisfaction = satisfaction_lock(user=user)
+    feedback = Feedback.objects.filter(id=feedback_id, user=user).first()
+    if feedback is None:
+        raise NotFound("Feedback not found.")
+    _account(satisfaction, feedback, -1)
+    feedback.delete()
+    satisfaction.save()
+    return satisfaction
+
+
+@transaction.atomic
+def comparison_record(
+    *,
+    user: User,
+    prompt_id: uuid.UUID,
+    chosen_id: uuid.UUID,
+    rejected_id: uuid.UUID,
+    is_tie: bool = False,
+) -> tuple[Comparison, bool]:
+    """Record (or change) which of two answers to the same user turn the user prefers."""
+    if chosen_id == rejected_id:
+        raise FeedbackError(
+            "Chosen and rejected must be two different answers.",
+            code="same_answer",
+            fields={"rejected_message_id": ["Must differ from chosen_message_id."]},
+        )
+    found = {
+        m.id: m for m in Message.objects.filter(id__in=[prompt_id, chosen_id, rejected_id], conversation__user=user)
+    }
+    if len(found) != 3:
+        raise NotFound("Message not found.")
+    prompt, chosen, rejected = found[prompt_id], found[chosen_id], found[rejected_id]
+    if prompt.role != Message.Role.USER:
+        raise FeedbackError(
+            "The prompt must be a user message.",
+            code="prompt_not_user_message",
+            fields={"prompt_message_id": ["Must be the user turn both answers reply to."]},
+        )
+    wrong = [
+        name
+        for name, answer in (("chosen_message_id", chosen), ("rejected_message_id", rejected))
+        if answer.role != Message.Role.ASSISTANT or answer.parent_id != prompt.id
+    ]
+    if wrong:
+        raise FeedbackError(
+            "Both answers must be assistant answers to the prompt.",
+            code="not_an_answer_to_prompt",
+            fields={name: ["Must be an assistant answer to prompt_message_id."] for name in wrong},
+        )
+    pair_key = "-".join(sorted([str(chosen_id), str(rejected_id)]))
+    satisfaction_lock(user=user)  # serialise with the user's other writes; see the module docstring
+    comparison, created = Comparison.objects.update_or_create(
+        user=user,
+        pair_key=pair_key,
+        defaults={"prompt": prompt, "chosen": chosen, "rejected": rejected, "is_tie": is_tie},
+    )
+    outcome = "tie" if is_tie else "preference"
+    transaction.on_commit(lambda: metrics.COMPARISONS_TOTAL.labels(outcome).inc())
+    return comparison, created
+
+
+def request_fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotent(
+    *,
+    user: User,
+    scope: str,
+    key: str | None,
+    fingerprint: str,
+    call: Callable[[], tuple[int, dict[str, Any]]],
+) -> tuple[int, dict[str, Any]]:
+    """Run ``call`` once per (user, scope, key); a retry with the same key gets the first answer.
+
+    The record is written in the same transaction as the work, under the user's lock, so a retry
+    racing the first attempt waits for it and then replays its answer.
+    """
+    if not key:
+        return call()
+    if len(key) > 255:
+        raise FeedbackError("The Idempotency-Key header is longer than 255 characters.", code="invalid_header")
+    with transaction.atomic():
+        satisfaction_lock(user=user)
+        record = IdempotencyRecord.objects.filter(user=user, scope=scope, key=key).first()
+        if record is not None:
+            if record.fingerprint != fingerprint:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used with a different request body.",
+                )
+            return record.status_code, record.body
+        status_code, body = call()
+        IdempotencyRecord.objects.create(
+            user=user, scope=scope, key=key, fingerprint=fingerprint, status_code=status_code, body=body
+        )
+        return status_code, body
+
+
+def idempotency_records_purge(*, older_than: timedelta | None = None) -> int:
+    ttl = older_than or timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - ttl).delete()
+    return deleted
+
+
+@transaction.atomic
+def conversation_create(*, user: User, title: str = "") -> Conversation:
+    return Conversation.objects.create(user=user, title=title[:200])
+
+
+@transaction.atomic
+def message_create(
+    *,
+    conversation: Conversation,
+    role: str,
+    content: str,
+    parent: Message | None = None,
+    steps: list[str] | None = None,
+    **fields: Any,
+) -> Message:
+    """Store a message and, for an answer, its steps (the chat and the tests write through here)."""
+    message = Message.objects.create(conversation=conversation, role=role, content=content, parent=parent, **fields)
+    if steps:
+        MessageStep.objects.bulk_create(
+            [MessageStep(message=message, index=i, content=text) for i, text in enumerate(steps)]
+        )
+    return message

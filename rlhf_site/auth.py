@@ -1,0 +1,71 @@
+"""Optional authentication with JWTs issued by Supabase Auth.
+
+Enabled when ``SUPABASE_JWT_SECRET`` (HS256, the project's JWT secret) or ``SUPABASE_JWKS_URL``
+(asymmetric keys, ``https://<project>.supabase.co/auth/v1/.well-known/jwks.json``) is set. The
+token's ``sub`` (the Supabase user id) maps to a local user named ``supabase-<sub>``, created on
+first sight, so feedback rows always point at a real local user.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import jwt
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+USERNAME_PREFIX = "supabase-"
+
+
+@lru_cache(maxsize=4)
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+
+
+class SupabaseJWTAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, dict[str, Any]] | None:
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Bearer header: expected 'Bearer <token>'.")
+        claims = self.decode(header[1].decode("latin-1"))
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise exceptions.AuthenticationFailed("The token has no subject.")
+        user_model = get_user_model()
+        user, _ = user_model.objects.get_or_create(
+            username=f"{USERNAME_PREFIX}{subject}"[:150], defaults={"email": claims.get("email") or ""}
+        )
+        if not user.is_active:
+            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        return user, claims
+
+    def decode(self, token: str) -> dict[str, Any]:
+        options = {"require": ["exp", "sub"]}
+        kwargs: dict[str, Any] = {"audience": settings.SUPABASE_JWT_AUDIENCE, "options": options}
+        if settings.SUPABASE_JWT_ISSUER:
+            kwargs["issuer"] = settings.SUPABASE_JWT_ISSUER
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg", "")
+            if algorithm == "HS256" and settings.SUPABASE_JWT_SECRET:
+                return jwt.decode(token, settings.SUPABASE_JWT_SECRET, algorithms=["HS256"], **kwargs)
+            if settings.SUPABASE_JWKS_URL and algorithm in {"RS256", "ES256", "EdDSA"}:
+                key = _jwks_client(settings.SUPABASE_JWKS_URL).get_signing_key_from_jwt(token)
+                return jwt.decode(token, key.key, algorithms=[algorithm], **kwargs)
+        except jwt.ExpiredSignatureError:
+            raise exceptions.AuthenticationFailed("The token has expired.") from None
+        except jwt.PyJWKClientError as exc:
+            raise exceptions.AuthenticationFailed(f"The token's signing key cannot be found: {exc}") from None
+        except jwt.InvalidTokenError as exc:
+            raise exceptions.AuthenticationFailed(f"Invalid token: {exc}") from None
+        raise exceptions.AuthenticationFailed(f"Tokens signed with {algorithm or 'no algorithm'} are not accepted.")
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'{self.keyword} realm="api"'

@@ -1,0 +1,11 @@
+"""The Celery app. Apps declare tasks with ``shared_task``; this module only wires them up."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_site.settings")
+
+app = Celery("rlhf_site")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,97 @@
+"""Typed readers for environment variables.
+
+Each helper refuses a bad value with ``ImproperlyConfigured`` naming the variable, so a typo stops
+start-up instead of turning into a surprising default. ``NAME_FILE`` is read for secrets (Docker and
+Kubernetes mount them as files).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _raw(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def envstr(name: str, default: str | None = None, *, environ: Mapping[str, str] | None = None) -> str | None:
+    value = _raw(name, environ)
+    return default if value is None else value
+
+
+def envbool(name: str, default: bool, *, environ: Mapping[str, str] | None = None) -> bool:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off.")
+
+
+def envint(
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} is above the maximum of {maximum}.")
+    return number
+
+
+def envlist(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
+    value = _raw(name, environ)
+    if value is None:
+        return list(default)
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def envsecret(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """``NAME`` itself, or the contents of the file that ``NAME_FILE`` points to."""
+    value = _raw(name, environ)
+    if value is not None:
+        return value
+    path = _raw(f"{name}_FILE", environ)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc.strerror}.") from None
+
+
+def envrate(name: str, default: str | None, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """A DRF throttle rate such as ``120/min``; ``off`` disables the throttle."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() in {"off", "none", "0"}:
+        return None
+    count, _, period = value.partition("/")
+    if not count.isdigit() or not period or period[0] not in "smhd":
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate: use e.g. 120/min, 10/s, 1000/hour or off.")
+    return value

@@ -1,0 +1,107 @@
+"""The one JSON error shape of the API, and the handler that produces it.
+
+Every error the API returns looks like::
+
+    {"error": {"status": 400, "code": "invalid", "message": "Rating must be between 1 and 5.",
+               "fields": {"rating": ["Ensure this value is less than or equal to 5."]}}}
+
+``fields`` is present (possibly empty) on every error so clients need no special case. Apps never
+import this module: they raise their own exceptions carrying ``code``, ``message`` and
+``http_status`` (duck-typed here), Django's ``ValidationError``, ``Http404`` or DRF exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+def error_body(http_status: int, code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    return {"error": {"status": http_status, "code": code, "message": message, "fields": fields or {}}}
+
+
+def _flatten(detail: Any) -> list[str]:
+    if isinstance(detail, dict):
+        return [f"{key}: {msg}" for key, value in detail.items() for msg in _flatten(value)]
+    if isinstance(detail, list | tuple):
+        return [msg for item in detail for msg in _flatten(item)]
+    return [str(detail)]
+
+
+def _fields(detail: dict[str, Any]) -> dict[str, list[str]]:
+    return {str(name): _flatten(value) for name, value in detail.items()}
+
+
+def _first_code(detail: Any, default: str) -> str:
+    if isinstance(detail, exceptions.ErrorDetail):
+        return detail.code or default
+    if isinstance(detail, dict):
+        return next((_first_code(value, default) for value in detail.values()), default)
+    if isinstance(detail, list) and detail:
+        return _first_code(detail[0], default)
+    return default
+
+
+def _from_validation(detail: Any) -> tuple[str, str, dict[str, list[str]]]:
+    if isinstance(detail, dict):
+        detail = dict(detail)
+        general = _flatten(detail.pop("non_field_errors", []))
+        fields = _fields(detail)
+        if general:
+            message = " ".join(general)
+        elif len(fields) == 1:
+            (name, messages), *_ = fields.items()
+            message = f"{name}: {messages[0]}"
+        else:
+            message = "Invalid input: " + ", ".join(sorted(fields)) + "."
+        code = _first_code(detail, "invalid") if fields else "invalid"
+        return code, message, fields
+    messages = _flatten(detail)
+    return _first_code(detail, "invalid"), " ".join(messages) or "Invalid input.", {}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif hasattr(exc, "http_status") and hasattr(exc, "code") and hasattr(exc, "message"):
+        return Response(
+            error_body(exc.http_status, exc.code, exc.message, getattr(exc, "fields", None)), status=exc.http_status
+        )
+
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    assert isinstance(exc, exceptions.APIException)
+    if isinstance(exc, exceptions.ValidationError):
+        code, message, fields = _from_validation(exc.detail)
+    else:
+        detail = exc.detail
+        code = detail.code if isinstance(detail, exceptions.ErrorDetail) and detail.code else exc.default_code
+        message, fields = " ".join(_flatten(detail)), {}
+    response.data = error_body(response.status_code, str(code), message, fields)
+    return response
+
+
+def json_not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
+
+
+def json_server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(
+        error_body(500, "server_error", "Something went wrong on our side; it has been logged."),
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )

@@ -1,0 +1,39 @@
+"""``/metrics`` for Prometheus, open only to METRICS_TOKEN bearers or METRICS_ALLOWED_IPS."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django_prometheus.exports import ExportToDjangoView
+
+from rlhf_site.errors import error_body
+
+
+def _address_allowed(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for allowed in settings.METRICS_ALLOWED_IPS:
+        try:
+            if ip in ipaddress.ip_network(allowed, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _token_ok(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip(), token)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not (_token_ok(request) or _address_allowed(request.META.get("REMOTE_ADDR", ""))):
+        return JsonResponse(error_body(403, "forbidden", "Metrics are not open to this client."), status=403)
+    return ExportToDjangoView(request)

@@ -1,0 +1,102 @@
+"""The named world of the tests: alice owns things, bob is another user; API clients for both.
+
+Service-bound tests carry ``@pytest.mark.postgres`` or ``@pytest.mark.redis``. Without the service
+they are skipped with a reason on a laptop, and fail in CI (``CI`` set), where the service must run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.db import connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _redis_problem() -> str | None:
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        return "REDIS_URL is not set"
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"Redis at REDIS_URL is unreachable: {exc}"
+    return None
+
+
+def _postgres_problem() -> str | None:
+    if connection.vendor != "postgresql":
+        return f"DATABASE_URL does not select PostgreSQL (tests run on {connection.vendor})"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request: pytest.FixtureRequest) -> None:
+    for marker, check in (("postgres", _postgres_problem), ("redis", _redis_problem)):
+        if request.node.get_closest_marker(marker) is None:
+            continue
+        problem = check()
+        if problem is None:
+            continue
+        if IN_CI:
+            pytest.fail(f"{marker} is required in CI: {problem}")
+        pytest.skip(f"needs {marker}: {problem}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_cache() -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture
+def alice(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def bob(db):
+    return UserFactory(username="bob")
+
+
+@pytest.fixture
+def operator(db):
+    return UserFactory(username="operator", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def api(alice) -> APIClient:
+    """Alice's API client, authenticated with her DRF token."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=alice).key}")
+    return client
+
+
+@pytest.fixture
+def bob_api(bob) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=bob).key}")
+    return client
+
+
+@pytest.fixture
+def conversation(alice):
+    return ConversationFactory(user=alice)
+
+
+@pytest.fixture
+def answer(conversation):
+    """Alice's assistant answer with three steps."""
+    return AssistantMessageFactory(conversation=conversation)

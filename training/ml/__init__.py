@@ -1,0 +1,1 @@
+"""Pure ML code (tokenizer/model bootstrap, TRL wrappers, metrics). Imports no Django."""

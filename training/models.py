@@ -1,0 +1,1 @@
+# TrainingRun and DatasetSnapshot arrive with the training pipeline (DESIGN.md, "Core data").
