@@ -1,24 +1,19 @@
-from django.urls import re_path
+from django.urls import path
 
 from feedback import api
 
-UUID = r"[0-9a-fA-F-]{32,36}"
+# The seed's paths have no trailing slash. The same paths with one are accepted too, so neither form
+# ever redirects a POST; the schema lists only the first (rlhf_site.schema drops the twins).
+routes = [
+    ("feedback", api.FeedbackCollectionApi, "feedback-collection"),
+    ("feedback/<int:feedback_id>", api.FeedbackDetailApi, "feedback-detail"),
+    ("comparisons", api.ComparisonCollectionApi, "comparison-collection"),
+    ("conversations", api.ConversationListApi, "conversation-list"),
+    ("conversations/<uuid:conversation_id>", api.ConversationDetailApi, "conversation-detail"),
+    ("conversations/<uuid:conversation_id>/messages", api.ConversationMessagesApi, "conversation-messages"),
+    ("satisfaction", api.SatisfactionApi, "satisfaction"),
+]
 
-# The seed's paths have no trailing slash; one is accepted too, so neither form ever redirects a POST.
-urlpatterns = [
-    re_path(r"^feedback/?$", api.FeedbackCollectionApi.as_view(), name="feedback-collection"),
-    re_path(r"^feedback/(?P<feedback_id>[0-9]+)/?$", api.FeedbackDetailApi.as_view(), name="feedback-detail"),
-    re_path(r"^comparisons/?$", api.ComparisonCollectionApi.as_view(), name="comparison-collection"),
-    re_path(r"^conversations/?$", api.ConversationListApi.as_view(), name="conversation-list"),
-    re_path(
-        rf"^conversations/(?P<conversation_id>{UUID})/?$",
-        api.ConversationDetailApi.as_view(),
-        name="conversation-detail",
-    ),
-    re_path(
-        rf"^conversations/(?P<conversation_id>{UUID})/messages/?$",
-        api.ConversationMessagesApi.as_view(),
-        name="conversation-messages",
-    ),
-    re_path(r"^satisfaction/?$", api.SatisfactionApi.as_view(), name="satisfaction"),
+urlpatterns = [path(route, view.as_view(), name=name) for route, view, name in routes] + [
+    path(f"{route}/", view.as_view()) for route, view, _ in routes
 ]

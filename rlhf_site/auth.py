@@ -30,6 +30,8 @@ class SupabaseJWTAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request: Request) -> tuple[AbstractBaseUser, dict[str, Any]] | None:
+        if not (settings.SUPABASE_JWT_SECRET or settings.SUPABASE_JWKS_URL):
+            return None
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None

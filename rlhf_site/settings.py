@@ -143,10 +143,10 @@ SUPABASE_JWT_ISSUER = envstr("SUPABASE_JWT_ISSUER")
 _authentication_classes = [
     # Token first: its WWW-Authenticate header is what turns "not authenticated" into a 401.
     "rest_framework.authentication.TokenAuthentication",
+    # Inert unless SUPABASE_JWT_SECRET or SUPABASE_JWKS_URL is set.
+    "rlhf_site.auth.SupabaseJWTAuthentication",
     "rest_framework.authentication.SessionAuthentication",
 ]
-if SUPABASE_JWT_SECRET or SUPABASE_JWKS_URL:
-    _authentication_classes.insert(1, "rlhf_site.auth.SupabaseJWTAuthentication")
 
 API_THROTTLE_RATE = envrate("API_THROTTLE_RATE", "600/min")
 API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
@@ -170,6 +170,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["rlhf_site.schema.drop_trailing_slash_twins"],
 }
 
 # --- Feedback ----------------------------------------------------------------------------------

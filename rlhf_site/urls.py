@@ -4,6 +4,7 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from rlhf_site.metrics import metrics_view
+from rlhf_site.schema import SupabaseJWTScheme  # noqa: F401  (registers the scheme with drf-spectacular)
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="home.html"), name="home"),

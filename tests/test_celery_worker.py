@@ -1,0 +1,102 @@
+"""A real Celery worker process picks a task up through the broker the settings select."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from kombu import Connection
+
+from feedback.models import IdempotencyRecord
+from rlhf_site.celery import app
+from tests.factories import UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    base = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL"}}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "rlhf_site",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            "default",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env={**base, "DATABASE_URL": database_url(), **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until(predicate, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def expired_record() -> IdempotencyRecord:
+    record = IdempotencyRecord.objects.create(
+        user=UserFactory(username="old-key"), scope="feedback", key="k", fingerprint="f", status_code=201, body={}
+    )
+    IdempotencyRecord.objects.filter(id=record.id).update(created_at=timezone.now() - timedelta(days=3))
+    return record
+
+
+def run_through_worker(broker_url: str, transport_options: dict, env: dict[str, str], tmp_path: Path) -> None:
+    record = expired_record()
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        with Connection(broker_url, transport_options=transport_options) as broker:
+            app.send_task("feedback.tasks.purge_idempotency_keys", connection=broker, queue="default")
+        done = wait_until(lambda: not IdempotencyRecord.objects.filter(id=record.id).exists())
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    log = (tmp_path / "worker.log").read_text()
+    assert done, f"the worker did not run the task; its log:\n{log}"
+    assert "feedback.tasks.purge_idempotency_keys" in log
+
+
+def test_a_worker_runs_a_task_through_the_filesystem_broker(tmp_path):
+    folder = tmp_path / "celery"
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True)
+    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue")}
+    run_through_worker("filesystem://", options, {"CELERY_FILESYSTEM_DIR": str(folder)}, tmp_path)
+
+
+@pytest.mark.redis
+def test_a_worker_runs_a_task_through_redis(tmp_path):
+    run_through_worker(settings.REDIS_URL, {}, {"REDIS_URL": settings.REDIS_URL}, tmp_path)

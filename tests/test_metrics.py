@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import re
+
+from django.test import Client
+
+from tests.factories import ModelVersionFactory
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def scrape() -> str:
+    response = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_feedback_counters_move_after_a_post(api, answer, django_capture_on_commit_callbacks):
+    answer.model_version = ModelVersionFactory(number=41)
+    answer.save()
+    labels = {"target": "message", "model_version": "policy:41"}
+    before = scrape()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/assistant/feedback", {"message_id": str(answer.id), "thumbs": "down", "rating": 2}, format="json"
+        )
+    assert response.status_code == 201
+    after = scrape()
+
+    for kind, value in (("thumbs", "down"), ("rating", "2")):
+        delta = sample(after, "rlhf_feedback_total", kind=kind, value=value, **labels) - sample(
+            before, "rlhf_feedback_total", kind=kind, value=value, **labels
+        )
+        assert delta == 1, kind
+    assert sample(after, "rlhf_feedback_rating_count", model_version="policy:41") == 1
+    assert sample(after, "rlhf_user_satisfaction_score_count") >= 1
+    assert "django_http_requests_total_by_method_total" in after
+
+
+def test_a_rolled_back_write_is_not_counted(api, answer, django_capture_on_commit_callbacks):
+    before = sample(scrape(), "rlhf_feedback_total", kind="rating", value="6")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        api.post("/api/assistant/feedback", {"message_id": str(answer.id), "rating": 6}, format="json")
+    assert callbacks == []
+    assert sample(scrape(), "rlhf_feedback_total", kind="rating", value="6") == before
+
+
+def test_metrics_are_closed_to_other_addresses(db):
+    response = Client(REMOTE_ADDR="203.0.113.9").get("/metrics")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_a_metrics_token_opens_them_from_anywhere(db, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+
+
+def test_allowed_addresses_can_be_networks(db, settings):
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
