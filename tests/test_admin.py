@@ -34,7 +34,7 @@ def world(alice):
         "feedback/usersatisfaction",
         "feedback/comparison",
         "models_registry/modelversion",
-    ],  # fmt: skip
+    ],
 )
 def test_changelists_load_without_n_plus_one(admin_client_, world, page, django_assert_max_num_queries):
     with django_assert_max_num_queries(12):

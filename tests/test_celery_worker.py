@@ -49,7 +49,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         env={**base, "DATABASE_URL": database_url(), **env},
         stdout=log.open("wb"),
