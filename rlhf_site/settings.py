@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_prometheus",
     "channels",
+    "rlhf_site",  # for its management commands only; no app imports rlhf_site
     "models_registry",
     "feedback",
     "training",
