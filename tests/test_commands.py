@@ -17,7 +17,8 @@ def test_the_demo_user_gets_a_printed_password_once(db, monkeypatch):
     first = run("ensure_demo_user")
     password = first.split("password: ")[1].split()[0]
     user = get_user_model().objects.get(username="demo")
-    assert user.is_superuser and user.check_password(password)
+    assert user.is_superuser
+    assert user.check_password(password)
 
     second = run("ensure_demo_user")
     assert password not in second

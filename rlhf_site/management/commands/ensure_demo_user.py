@@ -19,15 +19,13 @@ class Command(BaseCommand):
         if user_model.objects.filter(username=username).exists():
             self.stdout.write(f"Demo user '{username}' exists; password unchanged.")
             return
-        password = os.environ.get("DEMO_PASSWORD")
-        user_model.objects.create_superuser(
-            username=username, email="", password=password or (generated := secrets.token_urlsafe(12))
-        )
-        if password:
+        chosen = os.environ.get("DEMO_PASSWORD")
+        password = chosen or secrets.token_urlsafe(12)
+        user_model.objects.create_superuser(username=username, email="", password=password)
+        if chosen:
             self.stdout.write(f"Created demo superuser '{username}' with the password from DEMO_PASSWORD.")
-        else:
-            self.stdout.write(
-                self.style.WARNING(
-                    f"Created demo superuser '{username}' with password: {generated}  (shown once; set DEMO_PASSWORD to choose it)"
-                )
-            )
+            return
+        self.stdout.write(
+            self.style.WARNING(f"Created demo superuser '{username}' with password: {password}")
+            + "  (shown once; set DEMO_PASSWORD to choose it)"
+        )
