@@ -42,7 +42,7 @@ class TextField(serializers.CharField):
 
 class FeedbackInputSerializer(StrictSerializer):
     message_id = UUIDStringField()
-    step_index = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    step_index = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=100_000)
     thumbs = serializers.ChoiceField(choices=Feedback.Thumbs.choices, required=False, allow_null=True)
     rating = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=5)
     comment = TextField(

@@ -120,6 +120,10 @@ def test_clearing_everything_is_refused_and_changes_nothing(api, answer):
         ({"message_id": "MID", "rating": 4.5}, "rating"),
         ({"message_id": "MID", "step_index": -1, "thumbs": "up"}, "step_index"),
         ({"message_id": "MID", "step_index": "first", "thumbs": "up"}, "step_index"),
+        ({"message_id": "MID", "step_index": 10**30, "thumbs": "up"}, "step_index"),
+        ({"message_id": "MID", "comment": "nul \u0000 byte"}, "comment"),
+        ({"message_id": "MID", "tags": ["help\u0000ful"]}, "tags"),
+        ({"message_id": "MID", "thumbs": True}, "thumbs"),
         ({"message_id": "MID", "comment": "x" * 2001}, "comment"),
         ({"message_id": "MID", "comment": 42.5}, "comment"),
         ({"message_id": "MID", "tags": "helpful"}, "tags"),
@@ -374,6 +378,11 @@ def test_it_lists_own_conversations_and_their_messages(api, bob, answer, django_
 def test_another_users_conversation_is_404(bob_api, answer):
     assert_error(bob_api.get(f"/api/assistant/conversations/{answer.conversation_id}"), 404)
     assert_error(bob_api.get(f"/api/assistant/conversations/{answer.conversation_id}/messages"), 404)
+
+
+def test_a_huge_feedback_id_is_a_404_not_a_500(api):
+    assert_error(api.get(f"{URL}/{10**30}"), 404)
+    assert_error(api.delete(f"{URL}/{10**30}"), 404)
 
 
 def test_a_malformed_conversation_id_is_a_json_404(api):
