@@ -4,10 +4,16 @@ Supabase gives three kinds of connection string: the direct one (port 5432), the
 (port 5432 on ``*.pooler.supabase.com``) and the transaction pooler (port 6543). A transaction
 pooler hands each transaction to any server connection, so server-side cursors (which live across
 transactions) and prepared statements (which live on one server connection) must be off.
+
+Under ASGI, Django runs each sync view in a fresh thread and connections belong to threads, so
+persistent connections (CONN_MAX_AGE > 0) are never reused: they pile up until PostgreSQL refuses
+new clients (measured in bench/feedback_load.py). Hence, for PostgreSQL, a psycopg connection pool
+per process with CONN_MAX_AGE 0, as Django's docs advise for ASGI.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,17 +29,20 @@ def sqlite_config(path: Path) -> dict[str, Any]:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(path),
-        # A file, not memory, for tests too: worker processes started by the tests must see it.
-        "TEST": {"NAME": str(path.with_name(f"test_{path.name}"))},
+        # A file, not memory, for tests too: worker processes started by the tests must see it. One
+        # per test process, so two test runs on one machine do not share it.
+        "TEST": {"NAME": str(path.with_name(f"test_{os.getpid()}_{path.name}"))},
         "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
     }
 
 
-def database_config(url: str, *, pooler: str = "auto", conn_max_age: int = 60) -> dict[str, Any]:
+def database_config(
+    url: str, *, pooler: str = "auto", pool_min_size: int = 2, pool_max_size: int = 10, pool: bool = True
+) -> dict[str, Any]:
     if pooler not in POOLER_MODES:
         raise ImproperlyConfigured(f"DATABASE_POOLER={pooler!r} is not one of {', '.join(POOLER_MODES)}.")
     try:
-        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=conn_max_age))
+        config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=0))
     except (ValueError, KeyError) as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a database URL this project understands: {exc}") from None
     engine = config.get("ENGINE", "")
@@ -47,7 +56,7 @@ def database_config(url: str, *, pooler: str = "auto", conn_max_age: int = 60) -
     if transaction_pooler:
         config["DISABLE_SERVER_SIDE_CURSORS"] = True
         options["prepare_threshold"] = None
-        # Connections are the pooler's to keep; holding them here would pin server connections.
-        config["CONN_MAX_AGE"] = 0
-    config["CONN_HEALTH_CHECKS"] = True
+    elif pool:
+        # The external pooler, where there is one, is the pool; otherwise each process keeps its own.
+        options["pool"] = {"min_size": pool_min_size, "max_size": pool_max_size, "timeout": 10}
     return config

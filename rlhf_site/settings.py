@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from rlhf_site.dbconfig import database_config, sqlite_config
-from rlhf_site.env import envbool, envint, envlist, envrate, envsecret, envstr
+from rlhf_site.env import envbool, envfloat, envint, envlist, envrate, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -50,6 +50,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -74,6 +75,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "feedback.context_processors.chat",
             ],
         },
     },
@@ -86,7 +88,9 @@ DATABASES = {
         database_config(
             _database_url,
             pooler=envstr("DATABASE_POOLER", "auto") or "auto",
-            conn_max_age=envint("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+            pool=envbool("DATABASE_POOL", True),
+            pool_min_size=envint("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+            pool_max_size=envint("DATABASE_POOL_MAX_SIZE", 10, minimum=1),
         )
         if _database_url
         else sqlite_config(VAR_DIR / "db.sqlite3")
@@ -134,7 +138,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
 
 SUPABASE_JWT_SECRET = envsecret("SUPABASE_JWT_SECRET")
 SUPABASE_JWKS_URL = envstr("SUPABASE_JWKS_URL")
@@ -203,6 +207,10 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 # --- Static files, i18n, logging ---------------------------------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise serves static files from the ASGI server itself, straight from the apps' folders, so
+# neither a separate web server nor a collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -221,3 +229,20 @@ LOGGING = {
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# --- Chat --------------------------------------------------------------------------------------
+CHAT_SIGNUP_ENABLED = envbool("CHAT_SIGNUP_ENABLED", False)
+CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 4000, minimum=1)
+CHAT_RATE_PER_MINUTE = envint("CHAT_RATE_PER_MINUTE", 20, minimum=1)
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- Serving the live policy (models_registry.serving) ----------------------------------------
+SERVING_MAX_NEW_TOKENS = envint("SERVING_MAX_NEW_TOKENS", 256, minimum=1)
+SERVING_TEMPERATURE = envfloat("SERVING_TEMPERATURE", 0.7, minimum=0.0)  # 0: greedy
+SERVING_TOP_P = envfloat("SERVING_TOP_P", 0.95, minimum=0.0)
+SERVING_MAX_CONCURRENT = envint("SERVING_MAX_CONCURRENT", 2, minimum=1)
+SERVING_LIVE_CHECK_SECONDS = envint("SERVING_LIVE_CHECK_SECONDS", 2, minimum=0)
+SERVING_TOKEN_TIMEOUT_SECONDS = envint("SERVING_TOKEN_TIMEOUT_SECONDS", 120, minimum=1)
+SERVING_OPENAI_API_KEY = envsecret("SERVING_OPENAI_API_KEY")
+SERVING_OPENAI_TIMEOUT_SECONDS = envint("SERVING_OPENAI_TIMEOUT_SECONDS", 60, minimum=1)

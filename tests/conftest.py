@@ -14,6 +14,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
+from tests.helpers import Bootstrapped, bootstrap_for_tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -41,9 +42,22 @@ def _postgres_problem() -> str | None:
     return None
 
 
+def _browser_problem() -> str | None:
+    import shutil
+
+    if not (os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")):
+        return "no chromium (apt-get install chromium, or set CHROMIUM_PATH)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed"
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _require_services(request: pytest.FixtureRequest) -> None:
-    for marker, check in (("postgres", _postgres_problem), ("redis", _redis_problem)):
+    checks = (("postgres", _postgres_problem), ("redis", _redis_problem), ("browser", _browser_problem))
+    for marker, check in checks:
         if request.node.get_closest_marker(marker) is None:
             continue
         problem = check()
@@ -105,3 +119,22 @@ def conversation(alice):
 def answer(conversation):
     """Alice's assistant answer with three steps."""
     return AssistantMessageFactory(conversation=conversation)
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Bootstrapped:
+    """The session's bootstrapped models (trained once, read-only: a test that tampers must copy)."""
+    return bootstrap_for_tests(str(tmp_path_factory.getbasetemp() / "bootstrap"))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Close the psycopg pools before the test database is dropped: their idle connections would
+    keep PostgreSQL from dropping it."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for wrapper in connections.all(initialized_only=True):
+            if getattr(wrapper, "pool", None) is not None:
+                wrapper.close_pool()

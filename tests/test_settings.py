@@ -70,6 +70,8 @@ def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"API_THROTTLE_RATE": "lots"}, "API_THROTTLE_RATE"),
         ({"API_MAX_BODY_BYTES": "big"}, "API_MAX_BODY_BYTES"),
+        ({"SERVING_TEMPERATURE": "warm"}, "SERVING_TEMPERATURE"),
+        ({"CHAT_SIGNUP_ENABLED": "perhaps"}, "CHAT_SIGNUP_ENABLED"),
         ({"DATABASE_POOLER": "sometimes", "DATABASE_URL": "postgres://u@h/db"}, "DATABASE_POOLER"),
     ],
 )
@@ -116,7 +118,15 @@ def test_the_supabase_transaction_pooler_turns_server_side_cursors_and_prepares_
     config = database_config("postgres://postgres.abcd:pw@aws-0-eu-west-1.pooler.supabase.com:6543/postgres")
     assert config["DISABLE_SERVER_SIDE_CURSORS"] is True
     assert config["OPTIONS"]["prepare_threshold"] is None
+    assert "pool" not in config["OPTIONS"]  # the pooler is the pool
     assert config["CONN_MAX_AGE"] == 0
+
+
+def test_postgres_gets_a_connection_pool_and_no_persistent_connections():
+    config = database_config("postgres://u@127.0.0.1:5432/db", pool_min_size=1, pool_max_size=7)
+    assert config["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 7, "timeout": 10}
+    assert config["CONN_MAX_AGE"] == 0
+    assert "pool" not in database_config("postgres://u@127.0.0.1:5432/db", pool=False)["OPTIONS"]
 
 
 def test_the_pooler_mode_can_be_forced():
