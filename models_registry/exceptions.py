@@ -1,0 +1,23 @@
+"""Errors raised by the registry. ``rlhf_site``'s handler maps them to the JSON error shape through
+``http_status``, ``code``, ``message`` and ``fields``."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    http_status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        if code:
+            self.code = code
+
+
+class ChecksumMismatch(RegistryError):
+    """An artifact's files are not the ones that were registered."""
+
+    http_status = 409
+    code = "checksum_mismatch"

@@ -1,0 +1,12 @@
+"""Serving the live policy: ``policy = await get_policy()``, then ``async for chunk in policy.stream(messages)``.
+
+Backends: ``local`` (transformers in this process, see ``local.py``) and ``openai`` (any
+OpenAI-compatible server, see ``openai_compat.py``). Hot swap and the process cache: ``live.py``.
+Importing this package does not import torch; the local backend does, when it first loads a model.
+"""
+
+from models_registry.serving.base import ServedPolicy
+from models_registry.serving.errors import ServingError
+from models_registry.serving.live import get_policy, load_policy, reset
+
+__all__ = ["ServedPolicy", "ServingError", "get_policy", "load_policy", "reset"]

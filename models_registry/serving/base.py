@@ -1,0 +1,87 @@
+"""What a served policy is, whatever serves it, and the settings the backends share."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+
+from models_registry.serving.errors import ServingError
+
+ROLES = frozenset({"system", "user", "assistant"})
+
+
+def setting(name: str, default: Any) -> Any:
+    """Serving settings are optional: ``settings.py`` may define them, these defaults apply otherwise."""
+    return getattr(settings, name, default)
+
+
+def max_new_tokens_for(requested: int | None) -> int:
+    limit = int(setting("SERVING_MAX_NEW_TOKENS", 256))
+    if requested is None:
+        return limit
+    if requested < 1:
+        raise ServingError("max_new_tokens must be at least 1.", code="invalid_request")
+    return min(requested, limit)
+
+
+def sampling() -> dict[str, float]:
+    return {
+        "temperature": float(setting("SERVING_TEMPERATURE", 0.7)),
+        "top_p": float(setting("SERVING_TOP_P", 0.95)),
+    }
+
+
+def clean_messages(messages: object) -> list[dict[str, str]]:
+    """The chat in OpenAI/TRL format, checked: a non-empty list of {role, content} with known roles."""
+    if not isinstance(messages, list) or not messages:
+        raise ServingError("The conversation is empty.", code="invalid_messages")
+    cleaned = []
+    for message in messages:
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ServingError(
+                "Each message needs a role (system, user or assistant) and text content.", code="invalid_messages"
+            )
+        cleaned.append({"role": message["role"], "content": message["content"]})
+    return cleaned
+
+
+class ServedPolicy(abc.ABC):
+    """One loaded policy version. Shared by every request of the process; ``stream`` is reentrant."""
+
+    def __init__(self, *, version_id: int, label: str) -> None:
+        self.version_id = version_id
+        self.label = label
+
+    @abc.abstractmethod
+    def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
+        """Text chunks of the assistant's answer to ``messages``, as they are generated. Stops
+        generating when the consumer stops iterating (``aclose()`` or cancellation)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+# One semaphore per event loop: asyncio primitives belong to the loop they are first used on.
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def generation_slots() -> asyncio.Semaphore:
+    """Bounds the generations running at once in this process (``SERVING_MAX_CONCURRENT``); the
+    others wait their turn, first come first served."""
+    loop = asyncio.get_running_loop()
+    if loop not in _slots:
+        _slots[loop] = asyncio.Semaphore(max(1, int(setting("SERVING_MAX_CONCURRENT", 2))))
+    return _slots[loop]
+
+
+def reset_slots() -> None:
+    _slots.clear()

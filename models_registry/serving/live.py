@@ -1,0 +1,179 @@
+"""The process-wide served policy, and hot swap.
+
+``get_policy()`` returns the policy this process serves. At most every ``SERVING_LIVE_CHECK_SECONDS``
+it asks the database which policy version is live (one indexed query); when that changed, it loads
+the new version in a worker thread while the old one keeps answering, then swaps. A version that
+fails to load is not retried until it is deployed again (a new ``deployed_at``): the process keeps
+serving what it had, the reason goes to the version's ``load_error``, the log and
+``rlhf_model_load_failures_total``. Every server process does this on its own, so a deploy reaches
+all of them within the check interval, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
+
+from models_registry import selectors, services
+from models_registry.models import ModelVersion
+from models_registry.serving.base import ServedPolicy, reset_slots, setting
+from models_registry.serving.errors import ServingError
+from models_registry.serving.metrics import MODEL_LOAD_FAILURES, SERVING_LIVE_VERSION
+
+logger = logging.getLogger(__name__)
+
+_POLICY = ModelVersion.Kind.POLICY
+_NO_POLICY = "No policy model is live yet; an operator must deploy one."
+
+
+@dataclass
+class _Served:
+    policy: ServedPolicy | None = None
+    checked_at: float = float("-inf")
+    # (version id, deployed_at) -> the error its load raised, so a broken version is tried once per deploy.
+    failed: dict[tuple[int, object], ServingError] = field(default_factory=dict)
+
+
+_served = _Served()
+# Loads happen in worker threads; this makes concurrent loads of one version (from several event
+# loops or threads) wait for the first instead of loading the model twice.
+_load_lock = threading.Lock()
+_loaded: ServedPolicy | None = None
+# One asyncio lock per event loop, so that one coroutine checks and loads while the others wait.
+_check_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _fresh(now: float) -> bool:
+    return _served.policy is not None and now - _served.checked_at < float(setting("SERVING_LIVE_CHECK_SECONDS", 2))
+
+
+async def get_policy() -> ServedPolicy:
+    """The policy to answer with: the live policy version, loaded on first use and shared.
+
+    Raises ``ServingError`` when no policy version is live or the live one cannot be loaded (and no
+    earlier version is loaded to fall back on)."""
+    if _fresh(time.monotonic()):
+        assert _served.policy is not None
+        return _served.policy
+    loop = asyncio.get_running_loop()
+    lock = _check_locks.setdefault(loop, asyncio.Lock())
+    if lock.locked() and _served.policy is not None:
+        # Another request is checking, or loading a new version (seconds): answer with the current one.
+        return _served.policy
+    async with lock:
+        if _fresh(time.monotonic()):
+            assert _served.policy is not None
+            return _served.policy
+        return await _refresh()
+
+
+async def _refresh() -> ServedPolicy:
+    current = _served.policy
+    try:
+        key = await database_sync_to_async(selectors.live_version_key)(_POLICY)
+        version = None
+        if key is not None and (current is None or current.version_id != key[0]) and key not in _served.failed:
+            version = await database_sync_to_async(ModelVersion.objects.filter(id=key[0]).first)()
+    except DatabaseError as exc:
+        if current is None:
+            raise ServingError("The model registry is unavailable.", code="registry_unavailable") from exc
+        logger.warning("cannot check the live policy, serving %s meanwhile: %s", current.label, exc)
+        _served.checked_at = time.monotonic()
+        return current
+
+    if key is None:
+        if current is not None:
+            logger.warning("no policy version is live any more; %s is no longer served", current.label)
+        _served.policy = None
+        SERVING_LIVE_VERSION.labels(_POLICY).set(0)
+        raise ServingError(_NO_POLICY, code="no_live_policy")
+    _served.checked_at = time.monotonic()
+    if current is not None and current.version_id == key[0]:
+        return current
+    if key in _served.failed or version is None:
+        if current is not None:
+            return current
+        failed = _served.failed.get(key)
+        raise (
+            ServingError(failed.message, code=failed.code)
+            if failed
+            else ServingError(_NO_POLICY, code="no_live_policy")
+        )
+
+    try:
+        policy = await asyncio.to_thread(_load_shared, version)
+    except Exception as exc:
+        error = await _record_failure(version, exc)
+        _served.failed[key] = error
+        if current is not None:
+            logger.error("%s could not be loaded; still serving %s", version.label, current.label)
+            return current
+        raise error from exc
+
+    if version.load_error:
+        try:
+            await database_sync_to_async(services.model_version_record_load_error)(version_id=version.id, error="")
+        except DatabaseError:
+            logger.exception("could not clear the load error of %s", version.label)
+    _served.policy = policy
+    _served.checked_at = time.monotonic()
+    SERVING_LIVE_VERSION.labels(_POLICY).set(version.number)
+    logger.info(
+        "serving %s (%s backend)%s", version.label, version.backend, f", was {current.label}" if current else ""
+    )
+    return policy
+
+
+def _load_shared(version: ModelVersion) -> ServedPolicy:
+    global _loaded
+    with _load_lock:
+        if _loaded is not None and _loaded.version_id == version.id:
+            return _loaded
+        _loaded = load_policy(version)
+        return _loaded
+
+
+def load_policy(version: ModelVersion) -> ServedPolicy:
+    """Load one version with its backend. Blocking (the local backend reads and verifies the files)."""
+    started = time.perf_counter()
+    if version.backend == ModelVersion.Backend.OPENAI:
+        from models_registry.serving.openai_compat import OpenAIPolicy
+
+        policy: ServedPolicy = OpenAIPolicy.load(version)
+    else:
+        # Imported here: torch and transformers take seconds to import, and only this backend needs them.
+        from models_registry.serving.local import LocalPolicy
+
+        policy = LocalPolicy.load(version)
+    logger.info("loaded %s in %.1f s", version.label, time.perf_counter() - started)
+    return policy
+
+
+async def _record_failure(version: ModelVersion, exc: BaseException) -> ServingError:
+    detail = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+    logger.error("loading %s failed: %s", version.label, detail, exc_info=not isinstance(exc, ServingError))
+    MODEL_LOAD_FAILURES.labels(version.label).inc()
+    try:
+        await database_sync_to_async(services.model_version_record_load_error)(version_id=version.id, error=detail)
+    except DatabaseError:
+        logger.exception("could not store the load error of %s", version.label)
+    return ServingError(
+        "The assistant's model could not be loaded. Operators have been notified.", code="model_load_failed"
+    )
+
+
+def reset() -> None:
+    """Forget the served policy and everything cached with it (for tests)."""
+    global _served, _loaded
+    with _load_lock:
+        _loaded = None
+    _served = _Served()
+    _check_locks.clear()
+    reset_slots()

@@ -1,0 +1,111 @@
+"""The openai backend: any OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp, OpenAI itself).
+
+``POST {base_url}/v1/chat/completions`` with ``stream: true``; the answer arrives as server-sent
+events, one ``data: {json}`` per chunk, ending with ``data: [DONE]``. Closing the generator closes the
+HTTP stream, which tells the server to stop generating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from models_registry.models import ModelVersion
+from models_registry.serving.base import ServedPolicy, clean_messages, max_new_tokens_for, sampling, setting
+from models_registry.serving.errors import ServingError
+
+logger = logging.getLogger(__name__)
+
+_DONE = "[DONE]"
+
+
+def chat_completions_url(base_url: str) -> str:
+    """``base_url`` may be the server's root or, as OpenAI clients take it, already end in ``/v1``."""
+    root = base_url.rstrip("/")
+    return f"{root}/chat/completions" if root.endswith("/v1") else f"{root}/v1/chat/completions"
+
+
+def _delta_text(event: dict[str, Any]) -> str:
+    if "error" in event:
+        raise ServingError("The model server reported an error.", code="model_server_error")
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    delta = choices[0].get("delta") or {}
+    content = delta.get("content")
+    return content if isinstance(content, str) else ""
+
+
+class OpenAIPolicy(ServedPolicy):
+    def __init__(self, *, version_id: int, label: str, base_url: str, model_name: str) -> None:
+        super().__init__(version_id=version_id, label=label)
+        self.url = chat_completions_url(base_url)
+        self.model_name = model_name
+
+    @classmethod
+    def load(cls, version: ModelVersion) -> OpenAIPolicy:
+        # Nothing to load: the server may be briefly down now and up for the first question.
+        if not (version.base_url and version.model_name):
+            raise ServingError(f"{version.label} has no server URL or model name.", code="model_load_failed")
+        return cls(version_id=version.id, label=version.label, base_url=version.base_url, model_name=version.model_name)
+
+    async def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
+        payload = {
+            "model": self.model_name,
+            "messages": clean_messages(messages),
+            "stream": True,
+            "max_tokens": max_new_tokens_for(max_new_tokens),
+            **sampling(),
+        }
+        headers = {"Accept": "text/event-stream"}
+        api_key = setting("SERVING_OPENAI_API_KEY", None)
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        timeout = httpx.Timeout(float(setting("SERVING_OPENAI_TIMEOUT_SECONDS", 60)), connect=10.0)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout) as client,
+                client.stream("POST", self.url, json=payload, headers=headers) as response,
+            ):
+                if response.status_code >= 400:
+                    body = (await response.aread())[:500].decode(errors="replace")
+                    logger.warning("%s: %s answered HTTP %s: %s", self.label, self.url, response.status_code, body)
+                    raise ServingError(
+                        f"The model server answered HTTP {response.status_code}.", code="model_server_error"
+                    )
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                        continue
+                    if line or not data:  # another field (event:, id:, a comment), or a blank between events
+                        continue
+                    text, data = "\n".join(data), []
+                    if text.strip() == _DONE:
+                        return
+                    if chunk := self._parse(text):
+                        yield chunk
+                if data and "\n".join(data).strip() != _DONE and (chunk := self._parse("\n".join(data))):
+                    yield chunk
+        except httpx.TimeoutException as exc:
+            logger.warning("%s: %s timed out: %r", self.label, self.url, exc)
+            raise ServingError("The model server took too long to answer.", code="model_server_timeout") from exc
+        except httpx.HTTPError as exc:
+            logger.warning("%s: cannot reach %s: %r", self.label, self.url, exc)
+            raise ServingError("The model server cannot be reached.", code="model_server_unreachable") from exc
+
+    def _parse(self, text: str) -> str:
+        try:
+            event = json.loads(text)
+        except json.JSONDecodeError as exc:
+            logger.warning("%s: %s sent a malformed event: %.200s", self.label, self.url, text)
+            raise ServingError("The model server sent a malformed answer.", code="model_server_bad_response") from exc
+        if not isinstance(event, dict):
+            raise ServingError("The model server sent a malformed answer.", code="model_server_bad_response")
+        if "error" in event:
+            logger.warning("%s: %s reported an error: %.500s", self.label, self.url, text)
+        return _delta_text(event)

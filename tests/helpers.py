@@ -1,0 +1,80 @@
+"""Helpers for tests that start other processes (workers, servers) against the test database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+PROJECT_VARIABLES = {"REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL"}
+
+
+def database_url() -> str:
+    """A DATABASE_URL for the test database, for a child process."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    password = db["PASSWORD"] or ""
+    return f"postgres://{db['USER']}:{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the project's service URLs, plus the test database."""
+    base = {k: v for k, v in os.environ.items() if k not in PROJECT_VARIABLES}
+    return {**base, "DATABASE_URL": database_url(), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+# Enough for the templates to stick (a numbered answer, then EOS), in a fifth of the full run's compute.
+TEST_CONVERSATIONS = 1500
+TEST_POLICY_STEPS = 200
+TEST_BATCH_SIZE = 16
+TEST_REWARD_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    policy_dir: Path
+    reward_dir: Path
+    summary: dict[str, Any]
+
+
+def bootstrap_for_tests(root: str) -> Bootstrapped:
+    """Train the session's tokenizer, policy and reward model (fewer steps than the command uses)."""
+    from training.ml.bootstrap import bootstrap
+
+    base = Path(root)
+    summary = bootstrap(
+        base / "policy",
+        base / "reward",
+        seed=0,
+        conversations=TEST_CONVERSATIONS,
+        policy_steps=TEST_POLICY_STEPS,
+        batch_size=TEST_BATCH_SIZE,
+        reward_steps=TEST_REWARD_STEPS,
+    )
+    for folder in (base / "policy", base / "reward"):
+        for path in folder.rglob("*"):  # read-only: a test that tampers must copy first
+            if path.is_file():
+                path.chmod(0o444)
+    return Bootstrapped(base / "policy", base / "reward", summary)
