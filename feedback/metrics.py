@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 FEEDBACK_TOTAL = Counter(
     "rlhf_feedback_total",
@@ -35,3 +35,26 @@ def record_feedback(
         FEEDBACK_TOTAL.labels("comment", "present", target, model_version).inc()
     if score is not None:
         SATISFACTION_SCORE.observe(score)
+
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "rlhf_chat_time_to_first_token_seconds",
+    "Time from asking the policy to its first token, per model version.",
+    ["model_version"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+TOKENS_PER_SECOND = Histogram(
+    "rlhf_chat_tokens_per_second",
+    "Streaming speed of each answer after its first token, per model version.",
+    ["model_version"],
+    buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+GENERATED_TOKENS = Counter("rlhf_chat_generated_tokens_total", "Tokens streamed to users.", ["model_version"])
+ACTIVE_STREAMS = Gauge("rlhf_chat_active_streams", "Answers being streamed now, per model version.", ["model_version"])
+
+
+def record_generation(*, model_version: str, ttft: float, tokens: int, seconds: float) -> None:
+    TIME_TO_FIRST_TOKEN.labels(model_version).observe(ttft)
+    GENERATED_TOKENS.labels(model_version).inc(tokens)
+    if seconds > 0 and tokens > 1:
+        TOKENS_PER_SECOND.labels(model_version).observe((tokens - 1) / seconds)

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django; WebSocket routes are added by the chat (see feedback)."""
+"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth, origin
+check against ALLOWED_HOSTS)."""
 
 import os
 
@@ -8,6 +9,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_site.settings")
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+# Imported after Django is set up: they load models.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from feedback.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,13 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from rlhf_site.metrics import metrics_view
 from rlhf_site.schema import SupabaseJWTScheme  # noqa: F401  (registers the scheme with drf-spectacular)
 
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="home.html"), name="home"),
+    path("", include("feedback.page_urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/assistant/", include("feedback.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

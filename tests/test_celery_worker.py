@@ -2,38 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from kombu import Connection
 
 from feedback.models import IdempotencyRecord
 from rlhf_site.celery import app
 from tests.factories import UserFactory
+from tests.helpers import child_env, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    return (
-        f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
-
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    base = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL"}}
     return subprocess.Popen(
         [
             sys.executable,
@@ -51,19 +39,10 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             "--loglevel=INFO",
         ],
         cwd=ROOT,
-        env={**base, "DATABASE_URL": database_url(), **env},
+        env=child_env(**env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_until(predicate, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def expired_record() -> IdempotencyRecord:

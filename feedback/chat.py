@@ -1,0 +1,257 @@
+"""The chat turn: store the user's turn, stream the live policy's answer, cut it into steps as they
+complete, and store the answer with the version that produced it.
+
+The consumer calls these and renders the events; nothing here knows about sockets or HTML. No
+transaction is held open while the model streams: each write is its own short transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Prefetch
+
+from feedback import metrics
+from feedback.exceptions import FeedbackError, NotFound
+from feedback.models import Conversation, Feedback, Message, MessageStep
+from feedback.steps import finished_steps, split_steps
+from models_registry.serving import ServingError, get_policy
+
+logger = logging.getLogger(__name__)
+
+EventKind = Literal["start", "token", "step"]
+
+
+@dataclass
+class ChatEvent:
+    kind: EventKind
+    answer: Message
+    text: str = ""
+    step: MessageStep | None = None
+    partial: str = field(default="", repr=False)
+
+
+OnEvent = Callable[[ChatEvent], Awaitable[None]]
+
+
+# --- Reads and short writes (sync; the consumer calls them through database_sync_to_async) ----------
+
+
+def conversation_for_user(*, user: User, conversation_id: uuid.UUID) -> Conversation | None:
+    return Conversation.objects.filter(id=conversation_id, user=user).first()
+
+
+def conversation_turns(*, conversation: Conversation) -> list[tuple[Message, list[Message]]]:
+    """The conversation as (user turn, its answers) pairs, oldest first, with steps prefetched."""
+    messages = list(
+        Message.objects.filter(conversation=conversation)
+        .select_related("model_version")
+        .prefetch_related(Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
+        .order_by("created_at", "id")
+    )
+    turns: dict[uuid.UUID, tuple[Message, list[Message]]] = {}
+    for message in messages:
+        if message.role == Message.Role.USER:
+            turns[message.id] = (message, [])
+        elif message.parent_id in turns:
+            turns[message.parent_id][1].append(message)
+    return list(turns.values())
+
+
+def turns_for_page(*, user: User, conversation: Conversation) -> list[tuple[Message, list[Message]]]:
+    """``conversation_turns`` with the user's own feedback attached to each answer and step as
+    ``my_feedback``, so the page shows what they already said."""
+    turns = conversation_turns(conversation=conversation)
+    answers = [answer for _, group in turns for answer in group]
+    given = {
+        (f.message_id, f.step_id): f for f in Feedback.objects.filter(user=user, message__in=[a.id for a in answers])
+    }
+    for answer in answers:
+        answer.my_feedback = given.get((answer.id, None))  # type: ignore[attr-defined]
+        for step in answer.steps.all():
+            step.my_feedback = given.get((answer.id, step.id))  # type: ignore[attr-defined]
+    return turns
+
+
+def history_for(*, prompt: Message) -> list[dict[str, str]]:
+    """The conversation up to and including ``prompt`` in chat format. Where a turn has several
+    answers (regenerations), the latest one that did not fail stands for it."""
+    history: list[dict[str, str]] = []
+    for user_turn, answers in conversation_turns(conversation=prompt.conversation):
+        history.append({"role": "user", "content": user_turn.content})
+        if user_turn.id == prompt.id:
+            break
+        usable = [a for a in answers if a.status != Message.Status.FAILED and a.content]
+        if usable:
+            history.append({"role": "assistant", "content": usable[-1].content})
+    return history
+
+
+def generation_allow(*, user: User) -> None:
+    """Per-user limit on answers started (send and regenerate), CHAT_RATE_PER_MINUTE a minute.
+    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes."""
+    now = time.time()
+    window = int(now // 60)
+    key = f"chat-rate:{user.pk}:{window}"
+    cache.add(key, 0, timeout=90)
+    if cache.incr(key) > settings.CHAT_RATE_PER_MINUTE:
+        wait = int(60 - now % 60) + 1
+        raise FeedbackError(f"You are sending messages too fast; try again in {wait} s.", code="throttled")
+
+
+def user_turn_clean(content: object) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise FeedbackError("Type a message first.", code="empty_message")
+    content = content.strip()
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise FeedbackError(f"Messages are limited to {limit} characters; this one has {len(content)}.")
+    return content
+
+
+@transaction.atomic
+def user_turn_create(*, conversation: Conversation, content: str) -> Message:
+    content = user_turn_clean(content)
+    message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
+    if not conversation.title:
+        Conversation.objects.filter(id=conversation.id).update(title=content[:60])
+    return message
+
+
+def answer_get(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
+    answer = (
+        Message.objects.select_related("model_version")
+        .prefetch_related(Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
+        .filter(id=answer_id, conversation=conversation, role=Message.Role.ASSISTANT)
+        .first()
+    )
+    if answer is None:
+        raise NotFound("Answer not found.")
+    return answer
+
+
+def answer_siblings(*, answer: Message) -> list[Message]:
+    """The answers to the same user turn (regenerations), oldest first, failed ones left out."""
+    return list(
+        Message.objects.filter(parent_id=answer.parent_id, role=Message.Role.ASSISTANT)
+        .exclude(status=Message.Status.FAILED)
+        .order_by("created_at", "id")
+    )
+
+
+def prompt_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
+    answer = (
+        Message.objects.select_related("parent")
+        .filter(id=answer_id, conversation=conversation, role=Message.Role.ASSISTANT)
+        .first()
+    )
+    if answer is None or answer.parent is None:
+        raise NotFound("Answer not found.")
+    return answer.parent
+
+
+def _answer_create(*, prompt: Message, model_version_id: int | None, status: str, error: str = "") -> Message:
+    return Message.objects.create(
+        conversation=prompt.conversation,
+        role=Message.Role.ASSISTANT,
+        parent=prompt,
+        model_version_id=model_version_id,
+        status=status,
+        error=error,
+    )
+
+
+def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
+    return MessageStep.objects.create(message=answer, index=index, content=content)
+
+
+def _answer_finish(*, answer: Message, fields: list[str]) -> None:
+    answer.save(update_fields=fields)
+
+
+# --- The streamed answer ---------------------------------------------------------------------------
+
+
+async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
+    """Stream an answer to ``prompt`` from the live policy, calling ``on_event`` for each token and
+    each finished step. Cancelling the task stops generation and stores what was produced, marked
+    ``stopped``; a serving failure stores the answer as ``failed`` with the error."""
+    history = await database_sync_to_async(history_for)(prompt=prompt)
+    try:
+        policy = await get_policy()
+    except ServingError as exc:
+        logger.warning("no policy to answer with: %s", exc.message)
+        return await database_sync_to_async(_answer_create)(
+            prompt=prompt, model_version_id=None, status=Message.Status.FAILED, error=exc.message
+        )
+
+    answer = await database_sync_to_async(_answer_create)(
+        prompt=prompt, model_version_id=policy.version_id, status=Message.Status.STREAMING
+    )
+    await on_event(ChatEvent("start", answer))
+    text, tokens, stored = "", 0, 0
+    started = time.monotonic()
+    first_token_at: float | None = None
+    status, error = Message.Status.COMPLETE, ""
+    metrics.ACTIVE_STREAMS.labels(policy.label).inc()
+    try:
+        async for chunk in policy.stream(history):
+            if first_token_at is None:
+                first_token_at = time.monotonic()
+            tokens += 1
+            text += chunk
+            await on_event(ChatEvent("token", answer, text=chunk))
+            done = finished_steps(text)
+            for index in range(stored, len(done)):
+                step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=done[index])
+                await on_event(ChatEvent("step", answer, step=step, partial=(split_steps(text) or [""])[-1]))
+            stored = len(done)
+    except ServingError as exc:
+        status, error = Message.Status.FAILED, exc.message
+    except asyncio.CancelledError:
+        status = Message.Status.STOPPED
+        raise
+    finally:
+        metrics.ACTIVE_STREAMS.labels(policy.label).dec()
+        finished = time.monotonic()
+        answer.content, answer.status, answer.error = text, status, error
+        answer.token_count = tokens
+        answer.duration_ms = int((finished - started) * 1000)
+        answer.time_to_first_token_ms = int((first_token_at - started) * 1000) if first_token_at else None
+        remaining = split_steps(text)[stored:]
+        # Shielded: a stop or a closed socket must not lose what was produced.
+        await asyncio.shield(_store_final(answer, stored, remaining))
+        if first_token_at is not None:
+            metrics.record_generation(
+                model_version=policy.label,
+                ttft=first_token_at - started,
+                tokens=tokens,
+                seconds=finished - first_token_at,
+            )
+    return answer
+
+
+async def _store_final(answer: Message, first_index: int, steps: list[str]) -> None:
+    @database_sync_to_async
+    def store() -> None:
+        with transaction.atomic():
+            MessageStep.objects.bulk_create(
+                [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)]
+            )
+            _answer_finish(
+                answer=answer,
+                fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"],
+            )
+
+    await store()

@@ -1,0 +1,234 @@
+"""The chat WebSocket: auth, routing a message type to a service, and rendering HTML fragments for
+htmx's ws extension (each fragment is swapped out-of-band by id).
+
+Client messages are JSON objects with a ``type``:
+``send`` {content}, ``regenerate`` {message_id}, ``stop``, ``feedback`` {message_id, step_index?,
+thumbs?, rating?, comment?, tags?}, ``compare`` {prompt_message_id, chosen_message_id,
+rejected_message_id, is_tie?}. Bad input is answered with an error fragment; the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+from rest_framework.exceptions import ValidationError
+
+from feedback import chat, selectors, services
+from feedback.exceptions import FeedbackError
+from feedback.models import Message
+from feedback.serializers import ComparisonInputSerializer, FeedbackInputSerializer
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+MAX_FRAME_BYTES = 64 * 1024
+
+
+def _first_error(exc: ValidationError) -> str:
+    detail = exc.detail
+    if isinstance(detail, dict):
+        name, messages = next(iter(detail.items()))
+        message = messages[0] if isinstance(messages, list) else messages
+        return str(message) if name == "non_field_errors" else f"{name}: {message}"
+    return str(detail[0] if isinstance(detail, list) else detail)
+
+
+def _form_values(payload: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Form fields arrive as strings; an empty one means 'not given'. Tags may be one or many."""
+    values = {k: v for k, v in payload.items() if k in fields and v not in ("", None)}
+    if "tags" in values and isinstance(values["tags"], str):
+        values["tags"] = [values["tags"]]
+    if "is_tie" in values and isinstance(values["is_tie"], str):
+        values["is_tie"] = values["is_tie"].lower() in {"1", "true", "on", "yes"}
+    return values
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.generation: asyncio.Task[None] | None = None
+        self.streaming_answer_id: uuid.UUID | None = None
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            conversation_id = uuid.UUID(str(self.scope["url_route"]["kwargs"]["conversation_id"]))
+        except ValueError:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.conversation = await database_sync_to_async(chat.conversation_for_user)(
+            user=self.user, conversation_id=conversation_id
+        )
+        if self.conversation is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        await self._cancel_generation()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None or len(text_data.encode()) > MAX_FRAME_BYTES:
+            await self.send_error("Messages must be JSON text of at most 64 KiB.")
+            return
+        try:
+            payload = json.loads(text_data)
+        except ValueError:
+            await self.send_error("That was not valid JSON.")
+            return
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            await self.send_error("Each message must be a JSON object with a 'type'.")
+            return
+        handler = {
+            "send": self.on_send,
+            "regenerate": self.on_regenerate,
+            "stop": self.on_stop,
+            "feedback": self.on_feedback,
+            "compare": self.on_compare,
+        }.get(payload["type"])
+        if handler is None:
+            await self.send_error(f"Unknown message type {payload['type'][:40]!r}.")
+            return
+        try:
+            await handler(payload)
+        except ValidationError as exc:
+            await self.send_error(_first_error(exc))
+        except FeedbackError as exc:
+            await self.send_error(exc.message)
+        except Exception:
+            logger.exception("chat message failed")
+            await self.send_error("Something went wrong on our side; it has been logged.")
+
+    # --- Handlers ---------------------------------------------------------------------------------
+
+    async def on_send(self, payload: dict[str, Any]) -> None:
+        content = chat.user_turn_clean(payload.get("content"))
+        self._refuse_if_busy()
+        await database_sync_to_async(chat.generation_allow)(user=self.user)
+        prompt = await database_sync_to_async(chat.user_turn_create)(conversation=self.conversation, content=content)
+        await self.send_html("chat/_turn_new.html", {"prompt": prompt})
+        self._start_generation(prompt)
+
+    async def on_regenerate(self, payload: dict[str, Any]) -> None:
+        answer_id = self._uuid(payload, "message_id")
+        self._refuse_if_busy()
+        prompt = await database_sync_to_async(chat.prompt_of)(conversation=self.conversation, answer_id=answer_id)
+        await database_sync_to_async(chat.generation_allow)(user=self.user)
+        self._start_generation(prompt)
+
+    async def on_stop(self, payload: dict[str, Any]) -> None:
+        answer_id = self.streaming_answer_id
+        if await self._cancel_generation() and answer_id is not None:
+            await self._send_final(answer_id)
+
+    async def on_feedback(self, payload: dict[str, Any]) -> None:
+        fields = ("message_id", "step_index", "thumbs", "rating", "comment", "tags")
+        serializer = FeedbackInputSerializer(data=_form_values(payload, fields))
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = await database_sync_to_async(services.feedback_upsert)(
+            user=self.user,
+            message_id=data["message_id"],
+            step_index=data.get("step_index"),
+            **{name: data[name] for name in ("thumbs", "rating", "comment", "tags") if name in data},
+        )
+        template = "chat/_step_feedback.html" if result.feedback.step else "chat/_answer_feedback.html"
+        await self.send_html(
+            template,
+            {
+                "answer_id": result.feedback.message_id,
+                "step": result.feedback.step,
+                "feedback": result.feedback,
+                "satisfaction": result.satisfaction,
+                "confirm": True,
+            },
+        )
+
+    async def on_compare(self, payload: dict[str, Any]) -> None:
+        fields = ("prompt_message_id", "chosen_message_id", "rejected_message_id", "is_tie")
+        serializer = ComparisonInputSerializer(data=_form_values(payload, fields))
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        comparison, _ = await database_sync_to_async(services.comparison_record)(
+            user=self.user,
+            prompt_id=data["prompt_message_id"],
+            chosen_id=data["chosen_message_id"],
+            rejected_id=data["rejected_message_id"],
+            is_tie=data["is_tie"],
+        )
+        satisfaction = await database_sync_to_async(selectors.satisfaction_get)(user=self.user)
+        await self.send_html("chat/_compare.html", {"comparison": comparison, "prompt_id": comparison.prompt_id,
+                                                    "satisfaction": satisfaction, "confirm": True})  # fmt: skip
+
+    # --- Generation -------------------------------------------------------------------------------
+
+    def _refuse_if_busy(self) -> None:
+        if self.generation is not None and not self.generation.done():
+            raise FeedbackError("Wait for the answer to finish, or press Stop.", code="busy")
+
+    def _start_generation(self, prompt: Message) -> None:
+        self.generation = asyncio.create_task(self._generate(prompt))
+
+    async def _generate(self, prompt: Message) -> None:
+        try:
+            answer = await chat.answer_generate(prompt=prompt, on_event=self._on_chat_event)
+            # An answer that failed before streaming is not on the page yet: append it rather than replace it.
+            await self._send_final(answer.id, new=self.streaming_answer_id != answer.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("generation failed")
+            await self.send_error("The answer could not be generated; it has been logged.")
+        finally:
+            self.streaming_answer_id = None
+
+    async def _on_chat_event(self, event: chat.ChatEvent) -> None:
+        if event.kind == "start":
+            self.streaming_answer_id = event.answer.id
+            await self.send_html("chat/_answer_new.html", {"answer": event.answer, "prompt_id": event.answer.parent_id})
+        elif event.kind == "token":
+            await self.send_html("chat/_token.html", {"answer": event.answer, "text": event.text})
+        elif event.kind == "step":
+            await self.send_html(
+                "chat/_step_new.html", {"answer": event.answer, "step": event.step, "partial": event.partial}
+            )
+
+    async def _send_final(self, answer_id: uuid.UUID, *, new: bool = False) -> None:
+        answer = await database_sync_to_async(chat.answer_get)(conversation=self.conversation, answer_id=answer_id)
+        siblings = await database_sync_to_async(chat.answer_siblings)(answer=answer)
+        context = {"answer": answer, "siblings": siblings, "prompt_id": answer.parent_id, "new": new}
+        await self.send_html("chat/_answer_final.html", context)
+
+    async def _cancel_generation(self) -> bool:
+        """Stop the answer being generated, if any; it is stored as ``stopped``."""
+        task, self.generation = self.generation, None
+        if task is None or task.done():
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return True
+
+    # --- Output -----------------------------------------------------------------------------------
+
+    async def send_html(self, template: str, context: dict[str, Any]) -> None:
+        await self.send(text_data=render_to_string(template, context))
+
+    async def send_error(self, message: str) -> None:
+        await self.send_html("chat/_error.html", {"message": message})
+
+    @staticmethod
+    def _uuid(payload: dict[str, Any], name: str) -> uuid.UUID:
+        try:
+            return uuid.UUID(str(payload.get(name)))
+        except ValueError:
+            raise FeedbackError(f"{name}: must be a valid UUID.") from None

@@ -1,0 +1,152 @@
+"""A real browser (Debian's chromium, driven by Playwright) against the ASGI server as deployed,
+serving the bootstrapped policy: log in, chat, rate a step and the answer, find both through the API.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+
+from models_registry.artifacts import sha256_tree
+from models_registry.services import model_version_make_live, model_version_register
+from tests.helpers import child_env, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "var" / "screenshots"
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def live_policy(bootstrapped):
+    version = model_version_register(
+        kind="policy", artifact_path=str(bootstrapped.policy_dir), checksums=sha256_tree(bootstrapped.policy_dir)
+    )
+    return model_version_make_live(version=version)
+
+
+@pytest.fixture
+def server(tmp_path, live_policy):
+    port = free_port()
+    log = tmp_path / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=child_env(VAR_DIR=str(tmp_path / "var"), DEBUG="1", SERVING_MAX_NEW_TOKENS="120"),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/accounts/login/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_until(up, timeout=60), log.read_text()
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    executable = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def carol(settings):
+    # The server process checks passwords with the default hashers, not the tests' fast one.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    return get_user_model().objects.create_user(username="carol", password="correct horse battery staple")
+
+
+def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, server, browser):
+    key = Token.objects.create(user=carol).key
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # Count streamed token fragments, and know when the socket is open, from the page's first script on.
+    page.add_init_script(
+        """
+        window.tokenFrames = 0; window.wsOpen = false;
+        document.addEventListener('htmx:wsOpen', () => { window.wsOpen = true; });
+        document.addEventListener('htmx:wsAfterMessage', (e) => {
+          if (e.detail.message.includes('-live" hx-swap-oob="beforeend"')) window.tokenFrames += 1;
+        });
+        """
+    )
+    page.goto(f"{server}/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_password", "correct horse battery staple")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server}/c/**")
+    page.wait_for_function("window.wsOpen === true")
+
+    page.fill("#composer textarea", "How do I make tea?")
+    page.press("#composer textarea", "Enter")
+    page.wait_for_selector("article.assistant[data-status=streaming]", timeout=30_000)
+    page.wait_for_selector("article.assistant[data-status=complete]", timeout=120_000)
+
+    assert page.evaluate("window.tokenFrames") > 3, "the answer did not stream token by token"
+    steps = page.locator("article.assistant .step")
+    assert steps.count() >= 1
+    first_step_text = steps.first.locator(".step-text").inner_text()
+
+    steps.first.get_by_label("Bad step").click()
+    page.wait_for_selector(".step-feedback .confirm")
+    page.get_by_label("4 stars").click()
+    page.wait_for_selector("text=Your satisfaction is now")
+    page.locator(".answer-feedback summary").click()
+    page.fill(".answer-feedback textarea[name=comment]", "Clear, but step one is wrong.")
+    page.locator(".answer-feedback input[value=clear]").check()
+    page.get_by_role("button", name="Save comment").click()
+    page.wait_for_selector(".answer-feedback .confirm")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=True)
+
+    rows = httpx.get(f"{server}/api/assistant/feedback", headers={"Authorization": f"Token {key}"}).json()["results"]
+    by_target = {row["step_index"]: row for row in rows}
+    assert set(by_target) == {0, None}
+    assert by_target[0]["thumbs"] == "down"
+    assert (by_target[None]["rating"], by_target[None]["comment"], by_target[None]["tags"]) == (
+        4,
+        "Clear, but step one is wrong.",
+        ["clear"],
+    )
+    messages = httpx.get(
+        f"{server}/api/assistant/conversations/{page.url.rstrip('/').rsplit('/', 1)[1]}/messages",
+        headers={"Authorization": f"Token {key}"},
+    ).json()["results"]
+    answer = messages[-1]
+    assert answer["model_version"] == "policy:1"
+    assert answer["steps"][0]["content"] == first_step_text
+    assert answer["token_count"] > 3
+    assert answer["time_to_first_token_ms"] is not None

@@ -1,0 +1,317 @@
+"""The chat socket through the real ASGI stack (session auth, origin check), with the policy
+replaced by a scripted one: the model server is the boundary we fake here. Serving with the real
+bootstrapped model is tested in test_serving.py and in test_chat_live_model.py."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from feedback import chat
+from feedback.models import Comparison, Feedback, Message
+from models_registry.serving import ServingError
+from rlhf_site.asgi import application
+from tests.factories import ConversationFactory, ModelVersionFactory, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ANSWER = ["Sure", ".\n", "1. Boil", " water.\n", "2. Add", " the egg.\n", "3. Wait", " nine minutes."]
+
+
+class ScriptedPolicy:
+    def __init__(self, version, chunks=ANSWER, delay: float = 0.0, fail_at: int | None = None):
+        self.version_id, self.label = version.id, version.label
+        self.chunks, self.delay, self.fail_at = chunks, delay, fail_at
+        self.seen: list[list[dict[str, str]]] = []
+
+    async def stream(self, messages, *, max_new_tokens=None) -> AsyncIterator[str]:
+        self.seen.append(messages)
+        for i, chunk in enumerate(self.chunks):
+            if i == self.fail_at:
+                raise ServingError("The model server went away.")
+            await asyncio.sleep(self.delay)
+            yield chunk
+
+
+@pytest.fixture
+def policy(monkeypatch):
+    version = ModelVersionFactory(number=7)
+    scripted = ScriptedPolicy(version)
+
+    async def get_policy():
+        return scripted
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    return scripted
+
+
+@pytest.fixture
+def alice_session(alice):
+    client = Client()
+    client.force_login(alice)
+    return client.cookies["sessionid"].value
+
+
+async def connect(conversation, session: str | None, origin: str = "http://testserver"):
+    headers = [(b"origin", origin.encode()), (b"host", b"testserver")]
+    if session:
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    communicator = WebsocketCommunicator(application, f"/ws/chat/{conversation.id}/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def receive_until(communicator, pattern: str, timeout: float = 5) -> list[str]:
+    frames = []
+    while True:
+        frame = await communicator.receive_from(timeout=timeout)
+        frames.append(frame)
+        if re.search(pattern, frame):
+            return frames
+
+
+def tokens_of(frames: list[str]) -> str:
+    pieces = [re.search(r'-live" hx-swap-oob="beforeend">(.*)</div>', f, re.S) for f in frames]
+    return "".join(html.unescape(p.group(1)) for p in pieces if p)
+
+
+FINAL = r'hx-swap-oob="outerHTML"|<article[^>]*data-status="failed"'
+
+
+async def test_anonymous_users_are_refused(db, alice):
+    conversation = await sync_to_async(ConversationFactory)(user=alice)
+    _, connected, code = await connect(conversation, None)
+    assert (connected, code) == (False, 4401)
+
+
+async def test_another_users_conversation_is_refused(alice_session):
+    other = await sync_to_async(ConversationFactory)(user=await sync_to_async(UserFactory)(username="bob"))
+    _, connected, code = await connect(other, alice_session)
+    assert (connected, code) == (False, 4404)
+
+
+async def test_a_foreign_origin_is_refused(conversation, alice_session):
+    _, connected, _ = await connect(conversation, alice_session, origin="http://evil.example")
+    assert connected is False
+
+
+async def test_it_streams_tokens_in_order_and_stores_the_answer_and_steps(conversation, alice_session, policy):
+    communicator, connected, _ = await connect(conversation, alice_session)
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "How do I boil an egg?"}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    assert "How do I boil an egg?" in frames[0]
+    assert tokens_of(frames) == "".join(ANSWER)
+    step_frames = [f for f in frames if '-steps" hx-swap-oob="beforeend"' in f]
+    assert len(step_frames) == 3  # "Sure." and steps 1 and 2 finish while streaming; 3 at the end
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    steps = await sync_to_async(lambda: list(answer.steps.values_list("index", "content")))()
+    assert steps == [(0, "Sure."), (1, "1. Boil water."), (2, "2. Add the egg."), (3, "3. Wait nine minutes.")]
+    assert answer.status == "complete"
+    assert answer.content == "".join(ANSWER)
+    assert answer.model_version_id == policy.version_id
+    assert answer.token_count == len(ANSWER)
+    assert answer.time_to_first_token_ms is not None
+    assert answer.duration_ms is not None
+    assert policy.seen == [[{"role": "user", "content": "How do I boil an egg?"}]]
+    assert "3. Wait nine minutes." in frames[-1]
+    assert "Regenerate" in frames[-1]
+
+
+async def test_socket_feedback_lands_like_api_feedback(conversation, alice_session, policy, alice):
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, FINAL)
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+
+    # What the page's buttons send: strings from hx-vals and form fields.
+    await communicator.send_to(
+        text_data=json.dumps({"type": "feedback", "message_id": str(answer.id), "step_index": "1", "thumbs": "down"})
+    )
+    step_reply = await communicator.receive_from()
+    await communicator.send_to(
+        text_data=json.dumps(
+            {"type": "feedback", "message_id": str(answer.id), "rating": "4", "comment": "Clear.", "tags": "clear"}
+        )
+    )
+    message_reply = await communicator.receive_from()
+    await communicator.send_to(text_data=json.dumps({"type": "feedback", "message_id": str(answer.id), "rating": "5"}))
+    await communicator.receive_from()
+    await communicator.disconnect()
+
+    assert 'aria-pressed="true"' in step_reply
+    assert "Saved." in step_reply
+    assert "Your satisfaction is now 38%" in message_reply  # mean of the step's 0 and the answer's 0.75
+    rows = await sync_to_async(lambda: list(Feedback.objects.order_by("id").values_list(
+        "user__username", "step__index", "thumbs", "rating", "comment", "tags")))()  # fmt: skip
+    assert rows == [("alice", 1, "down", None, "", []), ("alice", None, None, 5, "Clear.", ["clear"])]
+
+    # The REST API sees and updates the very same rows.
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    await sync_to_async(api.force_authenticate)(alice)
+    listed = await sync_to_async(api.get)("/api/assistant/feedback", {"message_id": str(answer.id)})
+    assert {(r["step_index"], r["rating"]) for r in listed.json()["results"]} == {(1, None), (None, 5)}
+    updated = await sync_to_async(api.post)(
+        "/api/assistant/feedback", {"message_id": str(answer.id), "thumbs": "up"}, format="json"
+    )
+    assert updated.status_code == 200
+    assert await sync_to_async(Feedback.objects.count)() == 2
+
+
+async def test_regenerate_makes_a_sibling_and_compare_stores_a_comparison(conversation, alice_session, policy):
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, FINAL)
+    first = await sync_to_async(Message.objects.get)(role="assistant")
+
+    await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
+    frames = await receive_until(communicator, FINAL)
+    assert "A is better" in frames[-1]
+    second = await sync_to_async(Message.objects.exclude(id=first.id).get)(role="assistant")
+    assert second.parent_id == first.parent_id
+
+    await communicator.send_to(text_data=json.dumps({
+        "type": "compare", "prompt_message_id": str(first.parent_id),
+        "chosen_message_id": str(second.id), "rejected_message_id": str(first.id)}))  # fmt: skip
+    reply = await communicator.receive_from()
+    await communicator.disconnect()
+    assert "your preference is recorded" in reply
+    comparison = await sync_to_async(Comparison.objects.get)()
+    assert (comparison.chosen_id, comparison.rejected_id, comparison.is_tie) == (second.id, first.id, False)
+    # The regenerated answer was asked with the same history as the first.
+    assert policy.seen[0] == policy.seen[1]
+
+
+async def test_stop_cancels_generation_and_stores_what_was_produced(conversation, alice_session, policy):
+    policy.delay = 0.05
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, r"-live\" hx-swap-oob=\"beforeend\">1\. Boil")
+    await communicator.send_to(text_data=json.dumps({"type": "stop"}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.status == "stopped"
+    assert answer.content.startswith("Sure.\n1. Boil")
+    assert len(answer.content) < len("".join(ANSWER))
+    assert "Stopped." in frames[-1]
+
+
+async def test_closing_the_socket_stops_generation_and_keeps_the_partial_answer(conversation, alice_session, policy):
+    policy.delay = 0.05
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, r"-live\" hx-swap-oob=\"beforeend\">\.")
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.status == "stopped"
+    assert answer.content.startswith("Sure")
+
+
+async def test_a_serving_failure_is_stored_and_shown(conversation, alice_session, policy):
+    policy.fail_at = 3
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.error) == ("failed", "The model server went away.")
+    assert "The assistant could not answer: The model server went away." in frames[-1]
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("not json", "That was not valid JSON."),
+        ("[1, 2]", "Each message must be a JSON object with a &#x27;type&#x27;."),
+        ('{"type": "dance"}', "Unknown message type &#x27;dance&#x27;."),
+        ('{"type": "send"}', "Type a message first."),
+        ('{"type": "send", "content": "   "}', "Type a message first."),
+        ('{"type": "feedback", "message_id": "nope", "thumbs": "up"}', "message_id: Must be a valid UUID."),
+        ('{"type": "regenerate", "message_id": "00000000-0000-0000-0000-000000000000"}', "Answer not found."),
+    ],
+)
+async def test_bad_payloads_get_an_error_and_the_socket_stays_open(conversation, alice_session, policy, frame, error):
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=frame)
+    reply = await communicator.receive_from()
+    assert 'id="chat-errors"' in reply
+    assert error in reply
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Still there?"}))
+    await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+
+async def test_a_rating_out_of_range_over_the_socket_is_refused(conversation, alice_session, policy):
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, FINAL)
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    await communicator.send_to(text_data=json.dumps({"type": "feedback", "message_id": str(answer.id), "rating": "9"}))
+    reply = await communicator.receive_from()
+    await communicator.disconnect()
+    assert "rating: Ensure this value is less than or equal to 5." in html.unescape(reply)
+    assert not await sync_to_async(Feedback.objects.exists)()
+
+
+async def test_messages_over_the_length_limit_are_refused(conversation, alice_session, policy, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "x" * 11}))
+    reply = await communicator.receive_from()
+    await communicator.disconnect()
+    assert "Messages are limited to 10 characters; this one has 11." in reply
+    assert not await sync_to_async(Message.objects.exists)()
+
+
+async def test_generation_is_rate_limited_per_user(conversation, alice_session, policy, settings):
+    settings.CHAT_RATE_PER_MINUTE = 1
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "One"}))
+    await receive_until(communicator, FINAL)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
+    reply = await communicator.receive_from()
+    await communicator.disconnect()
+    assert "You are sending messages too fast" in reply
+    assert await sync_to_async(Message.objects.filter(role="user").count)() == 1
+
+
+async def test_a_second_send_while_streaming_is_refused(conversation, alice_session, policy):
+    policy.delay = 0.05
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "One"}))
+    await receive_until(communicator, r"-answers\" hx-swap-oob")
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
+    frames = await receive_until(communicator, "chat-errors")
+    assert "Wait for the answer to finish, or press Stop." in frames[-1]
+    await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+
+async def test_no_live_policy_gives_a_failed_answer_with_a_clear_message(conversation, alice_session, monkeypatch):
+    async def no_policy():
+        raise ServingError("No policy model is live yet; an operator must deploy one.")
+
+    monkeypatch.setattr(chat, "get_policy", no_policy)
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Hello?"}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+    assert "No policy model is live yet" in frames[-1]
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.status == "failed"

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from feedback import services
+from feedback.models import Conversation
+from tests.factories import AssistantMessageFactory, ConversationFactory
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_chat_needs_a_login(db):
+    response = Client().get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+    assert b"Log in" in Client().get("/accounts/login/").content
+
+
+def test_a_first_visit_opens_a_new_conversation(alice):
+    response = logged_in(alice).get("/")
+    conversation = Conversation.objects.get(user=alice)
+    assert response["Location"] == f"/c/{conversation.id}/"
+
+
+def test_the_page_ships_htmx_with_its_ws_extension_and_connects_the_socket(alice, answer):
+    page = logged_in(alice).get(f"/c/{answer.conversation_id}/").content.decode()
+    assert "/static/django_htmx/htmx-2.min.js" in page
+    assert "/static/django_htmx/ext/hx-ws-2.min.js" in page
+    assert f'ws-connect="/ws/chat/{answer.conversation_id}/"' in page
+    assert "Step 3." in page
+    assert page.count('aria-label="Good step"') == 3
+
+
+def test_the_page_shows_the_users_earlier_ratings(alice, answer):
+    services.feedback_upsert(user=alice, message_id=answer.id, step_index=2, thumbs="down")
+    services.feedback_upsert(user=alice, message_id=answer.id, rating=4, comment="Clear enough")
+    page = logged_in(alice).get(f"/c/{answer.conversation_id}/").content.decode()
+    assert page.count('class="star on"') == 4
+    assert "Clear enough</textarea>" in page
+    step = page.split(f'id="step-{answer.id}-2"')[1].split("</div>\n</div>")[0]
+    assert 'aria-label="Bad step" aria-pressed="true"' in step
+    assert "Your satisfaction: 38% (2 ratings)" in page
+
+
+def test_another_users_conversation_page_is_404(alice, bob):
+    other = ConversationFactory(user=bob)
+    assert logged_in(alice).get(f"/c/{other.id}/").status_code == 404
+
+
+def test_new_conversation_is_a_post(alice):
+    client = logged_in(alice)
+    assert client.get("/c/new").status_code == 405
+    response = client.post("/c/new")
+    assert response.status_code == 302
+    assert Conversation.objects.filter(user=alice).count() == 1
+
+
+def test_sign_up_is_off_by_default(db):
+    assert Client().get("/accounts/signup/").status_code == 404
+
+
+def test_sign_up_when_enabled_creates_and_logs_in_the_user(db, settings):
+    settings.CHAT_SIGNUP_ENABLED = True
+    client = Client()
+    response = client.post(
+        "/accounts/signup/",
+        {"username": "dora", "password1": "a-long-passphrase-9", "password2": "a-long-passphrase-9"},
+    )
+    assert response.status_code == 302
+    assert get_user_model().objects.filter(username="dora").exists()
+    assert client.get("/").status_code == 302  # logged in: sent on to a conversation
+
+
+def test_logout_ends_the_session(alice):
+    client = logged_in(alice)
+    client.post("/accounts/logout/")
+    assert client.get("/")["Location"].startswith("/accounts/login/")
+
+
+def test_failed_answers_show_their_error_and_no_rating_controls(alice, conversation):
+    failed = AssistantMessageFactory(conversation=conversation, status="failed", error="Model not loaded", steps=0)
+    page = logged_in(alice).get(f"/c/{conversation.id}/").content.decode()
+    assert "The assistant could not answer: Model not loaded" in page
+    assert f'id="answer-{failed.id}-feedback"' not in page
