@@ -41,6 +41,27 @@ def envbool(name: str, default: bool, *, environ: Mapping[str, str] | None = Non
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use one of 1/0, true/false, yes/no, on/off.")
 
 
+def _number(
+    name: str,
+    cast: type[int] | type[float],
+    minimum: float | None,
+    maximum: float | None,
+    environ: Mapping[str, str] | None,
+) -> float | None:
+    value = _raw(name, environ)
+    if value is None:
+        return None
+    try:
+        number = cast(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not {'an integer' if cast is int else 'a number'}.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} is above the maximum of {maximum}.")
+    return number
+
+
 def envint(
     name: str,
     default: int,
@@ -49,33 +70,20 @@ def envint(
     maximum: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    value = _raw(name, environ)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
-    if minimum is not None and number < minimum:
-        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
-    if maximum is not None and number > maximum:
-        raise ImproperlyConfigured(f"{name}={number} is above the maximum of {maximum}.")
-    return number
+    number = _number(name, int, minimum, maximum, environ)
+    return default if number is None else int(number)
 
 
 def envfloat(
-    name: str, default: float, *, minimum: float | None = None, environ: Mapping[str, str] | None = None
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> float:
-    value = _raw(name, environ)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from None
-    if minimum is not None and number < minimum:
-        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
-    return number
+    number = _number(name, float, minimum, maximum, environ)
+    return default if number is None else number
 
 
 def envlist(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
