@@ -25,7 +25,7 @@ from django.db.models import Prefetch
 from feedback import metrics
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
-from feedback.steps import finished_steps, split_steps
+from feedback.steps import split_steps
 from models_registry.serving import ServingError, get_policy
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,14 @@ def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
     return MessageStep.objects.create(message=answer, index=index, content=content)
 
 
-def _answer_finish(*, answer: Message, fields: list[str]) -> None:
-    answer.save(update_fields=fields)
+def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) -> None:
+    with transaction.atomic():
+        MessageStep.objects.bulk_create(
+            [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)]
+        )
+        answer.save(
+            update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
+        )
 
 
 # --- The streamed answer ---------------------------------------------------------------------------
@@ -212,16 +218,19 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
             tokens += 1
             text += chunk
             await on_event(ChatEvent("token", answer, text=chunk))
-            done = finished_steps(text)
-            for index in range(stored, len(done)):
-                step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=done[index])
-                await on_event(ChatEvent("step", answer, step=step, partial=(split_steps(text) or [""])[-1]))
-            stored = len(done)
+            steps = split_steps(text)
+            for index in range(stored, len(steps) - 1):  # all but the step being written are final
+                step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=steps[index])
+                await on_event(ChatEvent("step", answer, step=step, partial=steps[-1]))
+            stored = max(stored, len(steps) - 1)
     except ServingError as exc:
         status, error = Message.Status.FAILED, exc.message
     except asyncio.CancelledError:
         status = Message.Status.STOPPED
         raise
+    except Exception:
+        logger.exception("generation of answer %s failed", answer.id)
+        status, error = Message.Status.FAILED, "The answer could not be generated; the error has been logged."
     finally:
         metrics.ACTIVE_STREAMS.labels(policy.label).dec()
         finished = time.monotonic()
@@ -231,7 +240,9 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
         answer.time_to_first_token_ms = int((first_token_at - started) * 1000) if first_token_at else None
         remaining = split_steps(text)[stored:]
         # Shielded: a stop or a closed socket must not lose what was produced.
-        await asyncio.shield(_store_final(answer, stored, remaining))
+        await asyncio.shield(
+            database_sync_to_async(_answer_store_final)(answer=answer, first_index=stored, steps=remaining)
+        )
         if first_token_at is not None:
             metrics.record_generation(
                 model_version=policy.label,
@@ -240,18 +251,3 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
                 seconds=finished - first_token_at,
             )
     return answer
-
-
-async def _store_final(answer: Message, first_index: int, steps: list[str]) -> None:
-    @database_sync_to_async
-    def store() -> None:
-        with transaction.atomic():
-            MessageStep.objects.bulk_create(
-                [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)]
-            )
-            _answer_finish(
-                answer=answer,
-                fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"],
-            )
-
-    await store()

@@ -1,6 +1,6 @@
 import pytest
 
-from feedback.steps import finished_steps, split_steps
+from feedback.steps import split_steps
 
 
 @pytest.mark.parametrize(
@@ -18,11 +18,11 @@ def test_it_cuts_answers_into_steps(text, steps):
     assert split_steps(text) == steps
 
 
-def test_finished_steps_never_change_as_the_answer_streams():
+def test_all_steps_but_the_last_are_final_while_the_answer_streams():
     answer = "Here is how.\n\n1. Boil water.\n2. Add the egg,\ncarefully.\n3. Wait nine minutes.\n\nEnjoy."
     reported: list[str] = []
     for end in range(len(answer) + 1):
-        done = finished_steps(answer[:end])
+        done = split_steps(answer[:end])[:-1]
         assert done[: len(reported)] == reported, answer[:end]
         reported = done
     assert split_steps(answer)[: len(reported)] == reported
