@@ -315,3 +315,20 @@ async def test_no_live_policy_gives_a_failed_answer_with_a_clear_message(convers
     assert "No policy model is live yet" in frames[-1]
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert answer.status == "failed"
+
+
+async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, alice_session, policy, monkeypatch):
+    async def broken(messages, *, max_new_tokens=None):
+        yield "Sure"
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(policy, "stream", broken)
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("failed", "Sure")
+    assert answer.error == "The answer could not be generated; the error has been logged."
+    assert "CUDA" not in frames[-1]
