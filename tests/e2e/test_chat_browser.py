@@ -53,7 +53,7 @@ def server(tmp_path, live_policy):
 
     try:
         assert wait_until(up, timeout=60), log.read_text()
-        yield base
+        yield base, log
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -91,6 +91,7 @@ def carol(settings):
 
 
 def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, server, browser):
+    server, log = server
     key = Token.objects.create(user=carol).key
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     # Count streamed token fragments, and know when the socket is open, from the page's first script on.
@@ -112,8 +113,9 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
 
     page.fill("#composer textarea", "How do I make tea?")
     page.press("#composer textarea", "Enter")
-    page.wait_for_selector("article.assistant[data-status=streaming]", timeout=30_000)
-    page.wait_for_selector("article.assistant[data-status=complete]", timeout=120_000)
+    # The tiny model may finish within a frame or two, so wait for the end, not for the streaming state.
+    answer_box = page.wait_for_selector("article.assistant:not([data-status=streaming])", timeout=120_000)
+    assert answer_box.get_attribute("data-status") == "complete", log.read_text()[-3000:]
 
     assert page.evaluate("window.tokenFrames") > 3, "the answer did not stream token by token"
     steps = page.locator("article.assistant .step")
