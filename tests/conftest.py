@@ -129,12 +129,20 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Bootstrapped:
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
-    """Close the psycopg pools before the test database is dropped: their idle connections would
-    keep PostgreSQL from dropping it."""
+    """Before the test database is dropped, end the sessions that would stop PostgreSQL from dropping
+    it: the connection pools' idle connections and connections left open in other threads (an async
+    test's ``sync_to_async`` ORM calls run in a worker thread that keeps its connection)."""
     yield
-    from django.db import connections
+    from django.db import connection, connections
 
     with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        connections.close_all()
         for wrapper in connections.all(initialized_only=True):
             if getattr(wrapper, "pool", None) is not None:
                 wrapper.close_pool()
