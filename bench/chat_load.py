@@ -1,0 +1,728 @@
+"""Benchmark of the chat WebSocket (``/ws/chat/<conversation>/``) under uvicorn.
+
+Run by hand (not a test)::
+
+    .venv/bin/python bench/chat_load.py [--part ratio|load|all] [--clients 50,200] [--workers 1]
+
+1. Drops and recreates the PostgreSQL database ``rlhf_chat_bench``, migrates it, and creates users,
+   one conversation each and a Django session per user (the WebSocket clients send its cookie).
+   The server is uvicorn serving ``rlhf_site.asgi:application`` with DEBUG=0, Redis as channel layer
+   and cache and ``CHAT_RATE_PER_MINUTE=100000``, in its own process group.
+2. ``ratio``: a tiny GPT-2 policy (bootstrapped once into ``--model-cache``) is made live with the
+   local backend. Greedy decoding (``SERVING_TEMPERATURE=0``) and ``SERVING_MAX_NEW_TOKENS`` are set
+   for the server and for this process, so both generate the same text. For the same prompt, ``--reps``
+   times, alternating: in this process, ``get_policy()`` + ``policy.stream()``; and through the
+   WebSocket (a fresh conversation each time, so the history is the same one turn). Medians of time to
+   the first chunk / token fragment and chunks/s after the first; the client also stamps the
+   ``_turn_new`` and ``_answer_new`` fragments, and the pre-token work of the consumer is timed here
+   call by call, to show where the added TTFT goes.
+3. ``load``: a fake OpenAI-compatible server (this script with ``--fake-openai-port``, its own process
+   group) streams ``--fake-tokens`` SSE chunks ``--fake-delay-ms`` apart; a version with backend
+   openai pointing at it is made live; for each ``--clients`` count, that many users connect, then all
+   send at once; each client times the first token fragment and the final fragment.
+4. Prints a table of the figures and whether each goal is met.
+
+Everything started here is stopped on exit, on an exception and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "How do I make a cup of tea?"
+
+GOAL_ADDED_TTFT_MS = 15.0
+GOAL_RATE_RATIO = 0.9
+GOAL_CLIENTS = 200
+
+TOKEN_MARK = '-live" hx-swap-oob="beforeend"'
+FINAL_MARK = 'hx-swap-oob="outerHTML"'
+ERROR_MARK = 'id="chat-errors" hx-swap-oob="innerHTML"'
+TURN_MARK = 'id="turns" hx-swap-oob="beforeend"'
+ANSWERS_MARK = '-answers" hx-swap-oob="beforeend"'
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["ratio", "load", "all"], default="all")
+    parser.add_argument("--clients", default="50,200", help="comma list of concurrent chats for the load part")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1)")
+    parser.add_argument("--reps", type=int, default=10, help="measured repetitions of the ratio part (10)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="SERVING_MAX_NEW_TOKENS for both sides (64)")
+    parser.add_argument("--model-cache", type=Path, default=Path("/tmp/rlhf_chat_bench_models"))
+    parser.add_argument("--fake-tokens", type=int, default=40)
+    parser.add_argument("--fake-delay-ms", type=float, default=5.0)
+    parser.add_argument("--chat-timeout", type=float, default=120.0, help="seconds a chat may take (120)")
+    parser.add_argument("--db", default="rlhf_chat_bench", help="database to DROP and recreate (must contain 'bench')")
+    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432")
+    parser.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--no-compression", action="store_true", help="clients offer no permessage-deflate (default: offer it)"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (printed path)")
+    parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--fake-openai-port", type=int, help=argparse.SUPPRESS)  # internal: run the fake server
+    args = parser.parse_args()
+    args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    if "bench" not in args.db:
+        parser.error("--db must contain 'bench' (it is dropped and recreated)")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- The fake OpenAI-compatible server (runs as a child process) ------------------------------------
+
+
+def run_fake_openai(port: int, tokens: int, delay_ms: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            request_line = head.split(b"\r\n", 1)[0]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await asyncio.wait_for(reader.readexactly(length), 30)
+            if not request_line.startswith(b"POST /v1/chat/completions "):
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                return
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            for i in range(tokens):
+                if i:
+                    await asyncio.sleep(delay_ms / 1000)
+                chunk = json.dumps({"choices": [{"delta": {"content": f"tok{i} "}}]})
+                writer.write(f"data: {chunk}\n\n".encode())
+                await writer.drain()
+            writer.write(b"data: [DONE]\n\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+# --- Child processes ----------------------------------------------------------------------------
+
+
+class Child:
+    """A process in its own process group; ``stop`` ends the whole group."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.cmd, self.env, self.log_path = name, cmd, env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_port(self, port: int, limit: float, http: bool) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    if not http:
+                        return
+                    sock.sendall(b"GET /bench-ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    if sock.recv(12).startswith(b"HTTP/1.1"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not start in {limit:.0f} s; see {self.log_path}")
+
+    def alive(self) -> bool:
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (self.proc.poll() is None or self.alive()):
+                time.sleep(0.1)
+            if self.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+CHILDREN: list[Child] = []
+
+
+def start_server(args: argparse.Namespace, env: dict[str, str], logs: Path, label: str) -> Child:
+    cmd = [
+        sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application",
+        "--host", "127.0.0.1", "--port", str(args.port), "--workers", str(args.workers),
+        "--loop", "uvloop", "--http", "httptools", "--ws", "websockets", "--no-access-log", "--log-level", "warning",
+        "--backlog", "4096",
+    ]  # fmt: skip
+    child = Child(f"uvicorn ({label})", cmd, env, logs / f"uvicorn-{label}.log")
+    CHILDREN.append(child)
+    child.start()
+    child.wait_port(args.port, 60 + 10 * args.workers, http=True)
+    return child
+
+
+def start_fake_openai(args: argparse.Namespace, env: dict[str, str], logs: Path) -> tuple[Child, int]:
+    port = free_port()
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--fake-openai-port", str(port),
+        "--fake-tokens", str(args.fake_tokens), "--fake-delay-ms", str(args.fake_delay_ms),
+    ]  # fmt: skip
+    child = Child("fake OpenAI server", cmd, env, logs / "fake-openai.log")
+    CHILDREN.append(child)
+    child.start()
+    child.wait_port(port, 30, http=False)
+    return child, port
+
+
+def stop_children() -> None:
+    while CHILDREN:
+        CHILDREN.pop().stop()
+
+
+# --- Database set-up (sync, outside the event loop) --------------------------------------------
+
+
+def recreate_database(args: argparse.Namespace) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
+
+
+def make_chats(prefix: str, count: int) -> list[dict[str, Any]]:
+    """``count`` users, each with one conversation and a logged-in session."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from feedback.models import Conversation
+
+    unusable = make_password(None)
+    users = User.objects.bulk_create([User(username=f"{prefix}{i:04d}", password=unusable) for i in range(count)])
+    conversations = Conversation.objects.bulk_create([Conversation(user=u) for u in users])
+    chats = []
+    for user, conversation in zip(users, conversations, strict=True):
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        chats.append({"session": session.session_key, "conversation": str(conversation.id)})
+    return chats
+
+
+def make_live(**fields: Any) -> Any:
+    from models_registry.models import ModelVersion
+    from models_registry.services import model_version_make_live, model_version_register
+
+    version = model_version_register(kind=ModelVersion.Kind.POLICY, **fields)
+    return model_version_make_live(version=version)
+
+
+def completed_answers(conversations: list[str]) -> dict[str, int]:
+    from django.db.models import Count
+
+    from feedback.models import Message
+
+    rows = (
+        Message.objects.filter(conversation_id__in=conversations, role=Message.Role.ASSISTANT)
+        .values("status")
+        .annotate(n=Count("id"))
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+def policy_folder(args: argparse.Namespace) -> Path:
+    folder = args.model_cache / "policy"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        print(f"reusing the bootstrapped policy in {folder}", flush=True)
+        return folder
+    from training.ml.bootstrap import bootstrap
+
+    print(f"bootstrapping a tiny policy into {folder} (about a minute) ...", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bootstrap-", dir=args.model_cache.parent))
+    try:
+        bootstrap(tmp / "policy", tmp / "reward", conversations=1500, policy_steps=150, reward_steps=10, batch_size=16)
+        args.model_cache.mkdir(parents=True, exist_ok=True)
+        for name in ("policy", "reward"):
+            if (args.model_cache / name).exists():
+                subprocess.run(["rm", "-rf", str(args.model_cache / name)], check=True)
+            (tmp / name).rename(args.model_cache / name)
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return folder
+
+
+# --- WebSocket client ---------------------------------------------------------------------------
+
+
+async def ws_connect(args: argparse.Namespace, chat: dict[str, Any]) -> Any:
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{args.port}/ws/chat/{chat['conversation']}/"
+    return await asyncio.wait_for(
+        connect(
+            url,
+            origin=f"http://127.0.0.1:{args.port}",  # type: ignore[arg-type]
+            additional_headers={"Cookie": f"sessionid={chat['session']}"},
+            open_timeout=30,
+            ping_interval=None,
+            max_size=2**22,
+            compression=None if args.no_compression else "deflate",
+        ),
+        35,
+    )
+
+
+async def ws_chat(ws: Any, content: str, timeout: float) -> dict[str, Any]:
+    """Send one message; stamp the fragments until the final one (times relative to the send)."""
+    from websockets.exceptions import ConnectionClosed
+
+    rec: dict[str, Any] = {"turn": None, "start": None, "tokens": [], "final": None, "error": None, "status": None}
+    sent = time.perf_counter()
+    await ws.send(json.dumps({"type": "send", "content": content}))
+    deadline = sent + timeout
+    while True:
+        remaining = deadline - time.perf_counter()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            message = await asyncio.wait_for(ws.recv(), remaining)
+        except TimeoutError:
+            rec["error"] = "timeout"
+            break
+        except ConnectionClosed as exc:
+            rec["error"] = f"closed ({exc.rcvd.code if exc.rcvd else '?'})"
+            break
+        at = (time.perf_counter() - sent) * 1000
+        if isinstance(message, bytes):
+            message = message.decode(errors="replace")
+        if ERROR_MARK in message:
+            rec["error"] = "error fragment"
+            break
+        if TOKEN_MARK in message:
+            rec["tokens"].append(at)
+        elif FINAL_MARK in message or (ANSWERS_MARK in message and rec["start"] is not None):
+            rec["final"] = at
+            status = message.split('data-status="', 1)[1].split('"', 1)[0] if "data-status=" in message else "?"
+            rec["status"] = status
+            if status != "complete":
+                rec["error"] = f"answer {status}"
+            break
+        elif TURN_MARK in message:
+            rec["turn"] = at
+        elif ANSWERS_MARK in message:
+            rec["start"] = at
+    return rec
+
+
+def rate(stamps_ms: list[float]) -> float:
+    """Chunks per second after the first."""
+    if len(stamps_ms) < 2 or stamps_ms[-1] <= stamps_ms[0]:
+        return float("nan")
+    return (len(stamps_ms) - 1) / ((stamps_ms[-1] - stamps_ms[0]) / 1000)
+
+
+# --- Part "ratio" -------------------------------------------------------------------------------
+
+
+async def inprocess_once() -> dict[str, Any]:
+    from models_registry.serving import get_policy
+
+    started = time.perf_counter()
+    policy = await get_policy()
+    stamps: list[float] = []
+    text = ""
+    async for chunk in policy.stream([{"role": "user", "content": PROMPT}]):
+        stamps.append((time.perf_counter() - started) * 1000)
+        text += chunk
+    return {"tokens": stamps, "text": text}
+
+
+async def pre_token_breakdown(conversation_id: str) -> dict[str, float]:
+    """The consumer's work between receiving ``send`` and asking the model, call by call (ms), in this
+    process, against the same database and Redis."""
+    from channels.db import database_sync_to_async
+    from django.template.loader import render_to_string
+
+    from feedback import chat
+    from feedback.models import Conversation, Message
+    from models_registry.serving import get_policy
+
+    conversation = await database_sync_to_async(Conversation.objects.select_related("user").get)(id=conversation_id)
+    user = conversation.user
+    times: dict[str, float] = {}
+
+    async def timed(name: str, coro: Any) -> Any:
+        t = time.perf_counter()
+        result = await coro
+        times[name] = (time.perf_counter() - t) * 1000
+        return result
+
+    await timed("generation_allow (Redis)", database_sync_to_async(chat.generation_allow)(user=user))
+    prompt = await timed(
+        "user_turn_create (DB tx)",
+        database_sync_to_async(chat.user_turn_create)(conversation=conversation, content=PROMPT),
+    )
+    t = time.perf_counter()
+    render_to_string("chat/_turn_new.html", {"prompt": prompt})
+    times["render _turn_new"] = (time.perf_counter() - t) * 1000
+    await timed("history_for (DB)", database_sync_to_async(chat.history_for)(prompt=prompt))
+    policy = await timed("get_policy", get_policy())
+    answer = await timed(
+        "_answer_create (DB)",
+        database_sync_to_async(chat._answer_create)(
+            prompt=prompt, model_version_id=policy.version_id, status=Message.Status.STREAMING
+        ),
+    )
+    t = time.perf_counter()
+    render_to_string("chat/_answer_new.html", {"answer": answer, "prompt_id": answer.parent_id})
+    times["render _answer_new"] = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    for _ in range(100):
+        render_to_string("chat/_token.html", {"answer": answer, "text": "tok "})
+    times["render _token (each)"] = (time.perf_counter() - t) * 1000 / 100
+    return times
+
+
+async def ratio_measure(args: argparse.Namespace, chats: list[dict[str, Any]], spare: list[str]) -> dict[str, Any]:
+    # Warm-ups: the server loads the model on its first chat; this process on its first stream.
+    ws = await ws_connect(args, chats[0])
+    try:
+        warm = await ws_chat(ws, PROMPT, args.chat_timeout)
+    finally:
+        await ws.close()
+    if warm["error"]:
+        raise RuntimeError(f"warm-up chat failed: {warm['error']}")
+    await inprocess_once()
+    inproc, remote = [], []
+    for i in range(args.reps):
+        inproc.append(await inprocess_once())
+        await asyncio.sleep(0.2)
+        ws = await ws_connect(args, chats[i + 1])
+        try:
+            await asyncio.sleep(0.1)
+            remote.append(await ws_chat(ws, PROMPT, args.chat_timeout))
+        finally:
+            await ws.close()
+        await asyncio.sleep(0.2)
+    breakdown = [await pre_token_breakdown(c) for c in spare]
+    return {"inproc": inproc, "ws": remote, "breakdown": breakdown, "inproc_text": inproc[-1]["text"]}
+
+
+def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[str, Any]:
+    folder = policy_folder(args)
+    from models_registry.artifacts import sha256_tree
+
+    version = make_live(artifact_path=str(folder), checksums=sha256_tree(folder), backend="local")
+    print(f"live: {version.label} (local, {folder})", flush=True)
+    chats = make_chats("ratio", args.reps + 1)
+    spare = [c["conversation"] for c in make_chats("split", 5)]
+    server = start_server(args, env, logs, "ratio")
+    try:
+        raw = asyncio.run(ratio_measure(args, chats, spare))
+    finally:
+        server.stop()
+    ws_errors = [r["error"] for r in raw["ws"] if r["error"]]
+    in_ttft = [r["tokens"][0] for r in raw["inproc"] if r["tokens"]]
+    ws_ttft = [r["tokens"][0] for r in raw["ws"] if r["tokens"]]
+    in_rate = [rate(r["tokens"]) for r in raw["inproc"]]
+    ws_rate = [rate(r["tokens"]) for r in raw["ws"]]
+    result = {
+        "reps": args.reps,
+        "max_new_tokens": args.max_new_tokens,
+        "inproc_ttft_ms": med(in_ttft),
+        "ws_ttft_ms": med(ws_ttft),
+        "inproc_rate": med(in_rate),
+        "ws_rate": med(ws_rate),
+        "inproc_chunks": med([len(r["tokens"]) for r in raw["inproc"]]),
+        "ws_chunks": med([len(r["tokens"]) for r in raw["ws"]]),
+        "ws_turn_ms": med([r["turn"] for r in raw["ws"] if r["turn"] is not None]),
+        "ws_start_ms": med([r["start"] for r in raw["ws"] if r["start"] is not None]),
+        "ws_final_after_last_token_ms": med(
+            [r["final"] - r["tokens"][-1] for r in raw["ws"] if r["final"] and r["tokens"]]
+        ),
+        "inproc_total_ms": med([r["tokens"][-1] for r in raw["inproc"] if r["tokens"]]),
+        "ws_last_token_ms": med([r["tokens"][-1] for r in raw["ws"] if r["tokens"]]),
+        "ws_errors": ws_errors,
+        "breakdown": {k: med([b[k] for b in raw["breakdown"]]) for k in raw["breakdown"][0]},
+        "sample_text": raw["inproc_text"][:120],
+        "raw_inproc_ttft": in_ttft,
+        "raw_ws_ttft": ws_ttft,
+    }
+    result["added_ttft_ms"] = result["ws_ttft_ms"] - result["inproc_ttft_ms"]
+    result["rate_ratio"] = result["ws_rate"] / result["inproc_rate"]
+    return result
+
+
+# --- Part "load" --------------------------------------------------------------------------------
+
+
+async def load_round(args: argparse.Namespace, chats: list[dict[str, Any]]) -> dict[str, Any]:
+    connect_errors: list[str] = []
+
+    async def open_one(chat: dict[str, Any]) -> Any:
+        try:
+            return await ws_connect(args, chat)
+        except Exception as exc:  # counted and reported
+            connect_errors.append(f"{type(exc).__name__}: {exc}"[:120])
+            return None
+
+    t = time.perf_counter()
+    sockets = await asyncio.gather(*(open_one(c) for c in chats))
+    connect_s = time.perf_counter() - t
+    live = [ws for ws in sockets if ws is not None]
+    try:
+        await asyncio.sleep(0.5)
+        t = time.perf_counter()
+        records = await asyncio.gather(*(ws_chat(ws, PROMPT, args.chat_timeout) for ws in live))
+        wall_s = time.perf_counter() - t
+    finally:
+        await asyncio.gather(*(asyncio.wait_for(ws.close(), 10) for ws in live), return_exceptions=True)
+    return {"connect_errors": connect_errors, "connect_s": connect_s, "records": records, "wall_s": wall_s}
+
+
+def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list[dict[str, Any]]:
+    fake, fake_port = start_fake_openai(args, env, logs)
+    results = []
+    try:
+        base_url = f"http://127.0.0.1:{fake_port}"
+        version = make_live(backend="openai", base_url=base_url, model_name="fake", artifact_path="", checksums={})
+        print(f"live: {version.label} (openai, fake server on port {fake_port})", flush=True)
+        warm = make_chats("warm", 3)
+        rounds = [(n, make_chats(f"load{n}-", n)) for n in args.client_counts]
+        server = start_server(args, env, logs, "load")
+        try:
+            asyncio.run(load_round(args, warm))
+            for n, chats in rounds:
+                print(f"load: {n} concurrent chats ...", flush=True)
+                raw = asyncio.run(load_round(args, chats))
+                time.sleep(1.0)  # the last answers' final writes
+                stored = completed_answers([c["conversation"] for c in chats])
+                recs = raw["records"]
+                errors: dict[str, int] = {}
+                if raw["connect_errors"]:
+                    errors["connect"] = len(raw["connect_errors"])
+                for r in recs:
+                    if r["error"]:
+                        errors[r["error"]] = errors.get(r["error"], 0) + 1
+                    elif len(r["tokens"]) != args.fake_tokens:
+                        errors["token count"] = errors.get("token count", 0) + 1
+                ttft = [r["tokens"][0] for r in recs if r["tokens"]]
+                total = [r["final"] for r in recs if r["final"] is not None and not r["error"]]
+                results.append({
+                    "clients": n,
+                    "connect_s": raw["connect_s"],
+                    "wall_s": raw["wall_s"],
+                    "turn_p50": pct([r["turn"] for r in recs if r["turn"] is not None], 50),
+                    "start_p50": pct([r["start"] for r in recs if r["start"] is not None], 50),
+                    "ttft_p50": pct(ttft, 50),
+                    "ttft_p99": pct(ttft, 99),
+                    "total_p50": pct(total, 50),
+                    "total_p99": pct(total, 99),
+                    "errors": errors,
+                    "error_count": sum(errors.values()),
+                    "complete_stored": stored.get("complete", 0),
+                    "stored": stored,
+                    "connect_error_samples": raw["connect_errors"][:3],
+                })  # fmt: skip
+        finally:
+            server.stop()
+    finally:
+        fake.stop()
+    return results
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[dict[str, Any]]) -> None:
+    def ok(flag: bool) -> str:
+        return "MET" if flag else "MISSED"
+
+    print(f"\n== chat WebSocket benchmark (uvicorn, {args.workers} worker(s), {os.cpu_count()} CPUs)")
+    if ratio:
+        print(
+            f"\n-- ratio: local tiny GPT-2, greedy, max_new_tokens={ratio['max_new_tokens']}, "
+            f"medians of {ratio['reps']} runs (chunk = one streamer piece = one token fragment)"
+        )
+        print(f"{'':<26} {'in-process':>11} {'WebSocket':>10}")
+        print(f"{'time to first chunk, ms':<26} {ratio['inproc_ttft_ms']:>11.1f} {ratio['ws_ttft_ms']:>10.1f}")
+        print(f"{'chunks/s after the first':<26} {ratio['inproc_rate']:>11.1f} {ratio['ws_rate']:>10.1f}")
+        print(f"{'chunks per answer':<26} {ratio['inproc_chunks']:>11.0f} {ratio['ws_chunks']:>10.0f}")
+        print(f"{'last chunk at, ms':<26} {ratio['inproc_total_ms']:>11.1f} {ratio['ws_last_token_ms']:>10.1f}")
+        print(
+            f"added TTFT {ratio['added_ttft_ms']:.1f} ms (goal <= {GOAL_ADDED_TTFT_MS:.0f}): "
+            f"{ok(ratio['added_ttft_ms'] <= GOAL_ADDED_TTFT_MS)}; tokens/s ratio {ratio['rate_ratio']:.2f}x "
+            f"(goal >= {GOAL_RATE_RATIO}): {ok(ratio['rate_ratio'] >= GOAL_RATE_RATIO)}; "
+            f"WebSocket errors: {len(ratio['ws_errors'])}"
+        )
+        print(
+            f"client-side stamps after send (median ms): _turn_new {ratio['ws_turn_ms']:.1f}, "
+            f"_answer_new {ratio['ws_start_ms']:.1f}, first token {ratio['ws_ttft_ms']:.1f}, "
+            f"final fragment {ratio['ws_final_after_last_token_ms']:.1f} after the last token"
+        )
+        print("consumer work before the model is asked, timed call by call in this process (median ms):")
+        for name, value in ratio["breakdown"].items():
+            print(f"  {name:<28} {value:>7.2f}")
+    if load:
+        print(
+            f"\n-- load: fake OpenAI server, {args.fake_tokens} tokens {args.fake_delay_ms:g} ms apart "
+            f"(unloaded floor ~{(args.fake_tokens - 1) * args.fake_delay_ms:.0f} ms per answer)"
+        )
+        header = (
+            f"{'chats':>5} {'connect s':>9} {'TTFT p50':>8} {'TTFT p99':>8} {'total p50':>9} {'total p99':>9} "
+            f"{'wall s':>6} {'errors':>6} {'complete in DB':>14}"
+        )
+        print(header)
+        print("-" * len(header))
+        for r in load:
+            print(
+                f"{r['clients']:>5} {r['connect_s']:>9.2f} {r['ttft_p50']:>8.0f} {r['ttft_p99']:>8.0f} "
+                f"{r['total_p50']:>9.0f} {r['total_p99']:>9.0f} {r['wall_s']:>6.1f} {r['error_count']:>6} "
+                f"{r['complete_stored']:>6}/{r['clients']:<7}"
+            )
+            print(f"      p50 ms after the send: _turn_new {r['turn_p50']:.0f}, _answer_new {r['start_p50']:.0f}")
+            if r["errors"]:
+                print(f"      errors: {r['errors']}; stored statuses {r['stored']} {r['connect_error_samples']}")
+        print("times in ms from the send; total = final fragment; errors = failed connects + error fragments")
+        print("+ timeouts + answers not complete or with a wrong token count")
+        big = [r for r in load if r["clients"] >= GOAL_CLIENTS]
+        if big:
+            good = all(r["error_count"] == 0 and r["complete_stored"] == r["clients"] for r in big)
+            print(f"goal: {GOAL_CLIENTS} concurrent chats, no errors, all stored complete: {ok(good)}")
+
+
+# --- Main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if args.fake_openai_port:
+        run_fake_openai(args.fake_openai_port, args.fake_tokens, args.fake_delay_ms)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    args.port = free_port()
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
+        DEBUG="0",
+        SECRET_KEY="bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        CHAT_RATE_PER_MINUTE="100000",
+        API_THROTTLE_RATE="off",
+        DATABASE_URL=f"{args.pg.rstrip('/')}/{args.db}",
+        REDIS_URL=args.redis,
+        SERVING_MAX_NEW_TOKENS=str(args.max_new_tokens),
+        SERVING_TEMPERATURE="0",  # greedy: both sides generate the same text
+        PYTHONUNBUFFERED="1",
+    )
+    os.environ.update(env)  # this process is configured the same way
+    logs = Path(tempfile.mkdtemp(prefix="chat-bench-logs-"))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    ratio, load = None, []
+    try:
+        recreate_database(args)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        if args.part in ("ratio", "all"):
+            ratio = part_ratio(args, env, logs)
+        if args.part in ("load", "all"):
+            load = part_load(args, env, logs)
+    finally:
+        stop_children()
+    report(args, ratio, load)
+    if args.json:
+        args.json.write_text(json.dumps({"ratio": ratio, "load": load}, indent=2, default=str))
+    if args.keep_logs:
+        print(f"server logs: {logs}")
+    else:
+        subprocess.run(["rm", "-rf", str(logs)], check=False)
+
+
+if __name__ == "__main__":
+    main()
