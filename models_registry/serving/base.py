@@ -6,7 +6,6 @@ import abc
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
 
 from django.conf import settings
 
@@ -15,13 +14,8 @@ from models_registry.serving.errors import ServingError
 ROLES = frozenset({"system", "user", "assistant"})
 
 
-def setting(name: str, default: Any) -> Any:
-    """Serving settings are optional: ``settings.py`` may define them, these defaults apply otherwise."""
-    return getattr(settings, name, default)
-
-
 def max_new_tokens_for(requested: int | None) -> int:
-    limit = int(setting("SERVING_MAX_NEW_TOKENS", 256))
+    limit = settings.SERVING_MAX_NEW_TOKENS
     if requested is None:
         return limit
     if requested < 1:
@@ -31,8 +25,8 @@ def max_new_tokens_for(requested: int | None) -> int:
 
 def sampling() -> dict[str, float]:
     return {
-        "temperature": float(setting("SERVING_TEMPERATURE", 0.7)),
-        "top_p": float(setting("SERVING_TOP_P", 0.95)),
+        "temperature": settings.SERVING_TEMPERATURE,
+        "top_p": settings.SERVING_TOP_P,
     }
 
 
@@ -79,7 +73,7 @@ def generation_slots() -> asyncio.Semaphore:
     others wait their turn, first come first served."""
     loop = asyncio.get_running_loop()
     if loop not in _slots:
-        _slots[loop] = asyncio.Semaphore(max(1, int(setting("SERVING_MAX_CONCURRENT", 2))))
+        _slots[loop] = asyncio.Semaphore(settings.SERVING_MAX_CONCURRENT)
     return _slots[loop]
 
 

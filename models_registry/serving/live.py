@@ -19,11 +19,12 @@ import weakref
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import DatabaseError
 
 from models_registry import selectors, services
 from models_registry.models import ModelVersion
-from models_registry.serving.base import ServedPolicy, reset_slots, setting
+from models_registry.serving.base import ServedPolicy, reset_slots
 from models_registry.serving.errors import ServingError
 from models_registry.serving.metrics import MODEL_LOAD_FAILURES, SERVING_LIVE_VERSION
 
@@ -51,7 +52,7 @@ _check_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
 
 
 def _fresh(now: float) -> bool:
-    return _served.policy is not None and now - _served.checked_at < float(setting("SERVING_LIVE_CHECK_SECONDS", 2))
+    return _served.policy is not None and now - _served.checked_at < settings.SERVING_LIVE_CHECK_SECONDS
 
 
 async def get_policy() -> ServedPolicy:

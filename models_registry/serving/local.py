@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import torch
+from django.conf import settings
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -38,7 +39,6 @@ from models_registry.serving.base import (
     generation_slots,
     max_new_tokens_for,
     sampling,
-    setting,
 )
 from models_registry.serving.errors import ServingError
 
@@ -177,7 +177,7 @@ class LocalPolicy(ServedPolicy):
         except BaseException:
             slots.release()
             raise
-        timeout = float(setting("SERVING_TOKEN_TIMEOUT_SECONDS", 120))
+        timeout = settings.SERVING_TOKEN_TIMEOUT_SECONDS
         try:
             while True:
                 try:

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from django.conf import settings
 
 from models_registry.models import ModelVersion
-from models_registry.serving.base import ServedPolicy, clean_messages, max_new_tokens_for, sampling, setting
+from models_registry.serving.base import ServedPolicy, clean_messages, max_new_tokens_for, sampling
 from models_registry.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,10 @@ class OpenAIPolicy(ServedPolicy):
             **sampling(),
         }
         headers = {"Accept": "text/event-stream"}
-        api_key = setting("SERVING_OPENAI_API_KEY", None)
+        api_key = settings.SERVING_OPENAI_API_KEY
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        timeout = httpx.Timeout(float(setting("SERVING_OPENAI_TIMEOUT_SECONDS", 60)), connect=10.0)
+        timeout = httpx.Timeout(settings.SERVING_OPENAI_TIMEOUT_SECONDS, connect=10.0)
         try:
             async with _client().stream("POST", self.url, json=payload, headers=headers, timeout=timeout) as response:
                 if response.status_code >= 400:
