@@ -145,6 +145,17 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 
 # --- Policy ------------------------------------------------------------------------------------------
+def _optimise(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float) -> float:
+    """One optimiser step at learning rate ``lr``, gradients clipped to norm 1; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def train_policy(
     tokenizer: PreTrainedTokenizerFast,
     conversations: Sequence[Conversation],
@@ -168,18 +179,12 @@ def train_policy(
     model.train()
     losses: list[float] = []
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, learning_rate)
         picks = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
         input_ids = _pad([rows[i][0] for i in picks], tokenizer.pad_token_id)
         labels = _pad([rows[i][1] for i in picks], -100)
         attention_mask = _pad([[1] * len(rows[i][0]) for i in picks], 0)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_optimise(model, optimizer, loss, lr=_lr_at(step, steps, learning_rate)))
         if log and (step + 1) % max(1, steps // 5) == 0:
             log(f"  policy step {step + 1}/{steps}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
@@ -228,16 +233,10 @@ def train_reward(
     model.train()
     losses: list[float] = []
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, learning_rate)
         batch = train_pairs[step * batch_size : (step + 1) * batch_size]
         scores = _rewards(model, tokenizer, [c for c, _ in batch] + [r for _, r in batch])
         loss = -F.logsigmoid(scores[: len(batch)] - scores[len(batch) :]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_optimise(model, optimizer, loss, lr=_lr_at(step, steps, learning_rate)))
         if log and (step + 1) % max(1, steps // 3) == 0:
             log(f"  reward step {step + 1}/{steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.eval()
