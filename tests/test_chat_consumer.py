@@ -78,6 +78,12 @@ async def receive_until(communicator, pattern: str, timeout: float = 5) -> list[
             return frames
 
 
+async def ask(communicator, content: str) -> list[str]:
+    """Send a chat message and collect the frames up to the finished answer."""
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": content}))
+    return await receive_until(communicator, FINAL)
+
+
 def tokens_of(frames: list[str]) -> str:
     pieces = [re.search(r'-live" hx-swap-oob="beforeend">(.*)</div>', f, re.S) for f in frames]
     return "".join(html.unescape(p.group(1)) for p in pieces if p)
@@ -106,8 +112,7 @@ async def test_a_foreign_origin_is_refused(conversation, alice_session):
 async def test_it_streams_tokens_in_order_and_stores_the_answer_and_steps(conversation, alice_session, policy):
     communicator, connected, _ = await connect(conversation, alice_session)
     assert connected
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "How do I boil an egg?"}))
-    frames = await receive_until(communicator, FINAL)
+    frames = await ask(communicator, "How do I boil an egg?")
     await communicator.disconnect()
 
     assert "How do I boil an egg?" in frames[0]
@@ -130,8 +135,7 @@ async def test_it_streams_tokens_in_order_and_stores_the_answer_and_steps(conver
 
 async def test_socket_feedback_lands_like_api_feedback(conversation, alice_session, policy, alice):
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
-    await receive_until(communicator, FINAL)
+    await ask(communicator, "Eggs?")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
 
     # What the page's buttons send: strings from hx-vals and form fields.
@@ -172,8 +176,7 @@ async def test_socket_feedback_lands_like_api_feedback(conversation, alice_sessi
 
 async def test_regenerate_makes_a_sibling_and_compare_stores_a_comparison(conversation, alice_session, policy):
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
-    await receive_until(communicator, FINAL)
+    await ask(communicator, "Eggs?")
     first = await sync_to_async(Message.objects.get)(role="assistant")
 
     await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
@@ -225,8 +228,7 @@ async def test_closing_the_socket_stops_generation_and_keeps_the_partial_answer(
 async def test_a_serving_failure_is_stored_and_shown(conversation, alice_session, policy):
     policy.fail_at = 3
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
-    frames = await receive_until(communicator, FINAL)
+    frames = await ask(communicator, "Eggs?")
     await communicator.disconnect()
 
     answer = await sync_to_async(Message.objects.get)(role="assistant")
@@ -252,15 +254,13 @@ async def test_bad_payloads_get_an_error_and_the_socket_stays_open(conversation,
     reply = await communicator.receive_from()
     assert 'id="chat-errors"' in reply
     assert error in reply
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Still there?"}))
-    await receive_until(communicator, FINAL)
+    await ask(communicator, "Still there?")
     await communicator.disconnect()
 
 
 async def test_a_rating_out_of_range_over_the_socket_is_refused(conversation, alice_session, policy):
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
-    await receive_until(communicator, FINAL)
+    await ask(communicator, "Eggs?")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     await communicator.send_to(text_data=json.dumps({"type": "feedback", "message_id": str(answer.id), "rating": "9"}))
     reply = await communicator.receive_from()
@@ -282,8 +282,7 @@ async def test_messages_over_the_length_limit_are_refused(conversation, alice_se
 async def test_generation_is_rate_limited_per_user(conversation, alice_session, policy, settings):
     settings.CHAT_RATE_PER_MINUTE = 1
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "One"}))
-    await receive_until(communicator, FINAL)
+    await ask(communicator, "One")
     await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
     reply = await communicator.receive_from()
     await communicator.disconnect()
@@ -309,8 +308,7 @@ async def test_no_live_policy_gives_a_failed_answer_with_a_clear_message(convers
 
     monkeypatch.setattr(chat, "get_policy", no_policy)
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Hello?"}))
-    frames = await receive_until(communicator, FINAL)
+    frames = await ask(communicator, "Hello?")
     await communicator.disconnect()
     assert "No policy model is live yet" in frames[-1]
     answer = await sync_to_async(Message.objects.get)(role="assistant")
@@ -324,8 +322,7 @@ async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, 
 
     monkeypatch.setattr(policy, "stream", broken)
     communicator, _, _ = await connect(conversation, alice_session)
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
-    frames = await receive_until(communicator, FINAL)
+    frames = await ask(communicator, "Eggs?")
     await communicator.disconnect()
 
     answer = await sync_to_async(Message.objects.get)(role="assistant")
