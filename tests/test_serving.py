@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from models_registry.artifacts import sha256_tree
 from models_registry.models import ModelVersion
 from models_registry.services import model_version_make_live, model_version_register
 from models_registry.serving import ServingError, get_policy
+from tests.helpers import free_port
 
 QUESTION = [{"role": "user", "content": "How do I boil an egg?"}]
 GENERATE_THREAD = "serving-generate-"
@@ -423,9 +423,7 @@ async def test_an_openai_server_error_is_a_serving_error():
 
 @pytest.mark.django_db(transaction=True)
 async def test_an_unreachable_openai_server_is_a_serving_error():
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens there
     await sync_to_async(register_openai_live)(f"http://127.0.0.1:{port}")
     policy = await get_policy()
 
