@@ -115,7 +115,7 @@ class FeedbackCollectionApi(GenericAPIView):
             user=request.user,
             scope="feedback",
             key=request.headers.get("Idempotency-Key"),
-            fingerprint=services.request_fingerprint(request.data),
+            payload=request.data,
             call=call,
         )
         return Response(body, status=code)
@@ -175,7 +175,7 @@ class ComparisonCollectionApi(GenericAPIView):
             user=request.user,
             scope="comparison",
             key=request.headers.get("Idempotency-Key"),
-            fingerprint=services.request_fingerprint(request.data),
+            payload=request.data,
             call=call,
         )
         return Response(body, status=code)

@@ -253,18 +253,20 @@ def idempotent(
     user: User,
     scope: str,
     key: str | None,
-    fingerprint: str,
+    payload: Any,
     call: Callable[[], tuple[int, dict[str, Any]]],
 ) -> tuple[int, dict[str, Any]]:
     """Run ``call`` once per (user, scope, key); a retry with the same key gets the first answer.
 
     The record is written in the same transaction as the work, under the user's lock, so a retry
-    racing the first attempt waits for it and then replays its answer.
+    racing the first attempt waits for it and then replays its answer. ``payload`` (the request
+    body) is fingerprinted only when a key is given: the same key with another body is refused.
     """
     if not key:
         return call()
     if len(key) > 255:
         raise FeedbackError("The Idempotency-Key header is longer than 255 characters.", code="invalid_header")
+    fingerprint = request_fingerprint(payload)
     with transaction.atomic():
         satisfaction_lock(user=user)
         record = IdempotencyRecord.objects.filter(user=user, scope=scope, key=key).first()

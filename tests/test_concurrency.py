@@ -81,7 +81,7 @@ def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():
         return 201, {"id": result.feedback.id}
 
     def attempt() -> tuple[int, dict[str, Any]]:
-        return services.idempotent(user=user, scope="feedback", key="same", fingerprint="f", call=call)
+        return services.idempotent(user=user, scope="feedback", key="same", payload={"rating": 5}, call=call)
 
     results = run_together(attempt, attempt, attempt)
 
