@@ -52,14 +52,14 @@ def conversation_for_user(*, user: User, conversation_id: uuid.UUID) -> Conversa
     return Conversation.objects.filter(id=conversation_id, user=user).first()
 
 
-def conversation_turns(*, conversation: Conversation) -> list[tuple[Message, list[Message]]]:
-    """The conversation as (user turn, its answers) pairs, oldest first, with steps prefetched."""
-    messages = list(
-        Message.objects.filter(conversation=conversation)
-        .select_related("model_version")
-        .prefetch_related(Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
-        .order_by("created_at", "id")
-    )
+def conversation_turns(*, conversation: Conversation, for_display: bool = True) -> list[tuple[Message, list[Message]]]:
+    """The conversation as (user turn, its answers) pairs, oldest first. ``for_display`` also loads
+    each answer's steps and model version, which the page shows and the model's history does not."""
+    messages = Message.objects.filter(conversation=conversation).order_by("created_at", "id")
+    if for_display:
+        messages = messages.select_related("model_version").prefetch_related(
+            Prefetch("steps", queryset=MessageStep.objects.order_by("index"))
+        )
     turns: dict[uuid.UUID, tuple[Message, list[Message]]] = {}
     for message in messages:
         if message.role == Message.Role.USER:
@@ -88,7 +88,7 @@ def history_for(*, prompt: Message) -> list[dict[str, str]]:
     """The conversation up to and including ``prompt`` in chat format. Where a turn has several
     answers (regenerations), the latest one that did not fail stands for it."""
     history: list[dict[str, str]] = []
-    for user_turn, answers in conversation_turns(conversation=prompt.conversation):
+    for user_turn, answers in conversation_turns(conversation=prompt.conversation, for_display=False):
         history.append({"role": "user", "content": user_turn.content})
         if user_turn.id == prompt.id:
             break
