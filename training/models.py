@@ -1,1 +1,130 @@
-# TrainingRun and DatasetSnapshot arrive with the training pipeline (DESIGN.md, "Core data").
+"""What a model was trained on (``DatasetSnapshot``) and the job that trained it (``TrainingRun``).
+
+A snapshot row is written only once its files are complete; its ``content_hash`` covers every file,
+and ``source`` names the feedback and comparison id ranges it read, so a model version traces back
+through its run to the exact rows. A run is a long job with state, progress, a heartbeat and a log
+tail; its allowed status changes are ``TrainingRun.TRANSITIONS`` and only ``training.services``
+changes them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from models_registry.models import ModelVersion
+
+
+class DatasetSnapshot(models.Model):
+    """One build of the feedback processor: four datasets (preference pairs, unpaired examples,
+    step-labelled examples, prompts), each split into train and test, as JSON Lines under ``path``."""
+
+    path = models.CharField(max_length=500, help_text="Folder holding <dataset>/{train,test}.jsonl and manifest.json.")
+    content_hash = models.CharField(max_length=64, help_text="sha256 over every file of the snapshot.")
+    row_counts = models.JSONField(default=dict, help_text='{"preference": {"train": n, "test": m}, ...}')
+    split = models.JSONField(default=dict, help_text="Seed, test fraction and unit (conversation) of the split.")
+    source = models.JSONField(default=dict, help_text="Feedback and comparison id ranges and row counts read.")
+    options = models.JSONField(default=dict, help_text="Processor options (rating thresholds, ...).")
+    stats = models.JSONField(default=dict, help_text="Dropped ties, conflicts, duplicates, scrubbed values, ...")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    build_seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"dataset {self.pk} ({self.content_hash[:12]})"
+
+    def rows(self, dataset: str, split: str) -> int:
+        return int(self.row_counts.get(dataset, {}).get(split, 0))
+
+
+class TrainingRun(models.Model):
+    class Kind(models.TextChoices):
+        REWARD = "reward", "Reward model"
+        PPO = "ppo", "PPO (policy)"
+        DPO = "dpo", "DPO (policy)"
+        KTO = "kto", "KTO (policy)"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # status -> statuses it may move to; the rest are final.
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.QUEUED: {Status.RUNNING, Status.FAILED, Status.CANCELLED},
+        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED},
+    }
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    config = models.JSONField(default=dict, help_text="Validated settings, defaults filled in.")
+    phase = models.CharField(max_length=32, blank=True, help_text="What the worker is doing now.")
+    progress = models.FloatField(default=0.0, help_text="0 to 1.")
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Technical detail (exception and traceback).")
+    error_message = models.TextField(blank=True, help_text="What went wrong, for a person.")
+    cancel_requested = models.BooleanField(default=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker that claimed it.")
+    task_id = models.CharField(max_length=64, blank=True)
+    dataset = models.ForeignKey(
+        DatasetSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="training_runs"
+    )
+    base_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="Started from."
+    )
+    reward_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The reward model that scored it (PPO, and policy evaluation).",
+    )
+    output_version = models.OneToOneField(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="training_run",
+        help_text="The candidate it registered.",
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("start_trainingrun", "Can start and cancel training runs")]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__gte=0) & Q(progress__lte=1), name="training_run_progress_0_1"),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded") | Q(output_version__isnull=False),
+                name="training_run_succeeded_has_version",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="training_run_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run {self.pk}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def output_kind(self) -> str:
+        return ModelVersion.Kind.REWARD if self.kind == self.Kind.REWARD else ModelVersion.Kind.POLICY

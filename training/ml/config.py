@@ -1,0 +1,121 @@
+"""Per-run training configuration: defaults per kind, validated with messages a person can act on.
+
+A run's config is stored as JSON on its row; ``validate_config`` fills the defaults and refuses
+anything unknown or out of range, with one message per field. No Django.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+KINDS = ("reward", "ppo", "dpo", "kto")
+# Which dataset of a snapshot each kind trains on.
+DATASET_FOR_KIND = {"reward": "preference", "dpo": "preference", "kto": "unpaired", "ppo": "prompts"}
+
+
+class ConfigError(ValueError):
+    """Invalid config; ``fields`` maps each bad field to its messages."""
+
+    def __init__(self, fields: dict[str, list[str]]):
+        self.fields = fields
+        first = next(iter(fields.items()))
+        super().__init__(
+            f"{first[0]}: {first[1][0]}" if len(fields) == 1 else f"{len(fields)} config fields are invalid."
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256  # prompt + completion tokens
+    max_steps: int = -1  # -1: as many as the epochs take
+    seed: int = 0
+    # Dataset build
+    test_fraction: float = 0.1
+    min_train_rows: int = 8  # fewer rows than this in the train split: fail fast
+    good_rating: int = 4  # rating >= this is a good answer (unpaired label true)
+    bad_rating: int = 2  # rating <= this is a bad answer; in between is dropped
+    # DPO / KTO
+    beta: float = 0.1
+    # PPO
+    max_new_tokens: int = 48
+    kl_coef: float = 0.05
+    ppo_epochs: int = 1
+    # Evaluation
+    eval_prompts: int = 64  # held-out prompts sampled for policy evaluation
+    eval_max_new_tokens: int = 48
+
+
+# kind -> overrides of the defaults above
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "reward": {"learning_rate": 1e-4, "epochs": 1.0},
+    "dpo": {"learning_rate": 5e-5, "epochs": 1.0},
+    "kto": {"learning_rate": 5e-5, "epochs": 1.0},
+    "ppo": {"learning_rate": 1e-5, "epochs": 1.0, "batch_size": 8},
+}
+
+# field -> (type, minimum, maximum); None means unbounded on that side.
+_BOUNDS: dict[str, tuple[type, float | None, float | None]] = {
+    "epochs": (float, 0.01, 1000),
+    "learning_rate": (float, 1e-9, 1.0),
+    "batch_size": (int, 1, 4096),
+    "gradient_accumulation_steps": (int, 1, 1024),
+    "max_length": (int, 16, 32768),
+    "max_steps": (int, -1, 10_000_000),
+    "seed": (int, 0, 2**32 - 1),
+    "test_fraction": (float, 0.01, 0.9),
+    "min_train_rows": (int, 1, 10_000_000),
+    "good_rating": (int, 1, 5),
+    "bad_rating": (int, 1, 5),
+    "beta": (float, 1e-6, 100),
+    "max_new_tokens": (int, 1, 4096),
+    "kl_coef": (float, 0.0, 100),
+    "ppo_epochs": (int, 1, 100),
+    "eval_prompts": (int, 1, 100_000),
+    "eval_max_new_tokens": (int, 1, 4096),
+}
+
+
+def defaults_for(kind: str) -> dict[str, Any]:
+    return {**asdict(TrainConfig()), **KIND_DEFAULTS.get(kind, {})}
+
+
+def validate_config(kind: str, raw: Any) -> TrainConfig:
+    """``raw`` (a JSON object, or None for all defaults) as a ``TrainConfig`` for ``kind``, or ``ConfigError``."""
+    if kind not in KINDS:
+        raise ConfigError({"kind": [f"Unknown training kind {kind!r}; choose one of {', '.join(KINDS)}."]})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError({"config": ['Must be a JSON object of settings, e.g. {"epochs": 2}.']})
+    errors: dict[str, list[str]] = {}
+    known = {f.name for f in fields(TrainConfig)}
+    for name in raw:
+        if name not in known:
+            errors[str(name)] = [f"Unknown setting. Known settings: {', '.join(sorted(known))}."]
+    values = defaults_for(kind)
+    for name, value in raw.items():
+        if name not in known:
+            continue
+        kind_of, low, high = _BOUNDS[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors[name] = [f"Must be a number, not {type(value).__name__}."]
+            continue
+        if kind_of is int and not float(value).is_integer():
+            errors[name] = ["Must be a whole number."]
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            errors[name] = [f"Must be between {low:g} and {high:g}; got {value:g}."]
+            continue
+        values[name] = int(value) if kind_of is int else float(value)
+    if "good_rating" not in errors and "bad_rating" not in errors and values["bad_rating"] >= values["good_rating"]:
+        errors["bad_rating"] = [f"Must be below good_rating ({values['good_rating']}); got {values['bad_rating']}."]
+    if values["max_steps"] == 0:
+        errors["max_steps"] = ["Must be -1 (no limit) or at least 1."]
+    if errors:
+        raise ConfigError(errors)
+    return TrainConfig(**values)
