@@ -1,0 +1,232 @@
+"""Reward, DPO and KTO: the kinds that run TRL's ``Trainer``-based loops. No Django."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl import DPOTrainer, KTOTrainer, RewardTrainer
+
+from training.ml.callbacks import HooksCallback
+from training.ml.config import TrainConfig
+from training.ml.data import load_split
+from training.ml.progress import RunHooks, TrainResult
+from training.ml.trainers.common import (
+    base_generation_config,
+    build_dpo_config,
+    build_kto_config,
+    build_reward_config,
+    clean_metrics,
+    is_sequence_classifier,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    require_rows,
+    save_checkpoint,
+    scratch_dir,
+)
+
+EMPTY_TEST_NOTE = "test split is empty: no eval metrics"
+
+
+def _quiet(trainer: Trainer) -> None:
+    """No printing to stdout: the hooks get the logs."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def _run(
+    trainer: Trainer,
+    callback: HooksCallback,
+    *,
+    config: TrainConfig,
+    train_rows: int,
+    test_rows: int,
+    started: float,
+) -> tuple[dict[str, Any], int, bool]:
+    """Train (and evaluate on the test split when there is one); (metrics, steps, stopped)."""
+    _quiet(trainer)
+    usable = len(trainer.train_dataset)  # type: ignore[arg-type]
+    require_rows(usable, config.batch_size, f"usable rows (of {train_rows}, after dropping rows over max_length)")
+    output = trainer.train()
+    steps = int(trainer.state.global_step)
+    raw: dict[str, Any] = {k: v for k, v in callback.latest.items() if k not in {"epoch", "total_flos"}}
+    raw.update(
+        {
+            "train_loss": output.training_loss,
+            "steps": steps,
+            "samples": steps * config.batch_size * config.gradient_accumulation_steps,  # an upper bound
+            "train_rows": train_rows,
+            "usable_train_rows": usable,
+            "test_rows": test_rows,
+        }
+    )
+    if callback.stopped:
+        raw["seconds"] = round(time.perf_counter() - started, 3)
+        return clean_metrics(raw), steps, True
+    if test_rows and trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate()  # logged through the callback
+        raw.update({k: v for k, v in eval_metrics.items() if k.startswith("eval_")})
+    elif not test_rows:
+        raw["eval_note"] = EMPTY_TEST_NOTE
+    raw["seconds"] = round(time.perf_counter() - started, 3)
+    return clean_metrics(raw), steps, False
+
+
+def _finish(
+    trainer: Trainer,
+    callback: HooksCallback,
+    *,
+    config: TrainConfig,
+    train_rows: int,
+    test_rows: int,
+    started: float,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: Path,
+    base_dir: Path,
+    causal: bool,
+) -> TrainResult:
+    metrics, steps, stopped = _run(
+        trainer, callback, config=config, train_rows=train_rows, test_rows=test_rows, started=started
+    )
+    if stopped:
+        return TrainResult(metrics=metrics, steps=steps, stopped=True)
+    model.eval()
+    save_checkpoint(
+        model, tokenizer, output_dir, generation_config=base_generation_config(base_dir) if causal else None
+    )
+    callback.hooks.log(f"saved the model to {output_dir}")
+    return TrainResult(metrics=metrics, steps=steps, stopped=False)
+
+
+def train_reward(
+    *, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks
+) -> TrainResult:
+    started = time.perf_counter()
+    train_set = load_split(data_dir, "train", "preference")
+    test_set = load_split(data_dir, "test", "preference")
+    require_rows(len(train_set), config.batch_size, "preference pairs")
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(base_dir)
+    continuing = is_sequence_classifier(base_dir)
+    model = load_reward_model(base_dir, tokenizer)
+    hooks.log(("continuing reward model " if continuing else "new reward head on ") + str(base_dir))
+    callback = HooksCallback(hooks)
+    with scratch_dir() as scratch:
+        trainer = RewardTrainer(
+            model=model,
+            args=build_reward_config(config, scratch),
+            train_dataset=train_set,
+            # No eval_dataset: evaluation.evaluate_reward scores the same held-out pairs (and more)
+            # after training; TRL's evaluate() on top would be the same forward passes twice.
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        return _finish(
+            trainer,
+            callback,
+            config=config,
+            train_rows=len(train_set),
+            test_rows=len(test_set),
+            started=started,
+            model=model,
+            tokenizer=tokenizer,
+            output_dir=output_dir,
+            base_dir=base_dir,
+            causal=False,
+        )
+
+
+def train_dpo(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
+    started = time.perf_counter()
+    train_set = load_split(data_dir, "train", "preference")
+    test_set = load_split(data_dir, "test", "preference")
+    require_rows(len(train_set), config.batch_size, "preference pairs")
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(base_dir)
+    model = load_causal_lm(base_dir)
+    reference = load_causal_lm(base_dir)
+    callback = HooksCallback(hooks)
+    with scratch_dir() as scratch:
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=build_dpo_config(config, scratch),
+            train_dataset=train_set,
+            eval_dataset=test_set if len(test_set) else None,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        return _finish(
+            trainer,
+            callback,
+            config=config,
+            train_rows=len(train_set),
+            test_rows=len(test_set),
+            started=started,
+            model=model,
+            tokenizer=tokenizer,
+            output_dir=output_dir,
+            base_dir=base_dir,
+            causal=True,
+        )
+
+
+def check_unpaired(rows: Dataset, batch_size: int) -> None:
+    """KTO's loss needs desirable (label true) and undesirable (label false) examples, and its KL
+    estimate pairs each completion with another prompt in the same batch (TRL: batch size > 1)."""
+    labels = list(rows["label"]) if len(rows) else []
+    good = sum(1 for label in labels if label)
+    bad = len(labels) - good
+    if good == 0 or bad == 0:
+        raise ValueError(
+            f"KTO needs both desirable and undesirable examples; the training data has {good} desirable "
+            f"(label true) and {bad} undesirable (label false). Collect both good and bad ratings, "
+            "or train with DPO on preference pairs."
+        )
+    if batch_size < 2:
+        raise ValueError("KTO needs batch_size of at least 2: its KL term pairs completions within a batch.")
+
+
+def train_kto(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
+    started = time.perf_counter()
+    train_set = load_split(data_dir, "train", "unpaired")
+    test_set = load_split(data_dir, "test", "unpaired")
+    require_rows(len(train_set), config.batch_size, "unpaired examples")
+    check_unpaired(train_set, config.batch_size)
+    # KTO reads its rows in order (see build_kto_config): shuffle them here, seeded.
+    train_set = train_set.shuffle(seed=config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(base_dir)
+    model = load_causal_lm(base_dir)
+    reference = load_causal_lm(base_dir)
+    callback = HooksCallback(hooks)
+    with scratch_dir() as scratch:
+        trainer = KTOTrainer(
+            model=model,
+            ref_model=reference,
+            args=build_kto_config(config, scratch),
+            train_dataset=train_set,
+            eval_dataset=test_set if len(test_set) else None,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+        return _finish(
+            trainer,
+            callback,
+            config=config,
+            train_rows=len(train_set),
+            test_rows=len(test_set),
+            started=started,
+            model=model,
+            tokenizer=tokenizer,
+            output_dir=output_dir,
+            base_dir=base_dir,
+            causal=True,
+        )
