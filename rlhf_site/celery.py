@@ -5,6 +5,8 @@ import os
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_site.settings")
+# Progress bars of dataset tokenisation are noise in a worker's log; runs report progress on their row.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 app = Celery("rlhf_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -246,3 +246,22 @@ SERVING_LIVE_CHECK_SECONDS = envint("SERVING_LIVE_CHECK_SECONDS", 2, minimum=0)
 SERVING_TOKEN_TIMEOUT_SECONDS = envint("SERVING_TOKEN_TIMEOUT_SECONDS", 120, minimum=1)
 SERVING_OPENAI_API_KEY = envsecret("SERVING_OPENAI_API_KEY")
 SERVING_OPENAI_TIMEOUT_SECONDS = envint("SERVING_OPENAI_TIMEOUT_SECONDS", 60, minimum=1)
+
+# --- Training (training app) ------------------------------------------------------------------
+TRAINING_ARTIFACTS_DIR = Path(envstr("TRAINING_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")) or "")
+TRAINING_DATASETS_DIR = Path(envstr("TRAINING_DATASETS_DIR", str(VAR_DIR / "datasets")) or "")
+TRAINING_HEARTBEAT_SECONDS = envfloat("TRAINING_HEARTBEAT_SECONDS", 5.0, minimum=0.1)
+# A running run whose heartbeat is older than this is failed by the reaper (its worker died).
+TRAINING_STALE_AFTER_SECONDS = envint("TRAINING_STALE_AFTER_SECONDS", 300, minimum=1)
+# Celery time limits of a run (enforced by the prefork pool): the soft one fails the run cleanly.
+TRAINING_SOFT_TIME_LIMIT_SECONDS = envint("TRAINING_SOFT_TIME_LIMIT_SECONDS", 6 * 3600, minimum=1)
+TRAINING_TIME_LIMIT_SECONDS = envint("TRAINING_TIME_LIMIT_SECONDS", 6 * 3600 + 600, minimum=1)
+if TRAINING_TIME_LIMIT_SECONDS <= TRAINING_SOFT_TIME_LIMIT_SECONDS:
+    raise ImproperlyConfigured("TRAINING_TIME_LIMIT_SECONDS must be above TRAINING_SOFT_TIME_LIMIT_SECONDS.")
+TRAINING_LOG_TAIL_LINES = envint("TRAINING_LOG_TAIL_LINES", 200, minimum=1)
+TRAINING_REAP_EVERY_SECONDS = envint("TRAINING_REAP_EVERY_SECONDS", 60, minimum=1)
+CELERY_TASK_ROUTES = {"training.tasks.training_run_execute": {"queue": "training"}}
+CELERY_BEAT_SCHEDULE["reap-stale-training-runs"] = {
+    "task": "training.tasks.training_runs_reap",
+    "schedule": float(TRAINING_REAP_EVERY_SECONDS),
+}

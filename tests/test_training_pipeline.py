@@ -1,0 +1,195 @@
+"""Training runs end to end in this process: feedback rows -> dataset snapshot -> TRL on the tiny
+bootstrapped models (CPU, seconds) -> evaluation -> a registered candidate; and every way a run can
+fail or stop without leaving a half-registered model behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+
+from models_registry.artifacts import resolve_artifact_path, sha256_tree, verify_checksums
+from models_registry.models import ModelVersion
+from models_registry.services import model_version_make_live, model_version_register
+from tests.training_data import seed_rated_conversations
+from training import runner, services
+from training.models import TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+# Tiny: a handful of optimiser steps and short generations, so each kind runs in seconds.
+TINY = {
+    "max_steps": 3,
+    "batch_size": 4,
+    "max_length": 128,
+    "max_new_tokens": 8,
+    "eval_prompts": 4,
+    "eval_max_new_tokens": 8,
+    "min_train_rows": 4,
+    "test_fraction": 0.25,
+}
+
+
+@pytest.fixture
+def live(bootstrapped, settings, tmp_path):
+    """The bootstrapped policy and reward model, registered and live; runs write under tmp_path."""
+    settings.TRAINING_ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.TRAINING_DATASETS_DIR = tmp_path / "datasets"
+    settings.TRAINING_HEARTBEAT_SECONDS = 0.1
+    versions = {}
+    for kind, folder in (("policy", bootstrapped.policy_dir), ("reward", bootstrapped.reward_dir)):
+        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
+        versions[kind] = model_version_make_live(version=version)
+    return versions
+
+
+def start(kind: str, django_capture_on_commit_callbacks, **config) -> TrainingRun:
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.training_run_create(kind=kind, config={**TINY, **config})
+
+
+def run_here(run: TrainingRun) -> TrainingRun:
+    runner.execute(run.id, worker="test:1", task_id="task-1")
+    run.refresh_from_db()
+    return run
+
+
+def no_checkpoints_left(settings) -> bool:
+    root = Path(settings.TRAINING_ARTIFACTS_DIR)
+    return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kind", ["reward", "dpo", "kto", "ppo"])
+def test_each_kind_trains_and_registers_a_candidate(kind, live, alice, django_capture_on_commit_callbacks):
+    seed_rated_conversations(alice, 24)
+    run = run_here(start(kind, django_capture_on_commit_callbacks))
+
+    assert run.status == "succeeded", f"{run.error_message}\n{run.error}\n{run.log_tail}"
+    version = run.output_version
+    assert version is not None
+    assert version.status == ModelVersion.Status.CANDIDATE
+    assert version.kind == ("reward" if kind == "reward" else "policy")
+    assert version.parent == live[version.kind]
+    verify_checksums(resolve_artifact_path(version.artifact_path), version.checksums)
+    assert version.checksums.keys() >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert not any(name.startswith("checkpoint-") for name in version.checksums)
+    # Lineage: the version names its run and the exact dataset.
+    assert version.training_run == run
+    assert version.metrics["lineage"]["dataset_hash"] == run.dataset.content_hash
+    assert version.metrics["lineage"]["feedback_ids"] == run.dataset.source["feedback_ids"]
+    assert run.dataset.rows("preference", "train") > 0
+    # Progress and evaluation are stored on the run and on the version.
+    assert run.progress == 1.0
+    assert run.step > 0
+    assert run.total_steps >= run.step
+    assert run.metrics["train"]["steps"] > 0
+    assert run.metrics["eval"] == version.metrics["eval"]
+    if kind == "reward":
+        assert set(run.metrics["eval"]) >= {"pairs", "accuracy", "mean_margin", "calibration_ece", "brier"}
+        assert run.metrics["baseline"]["pairs"] == run.metrics["eval"]["pairs"]
+    else:
+        assert set(run.metrics["eval"]) >= {"prompts", "mean_reward", "win_rate", "kl", "mean_length"}
+    assert "claimed by test:1" in run.log_tail
+    # It never goes live by itself.
+    assert ModelVersion.objects.get(kind=version.kind, status="live") == live[version.kind]
+
+
+def test_too_little_data_fails_fast_saying_how_much_there_is(live, django_capture_on_commit_callbacks, settings):
+    run = run_here(start("reward", django_capture_on_commit_callbacks, min_train_rows=8))
+    assert run.status == "failed"
+    assert run.error_message.startswith("Too little data for a reward run: the train split has 0 preference pairs")
+    assert "at least 8 are needed" in run.error_message
+    assert run.dataset is not None  # the snapshot it looked at is kept, for the record
+    assert run.output_version is None
+    assert no_checkpoints_left(settings)
+
+
+def test_a_redelivered_task_does_nothing(live, alice, django_capture_on_commit_callbacks):
+    seed_rated_conversations(alice, 12)
+    run = run_here(start("reward", django_capture_on_commit_callbacks))
+    assert run.status == "succeeded"
+    assert runner.execute(run.id, worker="test:2") == "skipped"
+    assert ModelVersion.objects.filter(kind="reward").count() == 2
+    run.refresh_from_db()
+    assert run.worker == "test:1"
+
+
+def test_cancel_stops_the_run_at_the_next_step_and_registers_nothing(
+    live, alice, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    seed_rated_conversations(alice, 24)
+    run = start("dpo", django_capture_on_commit_callbacks, max_steps=50)
+    original = runner.Reporter.report
+
+    def operator_cancels(self, progress):
+        services.training_run_cancel(run_id=self.run_id)
+        original(self, progress)
+
+    monkeypatch.setattr(runner.Reporter, "report", operator_cancels)
+    run = run_here(run)
+    assert run.status == "cancelled"
+    assert run.error_message == "Cancelled by an operator."
+    assert run.step < 50
+    assert "stopped: cancelled" in run.log_tail
+    assert ModelVersion.objects.filter(kind="policy").count() == 1
+    assert no_checkpoints_left(settings)
+
+
+def test_the_soft_time_limit_fails_the_run_cleanly(
+    live, alice, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    seed_rated_conversations(alice, 12)
+    run = start("reward", django_capture_on_commit_callbacks)
+
+    def limit_reached(self, progress):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(runner.Reporter, "report", limit_reached)
+    run = run_here(run)
+    assert run.status == "failed"
+    assert run.error_message.startswith("The run took longer than its time limit")
+    assert ModelVersion.objects.filter(kind="reward").count() == 1
+    assert no_checkpoints_left(settings)
+
+
+def test_a_failed_registration_leaves_no_model_behind(
+    live, alice, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    seed_rated_conversations(alice, 12)
+    run = start("reward", django_capture_on_commit_callbacks)
+
+    def registry_down(**kwargs):
+        raise RuntimeError("registry unavailable")
+
+    monkeypatch.setattr(services, "model_version_register", registry_down)
+    run = run_here(run)
+    assert run.status == "failed"
+    assert run.error_message == "Training failed: registry unavailable"
+    assert "RuntimeError" in run.error
+    assert ModelVersion.objects.filter(kind="reward").count() == 1
+    assert no_checkpoints_left(settings)
+
+
+def test_a_base_model_whose_files_changed_is_refused(live, alice, django_capture_on_commit_callbacks, tmp_path):
+    seed_rated_conversations(alice, 12)
+    run = start("reward", django_capture_on_commit_callbacks)
+    ModelVersion.objects.filter(id=live["reward"].id).update(checksums={"config.json": "0" * 64})
+    run = run_here(run)
+    assert run.status == "failed"
+    assert run.error_message.startswith(f"{live['reward'].label} cannot be used:")
+    assert "does not match its recorded checksums" in run.error_message
+
+
+def test_train_here_goes_through_the_same_service(live, alice, capsys):
+    from django.core.management import call_command
+
+    seed_rated_conversations(alice, 12)
+    call_command(
+        "train", "--kind", "reward", "--here", "--config", '{"max_steps": 2, "batch_size": 4, "min_train_rows": 4}'
+    )
+    out = capsys.readouterr().out
+    run = TrainingRun.objects.get()
+    assert run.status == "succeeded"
+    assert f"Registered candidate {run.output_version.label}" in out
+    assert "100% succeeded" in out

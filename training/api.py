@@ -1,0 +1,98 @@
+"""The training API: start runs, follow them, cancel them. Operators only (model permissions)."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from feedback.api import ERRORS, ErrorSerializer
+from training import selectors, services
+from training.models import TrainingRun
+from training.serializers import TrainingRunInputSerializer, TrainingRunSerializer
+
+TRAINING_ERRORS = {
+    **ERRORS,
+    403: OpenApiResponse(ErrorSerializer, description="Missing permission."),
+    409: OpenApiResponse(ErrorSerializer, description="The run is finished."),
+}
+
+
+class CanViewRuns(BasePermission):
+    message = "You need the permission to view training runs."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("training.view_trainingrun"))
+
+
+class CanStartRuns(BasePermission):
+    message = "You need the permission to start and cancel training runs."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return bool(request.user and request.user.has_perm("training.view_trainingrun"))
+        return bool(request.user and request.user.has_perm("training.start_trainingrun"))
+
+
+class TrainingRunCollectionApi(GenericAPIView):
+    serializer_class = TrainingRunSerializer
+    permission_classes = [CanStartRuns]
+
+    @extend_schema(
+        operation_id="training_run_list",
+        parameters=[
+            OpenApiParameter("kind", OpenApiTypes.STR, enum=TrainingRun.Kind.values),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=TrainingRun.Status.values),
+        ],
+        responses={200: TrainingRunSerializer(many=True), **TRAINING_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        runs = selectors.training_run_list(
+            kind=request.query_params.get("kind") or None, status=request.query_params.get("status") or None
+        )
+        page = self.paginate_queryset(runs)
+        return self.get_paginated_response(TrainingRunSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="training_run_create",
+        request=TrainingRunInputSerializer,
+        responses={201: TrainingRunSerializer, **TRAINING_ERRORS},
+        description=(
+            "Queue a training run of `kind` (reward, ppo, dpo, kto) on the `training` queue. `config` overrides"
+            " the defaults; unknown or out-of-range settings are refused with one message per field."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TrainingRunInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        run = services.training_run_create(kind=data["kind"], config=data["config"], requested_by=request.user)
+        return Response(TrainingRunSerializer(selectors.training_run_get(run_id=run.id)).data, status=201)
+
+
+class TrainingRunDetailApi(GenericAPIView):
+    serializer_class = TrainingRunSerializer
+    permission_classes = [CanViewRuns]
+
+    @extend_schema(operation_id="training_run_retrieve", responses={200: TrainingRunSerializer, **TRAINING_ERRORS})
+    def get(self, request: Request, run_id: int) -> Response:
+        return Response(TrainingRunSerializer(selectors.training_run_get(run_id=run_id)).data)
+
+
+class TrainingRunCancelApi(GenericAPIView):
+    serializer_class = TrainingRunSerializer
+    permission_classes = [CanStartRuns]
+
+    @extend_schema(
+        operation_id="training_run_cancel",
+        request=None,
+        responses={200: TrainingRunSerializer, **TRAINING_ERRORS},
+        description="Cancel a queued run at once, or ask a running one to stop at its next step (409 if finished).",
+    )
+    def post(self, request: Request, run_id: int) -> Response:
+        services.training_run_cancel(run_id=run_id)
+        return Response(TrainingRunSerializer(selectors.training_run_get(run_id=run_id)).data)

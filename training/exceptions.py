@@ -1,0 +1,42 @@
+"""Errors raised by the training services. ``rlhf_site``'s handler maps them to the JSON error shape
+through ``http_status``, ``code``, ``message`` and ``fields``."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    http_status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        if code:
+            self.code = code
+
+
+class RunNotFound(TrainingError):
+    http_status = 404
+    code = "not_found"
+
+
+class RunConflict(TrainingError):
+    """The run is not in a state that allows this (e.g. cancelling a finished run)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class RunCancelled(Exception):
+    """Raised inside a worker when an operator cancelled the run; unwinds to the task, which records it."""
+
+
+class RunFailure(Exception):
+    """A run cannot go on for a reason a person can act on (too little data, no live model, ...).
+    ``message`` is stored on the run as its readable error."""
+
+    def __init__(self, message: str, *, code: str = "failed"):
+        super().__init__(message)
+        self.message = message
+        self.code = code

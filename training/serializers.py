@@ -1,0 +1,74 @@
+"""Input and output shapes of the training API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from feedback.serializers import StrictSerializer
+from training.models import DatasetSnapshot, TrainingRun
+
+
+class TrainingRunInputSerializer(StrictSerializer):
+    kind = serializers.ChoiceField(choices=TrainingRun.Kind.choices)
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="Settings to override (epochs, learning_rate, batch_size, max_length, seed, ...); the rest default.",
+    )
+
+
+class DatasetSnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetSnapshot
+        fields = ["id", "content_hash", "row_counts", "split", "source", "stats", "size_bytes", "created_at"]
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    dataset = DatasetSnapshotSerializer(read_only=True)
+    base_version = serializers.SerializerMethodField()
+    reward_version = serializers.SerializerMethodField()
+    output_version = serializers.SerializerMethodField()
+    requested_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "phase",
+            "progress",
+            "step",
+            "total_steps",
+            "config",
+            "metrics",
+            "error_message",
+            "cancel_requested",
+            "heartbeat_at",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "dataset",
+            "base_version",
+            "reward_version",
+            "output_version",
+            "requested_by",
+            "log_tail",
+        ]
+
+    def _label(self, version: Any) -> str | None:
+        return version.label if version is not None else None
+
+    def get_base_version(self, run: TrainingRun) -> str | None:
+        return self._label(run.base_version)
+
+    def get_reward_version(self, run: TrainingRun) -> str | None:
+        return self._label(run.reward_version)
+
+    def get_output_version(self, run: TrainingRun) -> str | None:
+        return self._label(run.output_version)
+
+    def get_requested_by(self, run: TrainingRun) -> str | None:
+        return run.requested_by.get_username() if run.requested_by else None

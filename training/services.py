@@ -1,0 +1,278 @@
+"""Writes to training runs: create (and send the task on commit), claim, heartbeat, cancel, finish,
+fail, reap. Every status change is a conditional UPDATE (or a locked row) checked against
+``TrainingRun.TRANSITIONS``, so a redelivered task, a late heartbeat from a reaped worker or a
+cancel racing the end of a run changes nothing it should not.
+
+Training itself never runs inside a transaction: ``training.runner`` calls these small writes
+around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import transaction
+from django.utils import timezone
+
+from models_registry.models import ModelVersion
+from models_registry.selectors import live_version
+from models_registry.services import model_version_register
+from training.exceptions import RunConflict, RunNotFound, TrainingError
+from training.ml.config import ConfigError, validate_config
+from training.models import DatasetSnapshot, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingRun.Status
+_ERROR_LIMIT = 20_000
+
+
+def _send_execute(run_id: int) -> None:
+    from training.tasks import training_run_execute
+
+    result = training_run_execute.apply_async(
+        args=[run_id],
+        soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_SECONDS,
+        time_limit=settings.TRAINING_TIME_LIMIT_SECONDS,
+    )
+    TrainingRun.objects.filter(id=run_id, task_id="").update(task_id=result.id or "")
+
+
+def base_versions_for(kind: str) -> tuple[ModelVersion, ModelVersion | None]:
+    """(what the run starts from, the reward model it uses). Reward runs continue the live reward
+    model, or start from the live policy's body when there is none; policy runs start from the live
+    policy and are scored by the live reward model (PPO cannot run without one)."""
+    policy = live_version(ModelVersion.Kind.POLICY)
+    reward = live_version(ModelVersion.Kind.REWARD)
+    if kind == TrainingRun.Kind.REWARD:
+        base = reward or policy
+        if base is None:
+            raise TrainingError(
+                "No live reward model or policy to start from; run `manage.py bootstrap_models` first.",
+                code="no_live_model",
+            )
+        return base, None
+    if policy is None:
+        raise TrainingError(
+            "No live policy to start from; run `manage.py bootstrap_models` first.", code="no_live_model"
+        )
+    if kind == TrainingRun.Kind.PPO and reward is None:
+        raise TrainingError("PPO needs a live reward model; train and deploy one first.", code="no_live_reward")
+    for version in (policy, reward):
+        if version is not None and version.backend != ModelVersion.Backend.LOCAL:
+            raise TrainingError(
+                f"{version.label} is served by an OpenAI-compatible server; training needs its weights in a local"
+                " folder. Register a local checkpoint of it first.",
+                code="not_local",
+            )
+    return policy, reward
+
+
+@transaction.atomic
+def training_run_create(
+    *, kind: str, config: Any = None, requested_by: User | AnonymousUser | None = None
+) -> TrainingRun:
+    """Validate ``config`` for ``kind``, pin the versions the run starts from, store the run, and send
+    its task to the ``training`` queue once the transaction commits."""
+    try:
+        validated = validate_config(kind, config)
+    except ConfigError as exc:
+        raise TrainingError(str(exc), code="invalid_config", fields=exc.fields) from exc
+    base, reward = base_versions_for(kind)
+    run = TrainingRun.objects.create(
+        kind=kind,
+        config=validated.__dict__.copy(),
+        phase="queued",
+        base_version=base,
+        reward_version=reward,
+        requested_by=requested_by if isinstance(requested_by, User) else None,
+    )
+    transaction.on_commit(lambda: _send_execute(run.id))
+    return run
+
+
+def training_run_claim(*, run_id: int, worker: str, task_id: str = "") -> bool:
+    """Take a queued run for this worker. False when the run is gone, already claimed, or finished:
+    a redelivered task then does nothing."""
+    now = timezone.now()
+    claimed = TrainingRun.objects.filter(id=run_id, status=Status.QUEUED, cancel_requested=False).update(
+        status=Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker[:200],
+        phase="starting",
+        **({"task_id": task_id} if task_id else {}),
+    )
+    return claimed == 1
+
+
+def training_run_heartbeat(
+    *,
+    run_id: int,
+    phase: str | None = None,
+    progress: float | None = None,
+    step: int | None = None,
+    total_steps: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    log_tail: str | None = None,
+) -> bool:
+    """Record that the worker is alive and how far it got. Returns False when the run is no longer
+    running or an operator asked to cancel it: the worker should stop."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if phase is not None:
+        fields["phase"] = phase[:32]
+    if progress is not None:
+        fields["progress"] = min(1.0, max(0.0, progress))
+    if step is not None:
+        fields["step"] = max(0, step)
+    if total_steps is not None:
+        fields["total_steps"] = max(0, total_steps)
+    if metrics is not None:
+        fields["metrics"] = metrics
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    updated = TrainingRun.objects.filter(id=run_id, status=Status.RUNNING, cancel_requested=False).update(**fields)
+    return updated == 1
+
+
+def training_run_cancel(*, run_id: int) -> TrainingRun:
+    """Cancel a queued run at once; ask a running one to stop (its worker stops at the next step and
+    records ``cancelled``). A finished run cannot be cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(id=run_id).first()
+        if run is None:
+            raise RunNotFound(f"Training run {run_id} does not exist.")
+        if run.status == Status.QUEUED:
+            run.status = Status.CANCELLED
+            run.cancel_requested = True
+            run.phase = "cancelled"
+            run.finished_at = now
+            run.error_message = "Cancelled before it started."
+            run.save(update_fields=["status", "cancel_requested", "phase", "finished_at", "error_message"])
+        elif run.status == Status.RUNNING:
+            if not run.cancel_requested:
+                run.cancel_requested = True
+                run.save(update_fields=["cancel_requested"])
+        else:
+            raise RunConflict(f"Training run {run_id} already {run.status}; there is nothing to cancel.")
+    return run
+
+
+def _finish(run_id: int, status: str, **fields: Any) -> bool:
+    """Move a running (or queued) run to a final ``status``; False if it had already finished."""
+    allowed_from = [s for s, targets in TrainingRun.TRANSITIONS.items() if status in targets]
+    return (
+        TrainingRun.objects.filter(id=run_id, status__in=allowed_from).update(
+            status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), **fields
+        )
+        == 1
+    )
+
+
+def training_run_fail(*, run_id: int, message: str, error: str = "", log_tail: str | None = None) -> bool:
+    fields: dict[str, Any] = {"error_message": message[:_ERROR_LIMIT], "error": error[:_ERROR_LIMIT], "phase": "failed"}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    return _finish(run_id, Status.FAILED, **fields)
+
+
+def training_run_mark_cancelled(*, run_id: int, log_tail: str | None = None) -> bool:
+    fields: dict[str, Any] = {"error_message": "Cancelled by an operator.", "phase": "cancelled"}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    return _finish(run_id, Status.CANCELLED, **fields)
+
+
+def training_run_attach_dataset(*, run_id: int, dataset: DatasetSnapshot) -> None:
+    TrainingRun.objects.filter(id=run_id).update(dataset=dataset)
+
+
+def training_run_succeed(
+    *, run_id: int, artifact_path: Path, checksums: dict[str, str], metrics: dict[str, Any], log_tail: str
+) -> ModelVersion | None:
+    """Register the run's output as a candidate version and mark the run succeeded, in one
+    transaction. None (and nothing registered) when the run was cancelled or reaped meanwhile: the
+    caller then removes the artifact."""
+    with transaction.atomic():
+        run = (
+            TrainingRun.objects.select_for_update(of=("self",))
+            .select_related("base_version", "reward_version", "dataset")
+            .get(id=run_id)
+        )
+        if run.status != Status.RUNNING:
+            return None
+        if run.cancel_requested:
+            run.status = Status.CANCELLED
+            run.phase = "cancelled"
+            run.finished_at = timezone.now()
+            run.error_message = "Cancelled by an operator."
+            run.log_tail = log_tail
+            run.save(update_fields=["status", "phase", "finished_at", "error_message", "log_tail"])
+            return None
+        lineage = {
+            "training_run": run.id,
+            "kind": run.kind,
+            "dataset": run.dataset_id,
+            "dataset_hash": run.dataset.content_hash if run.dataset else None,
+            "feedback_ids": run.dataset.source.get("feedback_ids") if run.dataset else None,
+            "base_version": run.base_version.label if run.base_version else None,
+            "reward_version": run.reward_version.label if run.reward_version_id and run.reward_version else None,
+            "config": run.config,
+        }
+        version = model_version_register(
+            kind=run.output_kind,
+            artifact_path=str(artifact_path),
+            checksums=checksums,
+            metrics={**metrics, "lineage": lineage},
+            parent=run.base_version if run.base_version and run.base_version.kind == run.output_kind else None,
+        )
+        run.status = Status.SUCCEEDED
+        run.phase = "done"
+        run.progress = 1.0
+        run.output_version = version
+        run.metrics = metrics
+        run.log_tail = log_tail
+        run.finished_at = timezone.now()
+        run.heartbeat_at = run.finished_at
+        run.save(
+            update_fields=[
+                "status",
+                "phase",
+                "progress",
+                "output_version",
+                "metrics",
+                "log_tail",
+                "finished_at",
+                "heartbeat_at",
+            ]
+        )
+    return version
+
+
+def training_runs_reap(*, stale_after: timedelta | None = None) -> list[int]:
+    """Fail running runs whose heartbeat is older than ``stale_after`` (TRAINING_STALE_AFTER_SECONDS):
+    their worker died or was killed at the hard time limit. Returns the ids failed."""
+    stale_after = stale_after or timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    cutoff = timezone.now() - stale_after
+    reaped = []
+    for run_id, worker in TrainingRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
+        "id", "worker"
+    ):
+        seconds = int(stale_after.total_seconds())
+        if training_run_fail(
+            run_id=run_id,
+            message=(
+                f"The worker ({worker or 'unknown'}) stopped reporting for more than {seconds} s; it probably died"
+                " or hit the hard time limit. Start the run again."
+            ),
+            error="reaped: stale heartbeat",
+        ):
+            logger.warning("Reaped training run %s (worker %s): no heartbeat for %s s", run_id, worker, seconds)
+            reaped.append(run_id)
+    return reaped

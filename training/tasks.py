@@ -1,0 +1,23 @@
+"""Celery tasks of the training app: load by id, claim, call one service."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from celery import Task, shared_task
+
+from training import runner, services
+
+
+@shared_task(name="training.tasks.training_run_execute", bind=True, acks_late=True)
+def training_run_execute(self: Task, run_id: int) -> str:
+    """Run a queued training run (routed to the ``training`` queue). A redelivered message finds the
+    run claimed or finished and does nothing."""
+    return runner.execute(run_id, worker=f"{socket.gethostname()}:{os.getpid()}", task_id=self.request.id or "")
+
+
+@shared_task(name="training.tasks.training_runs_reap")
+def training_runs_reap() -> int:
+    """Fail running runs whose heartbeat went stale (periodic, on the default queue)."""
+    return len(services.training_runs_reap())
