@@ -1,0 +1,172 @@
+"""A reward-model training run through the platform against the same ``RewardTrainer`` run as a bare
+script, on the same data and settings. Goal: the platform at most 1.10x the bare time.
+
+    .venv/bin/python bench/reward_run.py [--conversations 2000] [--repeat 3] [--config '{"epochs": 1}']
+
+On a PostgreSQL database of its own (``rlhf_bench_reward``, created and migrated), with tiny
+bootstrapped models (trained once, kept under ``var/bench-reward/``) live: seeds rated conversations
+(each a comparison and two rated answers), then, alternating, times
+- platform: ``training.runner.execute`` as a worker runs it: claim, dataset snapshot from the
+  database, checksum check, RewardTrainer with the progress/heartbeat callback, evaluation on the
+  held-out pairs (and the base model's, for comparison), checksums and registration;
+- bare: ``bench/reward_bare.py`` in a child process on the snapshot's preference train split, with
+  the same ``RewardConfig`` (``build_reward_config``): load, train, save.
+Prints medians and the ratio, and the platform's time by phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "var" / "bench-reward"
+DEFAULT_CONFIG = {"epochs": 1, "batch_size": 16, "max_length": 256, "min_train_rows": 8, "eval_prompts": 16}
+
+
+def setup_django(db: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{db}"')
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
+        CELERY_BROKER_URL="memory://",  # the run is executed here, as a worker would; nothing is sent
+        VAR_DIR=str(BENCH_DIR),
+        LOG_LEVEL="WARNING",
+        HF_HUB_OFFLINE="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+    )
+    sys.path.insert(0, str(ROOT))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def ensure_live_models() -> None:
+    from models_registry.artifacts import sha256_tree
+    from models_registry.selectors import live_version
+    from models_registry.services import model_version_make_live, model_version_register
+    from tests.helpers import bootstrap_for_tests
+
+    if live_version("policy") and live_version("reward"):
+        return
+    print("bootstrapping tiny models (once) ...", flush=True)
+    models = bootstrap_for_tests(str(BENCH_DIR / "models"))
+    for kind, folder in (("policy", models.policy_dir), ("reward", models.reward_dir)):
+        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
+        model_version_make_live(version=version)
+
+
+def seed(conversations: int) -> None:
+    from django.contrib.auth import get_user_model
+
+    from feedback.models import Conversation
+    from tests.training_data import seed_rated_conversations
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-rater")
+    if Conversation.objects.filter(user=user).count() == conversations:
+        return
+    Conversation.objects.filter(user=user).delete()
+    print(f"seeding {conversations} rated conversations ...", flush=True)
+    seed_rated_conversations(user, conversations, seed=1)
+
+
+def platform_run(config: dict) -> dict:
+    from training import runner, services
+    from training.models import TrainingRun
+
+    run = services.training_run_create(kind="reward", config=config)
+    started = time.perf_counter()
+    status = runner.execute(run.id, worker="bench")
+    wall = time.perf_counter() - started
+    run = TrainingRun.objects.select_related("dataset", "base_version").get(id=run.id)
+    if status != "succeeded":
+        raise SystemExit(f"platform run failed: {run.error_message}\n{run.error}")
+    train_seconds = run.metrics["train"].get("seconds", 0.0)
+    return {
+        "wall_seconds": round(wall, 3),
+        "dataset_seconds": round(run.dataset.build_seconds, 3),
+        "train_seconds": train_seconds,
+        "other_seconds": round(wall - run.dataset.build_seconds - train_seconds, 3),
+        "steps": run.step,
+        "pairs": run.dataset.rows("preference", "train"),
+        "eval_accuracy": run.metrics["eval"].get("accuracy"),
+        "data_dir": str(Path(run.dataset.path) / "preference"),
+        "base_dir": run.base_version.artifact_path,
+    }
+
+
+def bare_run(data_dir: str, base_dir: str, config: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reward_bare.py"), data_dir, base_dir, "--config", json.dumps(config)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout
+    # The trainer prints its log dicts to stdout first; the result is the last JSON object.
+    return json.loads(out[out.rindex('{\n  "kind"') :])["runs"][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="rlhf_bench_reward")
+    parser.add_argument("--conversations", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--config", default=json.dumps(DEFAULT_CONFIG), help="the run's config as JSON")
+    options = parser.parse_args()
+    config = json.loads(options.config)
+    setup_django(options.db)
+    ensure_live_models()
+    seed(options.conversations)
+    import trl  # noqa: F401  (imported before timing, as in a worker that has run a task before)
+
+    from training.ml import trainers  # noqa: F401
+
+    platform, bare = [], []
+    for i in range(options.repeat):
+        p = platform_run(config)
+        b = bare_run(p["data_dir"], p["base_dir"], config)
+        platform.append(p)
+        bare.append(b)
+        print(
+            f"run {i + 1}: platform {p['wall_seconds']:.1f} s (dataset {p['dataset_seconds']:.1f}, train"
+            f" {p['train_seconds']:.1f}, eval+save+register {p['other_seconds']:.1f}), bare {b['wall_seconds']:.1f} s"
+            f" (train {b['train_seconds']:.1f}), {p['steps']} steps on {p['pairs']} pairs",
+            flush=True,
+        )
+    p_med = statistics.median(r["wall_seconds"] for r in platform)
+    b_med = statistics.median(r["wall_seconds"] for r in bare)
+    print(
+        json.dumps(
+            {
+                "config": config,
+                "conversations": options.conversations,
+                "platform_median_seconds": round(p_med, 2),
+                "bare_median_seconds": round(b_med, 2),
+                "ratio": round(p_med / b_med, 3),
+                "platform_phases_median": {
+                    key: round(statistics.median(r[key] for r in platform), 2)
+                    for key in ("dataset_seconds", "train_seconds", "other_seconds")
+                },
+                "bare_train_median_seconds": round(statistics.median(r["train_seconds"] for r in bare), 2),
+                "goal": "platform <= 1.10x bare",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
