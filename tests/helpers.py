@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,34 @@ def child_env(**extra: str) -> dict[str, str]:
     """This process's environment without the project's service URLs, plus the test database."""
     base = {k: v for k, v in os.environ.items() if k not in PROJECT_VARIABLES}
     return {**base, "DATABASE_URL": database_url(), **extra}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(queues: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A real Celery worker process (solo pool) on ``queues``, against the test database, logging to ``log``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "rlhf_site",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queues,
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        ],
+        cwd=ROOT,
+        env=child_env(**env),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def free_port() -> int:

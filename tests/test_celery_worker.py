@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,34 +13,10 @@ from kombu import Connection
 from feedback.models import IdempotencyRecord
 from rlhf_site.celery import app
 from tests.factories import UserFactory
-from tests.helpers import child_env, wait_until
+from tests.helpers import start_worker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "rlhf_site",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            "default",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel=INFO",
-        ],
-        cwd=ROOT,
-        env=child_env(**env),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def expired_record() -> IdempotencyRecord:
@@ -55,7 +29,7 @@ def expired_record() -> IdempotencyRecord:
 
 def run_through_worker(broker_url: str, transport_options: dict, env: dict[str, str], tmp_path: Path) -> None:
     record = expired_record()
-    worker = start_worker(env, tmp_path / "worker.log")
+    worker = start_worker("default", env, tmp_path / "worker.log")
     try:
         with Connection(broker_url, transport_options=transport_options) as broker:
             app.send_task("feedback.tasks.purge_idempotency_keys", connection=broker, queue="default")

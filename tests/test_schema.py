@@ -22,6 +22,9 @@ def test_the_openapi_schema_validates_and_covers_every_endpoint(db):
         "/api/assistant/conversations/{conversation_id}",
         "/api/assistant/conversations/{conversation_id}/messages",
         "/api/assistant/satisfaction",
+        "/api/training/runs",
+        "/api/training/runs/{run_id}",
+        "/api/training/runs/{run_id}/cancel",
     }
     post = paths["/api/assistant/feedback"]["post"]
     assert set(post["responses"]) >= {"200", "201", "400", "401", "404", "413", "429"}
@@ -29,6 +32,9 @@ def test_the_openapi_schema_validates_and_covers_every_endpoint(db):
     assert any(p["name"] == "Idempotency-Key" for p in post["parameters"])
     security = {name for entry in post["security"] for name in entry}
     assert {"tokenAuth", "cookieAuth"} <= security
+    create = paths["/api/training/runs"]["post"]
+    assert set(create["responses"]) >= {"201", "400", "401", "403"}
+    assert "409" in paths["/api/training/runs/{run_id}/cancel"]["post"]["responses"]
 
 
 def test_swagger_ui_is_served(db):

@@ -73,6 +73,11 @@ def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
         ({"SERVING_TEMPERATURE": "warm"}, "SERVING_TEMPERATURE"),
         ({"CHAT_SIGNUP_ENABLED": "perhaps"}, "CHAT_SIGNUP_ENABLED"),
         ({"DATABASE_POOLER": "sometimes", "DATABASE_URL": "postgres://u@h/db"}, "DATABASE_POOLER"),
+        ({"TRAINING_HEARTBEAT_SECONDS": "often"}, "TRAINING_HEARTBEAT_SECONDS"),
+        (
+            {"TRAINING_SOFT_TIME_LIMIT_SECONDS": "600", "TRAINING_TIME_LIMIT_SECONDS": "600"},
+            "TRAINING_TIME_LIMIT_SECONDS",
+        ),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, env, variable):

@@ -215,7 +215,7 @@ def test_the_changelist_shows_progress_and_metrics_within_a_query_budget(
         step=42,
         total_steps=100,
         phase="training",
-        metrics={"train_loss": 0.6931, "eval_accuracy": 0.75},
+        metrics={"train": {"train_loss": 0.6931, "loss": 0.7}, "eval": {"accuracy": 0.75, "pairs": 20}},
         requested_by=alice,
     )
     for _n in range(8):
@@ -276,13 +276,14 @@ def test_the_detail_page_shows_the_log_tail_metrics_and_lineage(admin_client_):
         progress=1.0,
         output_version=version,
         dataset=dataset,
-        metrics={"train_loss": 0.5, "eval_rewards/accuracies": 0.8},
+        metrics={"train": {"train_loss": 0.5}, "eval": {"win_rate": 0.8, "kl": 0.01}},
         log_tail="step 1/2 loss 0.7\nstep 2/2 loss <0.5>",
     )
     response = admin_client_.get(f"{RUNS}{run.pk}/change/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "step 1/2 loss 0.7\nstep 2/2 loss &lt;0.5&gt;</pre>" in html
+    assert "loss 0.5 &middot; win rate 0.8 &middot; kl 0.01" in html
     assert json.dumps(run.metrics, indent=2, sort_keys=True).replace('"', "&quot;") in html
     assert f'href="/admin/training/datasetsnapshot/{dataset.pk}/change/"' in html
     assert f'href="/admin/models_registry/modelversion/{version.pk}/change/"' in html

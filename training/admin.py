@@ -28,15 +28,20 @@ from training.models import DatasetSnapshot, TrainingRun
 from training.processor import DATASETS
 from training.services import training_run_cancel, training_run_create
 
-# Shown in the changelist when present, in this order (reward runs log accuracy, DPO/KTO their
-# reward accuracies, policy evaluation a win rate).
+# Shown in the changelist when present, in this order: (section of ``TrainingRun.metrics``, key,
+# label). While a run trains, the runner keeps TRL's latest logs under "train" ("loss", DPO's
+# "rewards_accuracies", PPO's "mean_score"); at the end "train" has the summary and "eval" the
+# evaluation on the held-out split.
 KEY_METRICS = (
-    ("train_loss", "loss"),
-    ("eval_loss", "eval loss"),
-    ("eval_accuracy", "eval acc"),
-    ("eval_rewards/accuracies", "eval acc"),
-    ("win_rate", "win rate"),
-    ("eval_win_rate", "win rate"),
+    ("train", "train_loss", "loss"),
+    ("train", "loss", "loss"),
+    ("train", "policy_loss", "loss"),
+    ("eval", "accuracy", "eval acc"),
+    ("eval", "win_rate", "win rate"),
+    ("eval", "kl", "kl"),
+    ("train", "rewards_accuracies", "acc"),
+    ("train", "accuracy", "acc"),
+    ("train", "mean_score", "score"),
 )
 KEY_METRICS_MAX = 3
 PROGRESS_TEMPLATE = "admin/training/trainingrun/_progress.html"
@@ -49,8 +54,9 @@ def pretty_json(value: Any) -> str:
 def headline_metrics(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     shown: list[tuple[str, str]] = []
     labels: set[str] = set()
-    for key, label in KEY_METRICS:
-        value = metrics.get(key) if isinstance(metrics, dict) else None
+    for section, key, label in KEY_METRICS:
+        part = metrics.get(section) if isinstance(metrics, dict) else None
+        value = part.get(key) if isinstance(part, dict) else None
         if isinstance(value, bool) or not isinstance(value, int | float) or label in labels:
             continue
         shown.append((label, f"{value:.4g}"))

@@ -3,8 +3,6 @@ the API call to a registered candidate; and a worker killed mid-run, caught by t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from models_registry.artifacts import sha256_tree
 from models_registry.models import ModelVersion
 from models_registry.services import model_version_make_live, model_version_register
 from tests.factories import UserFactory
-from tests.helpers import child_env, wait_until
+from tests.helpers import start_worker, wait_until
 from tests.training_data import seed_rated_conversations
 from training import services
 from training.models import TrainingRun
@@ -59,33 +57,17 @@ def operator_api(db) -> APIClient:
 @pytest.fixture
 def worker(tmp_path, broker, live):
     log = tmp_path / "worker.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "rlhf_site",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            "training",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel=INFO",
-        ],
-        cwd=ROOT,
-        env=child_env(
-            REDIS_URL=settings.REDIS_URL,
-            TRAINING_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-            TRAINING_DATASETS_DIR=str(tmp_path / "datasets"),
-            TRAINING_HEARTBEAT_SECONDS="0.2",
-            HF_HUB_OFFLINE="1",
-            TRL_EXPERIMENTAL_SILENCE="1",
-        ),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
+    process = start_worker(
+        "training",
+        {
+            "REDIS_URL": settings.REDIS_URL,
+            "TRAINING_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+            "TRAINING_DATASETS_DIR": str(tmp_path / "datasets"),
+            "TRAINING_HEARTBEAT_SECONDS": "0.2",
+            "HF_HUB_OFFLINE": "1",
+            "TRL_EXPERIMENTAL_SILENCE": "1",
+        },
+        log,
     )
     process.log = log  # type: ignore[attr-defined]
     yield process

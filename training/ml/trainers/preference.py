@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,21 +144,29 @@ def train_reward(
         )
 
 
-def train_dpo(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
-    started = time.perf_counter()
-    train_set = load_split(data_dir, "train", "preference")
-    test_set = load_split(data_dir, "test", "preference")
-    require_rows(len(train_set), config.batch_size, "preference pairs")
+def _train_against_reference(
+    trainer_class: Callable[..., Trainer],
+    build_args: Callable[[TrainConfig, Path], Any],
+    *,
+    config: TrainConfig,
+    train_set: Dataset,
+    test_set: Dataset,
+    base_dir: Path,
+    output_dir: Path,
+    hooks: RunHooks,
+    started: float,
+) -> TrainResult:
+    """DPO and KTO: the policy and a frozen reference, both loaded from ``base_dir``."""
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(base_dir)
     model = load_causal_lm(base_dir)
     reference = load_causal_lm(base_dir)
     callback = HooksCallback(hooks)
     with scratch_dir() as scratch:
-        trainer = DPOTrainer(
+        trainer = trainer_class(
             model=model,
             ref_model=reference,
-            args=build_dpo_config(config, scratch),
+            args=build_args(config, scratch),
             train_dataset=train_set,
             eval_dataset=test_set if len(test_set) else None,
             processing_class=tokenizer,
@@ -176,6 +185,24 @@ def train_dpo(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir
             base_dir=base_dir,
             causal=True,
         )
+
+
+def train_dpo(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
+    started = time.perf_counter()
+    train_set = load_split(data_dir, "train", "preference")
+    test_set = load_split(data_dir, "test", "preference")
+    require_rows(len(train_set), config.batch_size, "preference pairs")
+    return _train_against_reference(
+        DPOTrainer,
+        build_dpo_config,
+        config=config,
+        train_set=train_set,
+        test_set=test_set,
+        base_dir=base_dir,
+        output_dir=output_dir,
+        hooks=hooks,
+        started=started,
+    )
 
 
 def check_unpaired(rows: Dataset, batch_size: int) -> None:
@@ -200,33 +227,15 @@ def train_kto(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir
     test_set = load_split(data_dir, "test", "unpaired")
     require_rows(len(train_set), config.batch_size, "unpaired examples")
     check_unpaired(train_set, config.batch_size)
-    # KTO reads its rows in order (see build_kto_config): shuffle them here, seeded.
-    train_set = train_set.shuffle(seed=config.seed)
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir)
-    reference = load_causal_lm(base_dir)
-    callback = HooksCallback(hooks)
-    with scratch_dir() as scratch:
-        trainer = KTOTrainer(
-            model=model,
-            ref_model=reference,
-            args=build_kto_config(config, scratch),
-            train_dataset=train_set,
-            eval_dataset=test_set if len(test_set) else None,
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
-        return _finish(
-            trainer,
-            callback,
-            config=config,
-            train_rows=len(train_set),
-            test_rows=len(test_set),
-            started=started,
-            model=model,
-            tokenizer=tokenizer,
-            output_dir=output_dir,
-            base_dir=base_dir,
-            causal=True,
-        )
+    return _train_against_reference(
+        KTOTrainer,
+        build_kto_config,
+        config=config,
+        # KTO reads its rows in order (see build_kto_config): shuffle them here, seeded.
+        train_set=train_set.shuffle(seed=config.seed),
+        test_set=test_set,
+        base_dir=base_dir,
+        output_dir=output_dir,
+        hooks=hooks,
+        started=started,
+    )
