@@ -71,3 +71,22 @@ def test_allowed_addresses_can_be_networks(db, settings):
     settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
+
+
+def test_training_runs_are_reported_from_the_database(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.models import TrainingRun
+
+    TrainingRun.objects.create(kind="reward", status="failed")
+    TrainingRun.objects.create(kind="reward", status="failed")
+    running = TrainingRun.objects.create(
+        kind="dpo", status="running", progress=0.25, heartbeat_at=timezone.now() - timedelta(seconds=30)
+    )
+    text = scrape()
+    assert sample(text, "rlhf_training_runs", kind="reward", status="failed") == 2
+    assert sample(text, "rlhf_training_runs", kind="dpo", status="running") == 1
+    assert sample(text, "rlhf_training_run_progress", run=str(running.id), kind="dpo") == 0.25
+    assert 29 <= sample(text, "rlhf_training_run_heartbeat_age_seconds", run=str(running.id), kind="dpo") < 90

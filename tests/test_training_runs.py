@@ -74,6 +74,19 @@ def test_it_queues_a_run_with_defaults_filled_and_sends_the_task_on_commit(
     assert response.json()["base_version"] == live_models[0].label
 
 
+def test_a_retried_post_with_the_same_idempotency_key_starts_one_run(trainer, live_models):
+    client = client_for(trainer)
+    body = {"kind": "reward", "config": {"epochs": 2}}
+    first = client.post("/api/training/runs", body, format="json", headers={"Idempotency-Key": "start-1"})
+    again = client.post("/api/training/runs", body, format="json", headers={"Idempotency-Key": "start-1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert TrainingRun.objects.count() == 1
+    other = client.post("/api/training/runs", {"kind": "dpo"}, format="json", headers={"Idempotency-Key": "start-1"})
+    assert other.status_code == 422
+    assert TrainingRun.objects.count() == 1
+
+
 def test_it_refuses_bad_config_with_a_message_per_field_and_creates_nothing(trainer, live_models):
     response = client_for(trainer).post(
         "/api/training/runs",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.generics import GenericAPIView
@@ -10,7 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from feedback.api import ERRORS, ErrorSerializer
+from feedback.api import ERRORS, IDEMPOTENCY_HEADER, ErrorSerializer
+from feedback.services import idempotent
 from training import selectors, services
 from training.models import TrainingRun
 from training.serializers import TrainingRunInputSerializer, TrainingRunSerializer
@@ -60,6 +63,7 @@ class TrainingRunCollectionApi(GenericAPIView):
     @extend_schema(
         operation_id="training_run_create",
         request=TrainingRunInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
         responses={201: TrainingRunSerializer, **TRAINING_ERRORS},
         description=(
             "Queue a training run of `kind` (reward, ppo, dpo, kto) on the `training` queue. `config` overrides"
@@ -70,8 +74,20 @@ class TrainingRunCollectionApi(GenericAPIView):
         serializer = TrainingRunInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        run = services.training_run_create(kind=data["kind"], config=data["config"], requested_by=request.user)
-        return Response(TrainingRunSerializer(selectors.training_run_get(run_id=run.id)).data, status=201)
+
+        def call() -> tuple[int, dict[str, Any]]:
+            run = services.training_run_create(kind=data["kind"], config=data["config"], requested_by=request.user)
+            return 201, dict(TrainingRunSerializer(selectors.training_run_get(run_id=run.id)).data)
+
+        # A retried POST (a double click, a client timeout) with the same key starts one run, not two.
+        code, body = idempotent(
+            user=request.user,
+            scope="training_run",
+            key=request.headers.get("Idempotency-Key"),
+            payload=request.data,
+            call=call,
+        )
+        return Response(body, status=code)
 
 
 class TrainingRunDetailApi(GenericAPIView):

@@ -1,0 +1,67 @@
+"""Prometheus metrics of training runs, read from the database when /metrics is scraped.
+
+Runs execute in worker processes (other machines, in production) that nobody scrapes; their rows
+are the truth, so the web process reports them at scrape time: one grouped count and one query for
+the running runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.db import DatabaseError
+from django.db.models import Count
+from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from training.models import TrainingRun
+
+
+class TrainingRunsCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        runs = GaugeMetricFamily("rlhf_training_runs", "Training runs by kind and status.", labels=["kind", "status"])
+        progress = GaugeMetricFamily(
+            "rlhf_training_run_progress", "Progress (0 to 1) of each running training run.", labels=["run", "kind"]
+        )
+        heartbeat_age = GaugeMetricFamily(
+            "rlhf_training_run_heartbeat_age_seconds",
+            "Seconds since each running training run last reported (the reaper fails it past"
+            " TRAINING_STALE_AFTER_SECONDS).",
+            labels=["run", "kind"],
+        )
+        try:
+            counts = list(TrainingRun.objects.order_by().values_list("kind", "status").annotate(n=Count("id")))
+            running = list(
+                TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).values_list(
+                    "id", "kind", "progress", "heartbeat_at"
+                )
+            )
+        except DatabaseError:
+            return  # the database is down: /metrics still answers with everything else
+        for kind, status, n in counts:
+            runs.add_metric([kind, status], n)
+        now = timezone.now()
+        for run_id, kind, fraction, heartbeat_at in running:
+            progress.add_metric([str(run_id), kind], fraction)
+            if heartbeat_at is not None:
+                heartbeat_age.add_metric([str(run_id), kind], (now - heartbeat_at).total_seconds())
+        yield runs
+        yield progress
+        yield heartbeat_age
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no query at registration time
+
+
+_collector: TrainingRunsCollector | None = None
+
+
+def register_collector() -> None:
+    """Add the collector to prometheus_client's default registry (what /metrics exports), once."""
+    global _collector
+    if _collector is None:
+        from prometheus_client import REGISTRY
+
+        _collector = TrainingRunsCollector()
+        REGISTRY.register(_collector)
