@@ -193,3 +193,15 @@ def test_train_here_goes_through_the_same_service(live, alice, capsys):
     assert run.status == "succeeded"
     assert f"Registered candidate {run.output_version.label}" in out
     assert "100% succeeded" in out
+
+
+def test_kto_without_bad_examples_fails_saying_what_is_missing(live, alice, django_capture_on_commit_callbacks):
+    from feedback.models import Feedback
+
+    seed_rated_conversations(alice, 24)
+    Feedback.objects.filter(rating=1).delete()  # only good answers are rated now
+    run = run_here(start("kto", django_capture_on_commit_callbacks))
+    assert run.status == "failed"
+    assert run.error_message.startswith("Training failed: KTO needs both desirable and undesirable examples")
+    assert "0 undesirable" in run.error_message
+    assert ModelVersion.objects.filter(kind="policy").count() == 1

@@ -108,7 +108,9 @@ def _model_dir(version: ModelVersion) -> Path:
 def _check_enough_data(run: TrainingRun, snapshot: DatasetSnapshot, config: TrainConfig) -> None:
     dataset = DATASET_FOR_KIND[run.kind]
     rows = snapshot.rows(dataset, "train")
-    needed = max(config.min_train_rows, config.batch_size)
+    # PPO generates a rollout of batch_size x gradient_accumulation_steps prompts per step.
+    batch = config.batch_size * (config.gradient_accumulation_steps if run.kind == TrainingRun.Kind.PPO else 1)
+    needed = max(config.min_train_rows, batch)
     if rows < needed:
         what = {
             "preference": "preference pairs (comparisons, or answers to one prompt rated differently)",
@@ -117,7 +119,7 @@ def _check_enough_data(run: TrainingRun, snapshot: DatasetSnapshot, config: Trai
         }[dataset]
         raise RunFailure(
             f"Too little data for a {run.kind} run: the train split has {rows} {what}; at least {needed} are needed"
-            f" (min_train_rows {config.min_train_rows}, batch_size {config.batch_size}). Collect more feedback or"
+            f" (min_train_rows {config.min_train_rows}, one batch {batch}). Collect more feedback or"
             " lower min_train_rows.",
             code="too_little_data",
         )
