@@ -328,3 +328,21 @@ def test_the_service_error_carries_fields():
     with pytest.raises(TrainingError) as info:
         services.training_run_create(kind="reward", config=[1, 2])
     assert info.value.fields == {"config": ['Must be a JSON object of settings, e.g. {"epochs": 2}.']}
+
+
+def test_train_wait_says_when_no_worker_takes_the_run(live_models, monkeypatch, capsys):
+    """With no worker, --wait keeps waiting but says why; here the run is cancelled meanwhile, so it ends."""
+    from training.management.commands import train as command
+
+    monkeypatch.setattr(command, "QUEUED_HINT_SECONDS", 0)
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        services.training_run_cancel(run_id=TrainingRun.objects.get().id)
+
+    monkeypatch.setattr(command.time, "sleep", sleep)
+    with pytest.raises(CommandError, match=r"cancelled: Cancelled before it started\."):
+        call_command("train", "--kind", "reward", "--wait")
+    assert "is a worker consuming the training queue?" in capsys.readouterr().err
+    assert polls == [1.0]

@@ -22,6 +22,7 @@ from training.exceptions import TrainingError
 from training.models import TrainingRun
 
 BAR_WIDTH = 30
+QUEUED_HINT_SECONDS = 30
 
 
 def parse_settings(raw_json: str | None, pairs: list[str]) -> dict[str, Any]:
@@ -76,6 +77,8 @@ class Command(BaseCommand):
     def follow(self, run_id: int, *, poll: float) -> None:
         last = ""
         interactive = sys.stdout.isatty()
+        started = time.monotonic()
+        hinted = False
         while True:
             run = TrainingRun.objects.select_related("output_version").get(id=run_id)
             filled = int(run.progress * BAR_WIDTH)
@@ -89,6 +92,16 @@ class Command(BaseCommand):
                 last = line
             if not run.is_active:
                 break
+            if (
+                run.status == TrainingRun.Status.QUEUED
+                and not hinted
+                and time.monotonic() - started > QUEUED_HINT_SECONDS
+            ):
+                self.stderr.write(
+                    f"\nStill queued after {QUEUED_HINT_SECONDS} s: is a worker consuming the training queue?"
+                    " (celery -A rlhf_site worker -Q training; bin/run starts one). --here runs it in this process."
+                )
+                hinted = True
             time.sleep(poll)
         if interactive:
             self.stdout.write("")
