@@ -8,8 +8,10 @@ import ipaddress
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import generate_latest
 
 from rlhf_site.errors import error_body
+from training.metrics import DATABASE_REGISTRY
 
 
 def _address_allowed(address: str) -> bool:
@@ -36,4 +38,7 @@ def _token_ok(request: HttpRequest) -> bool:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not (_token_ok(request) or _address_allowed(request.META.get("REMOTE_ADDR", ""))):
         return JsonResponse(error_body(403, "forbidden", "Metrics are not open to this client."), status=403)
-    return ExportToDjangoView(request)
+    response = ExportToDjangoView(request)
+    # Both are Prometheus text format, which concatenates (no end marker, distinct metric names).
+    response.content = response.content + generate_latest(DATABASE_REGISTRY)
+    return response

@@ -2,7 +2,7 @@
 
 Runs execute in worker processes (other machines, in production) that nobody scrapes; their rows
 are the truth, so the web process reports them at scrape time: one grouped count and one query for
-the running runs.
+the running runs. ``rlhf_site``'s /metrics view exports ``DATABASE_REGISTRY``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from django.db import DatabaseError
 from django.db.models import Count
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from training.models import TrainingRun
 
@@ -54,14 +54,8 @@ class TrainingRunsCollector(Collector):
         return iter(())  # no query at registration time
 
 
-_collector: TrainingRunsCollector | None = None
-
-
-def register_collector() -> None:
-    """Add the collector to prometheus_client's default registry (what /metrics exports), once."""
-    global _collector
-    if _collector is None:
-        from prometheus_client import REGISTRY
-
-        _collector = TrainingRunsCollector()
-        REGISTRY.register(_collector)
+# Its own registry, exported by /metrics beside the process's metrics: collecting it queries the
+# database, which code that reads the default registry in-process (tests in an event loop, the
+# multiprocess collector) must not trigger.
+DATABASE_REGISTRY = CollectorRegistry(auto_describe=False)
+DATABASE_REGISTRY.register(TrainingRunsCollector())
