@@ -1,17 +1,48 @@
-"""Admin for model versions. A version's lineage (the training run that registered it and the dataset
-it read) is shown through the reverse ``training_run`` accessor, by name only: this app does not
-import the training app, which depends on it."""
+"""Admin for model versions and their deployment log.
+
+A version's lineage (the training run that registered it and the dataset it read) is shown through the
+reverse ``training_run`` accessor, by name only: this app does not import the training app, which
+depends on it.
+
+Statuses change only through the services: bulk actions approve and reject; deploy and roll back go
+through a confirmation page with a reason (``<id>/deploy/`` and ``rollback/<kind>/``). The actions
+need the ``approve_modelversion`` and ``deploy_modelversion`` permissions; the services check them too.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
-from django.core.exceptions import ObjectDoesNotExist
-from django.urls import reverse
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from models_registry.models import ModelVersion
+from models_registry.exceptions import RegistryError
+from models_registry.models import DeploymentEvent, ModelVersion
+from models_registry.selectors import live_version, rollback_target
+from models_registry.services import (
+    APPROVE_PERMISSION,
+    DEPLOY_PERMISSION,
+    model_version_approve,
+    model_version_deploy,
+    model_version_reject,
+    model_version_rollback,
+)
+
+CONFIRM_TEMPLATE = "admin/models_registry/modelversion/confirm.html"
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000)
+
+    def __init__(self, *args: Any, required: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].required = required
 
 
 def _training_run(obj: ModelVersion) -> Any:
@@ -19,6 +50,38 @@ def _training_run(obj: ModelVersion) -> Any:
         return obj.training_run  # type: ignore[attr-defined]
     except ObjectDoesNotExist:
         return None
+
+
+class DeploymentEventInline(admin.TabularInline):
+    model = DeploymentEvent
+    fields = ["created_at", "from_status", "to_status", "actor_name", "reason"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+    verbose_name_plural = "Deployment log"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeploymentEvent]:
+        return super().get_queryset(request).select_related("actor")
+
+    @admin.display(description="by")
+    def actor_name(self, obj: DeploymentEvent) -> str:
+        return obj.actor_label
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may see a version may see its history.
+        return request.user.has_perm("models_registry.view_modelversion") or request.user.has_perm(
+            "models_registry.change_modelversion"
+        )
 
 
 @admin.register(ModelVersion)
@@ -37,7 +100,19 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ["kind", "status", "backend"]
     search_fields = ["artifact_path", "model_name"]
     list_select_related = ["parent", "training_run"]
-    readonly_fields = ["created_at", "deployed_at", "checksums", "load_error", "trained_by", "dataset_hash"]
+    readonly_fields = [
+        "status",
+        "approved_by",
+        "approved_at",
+        "created_at",
+        "deployed_at",
+        "checksums",
+        "load_error",
+        "trained_by",
+        "dataset_hash",
+    ]
+    inlines = [DeploymentEventInline]
+    actions = ["approve_versions", "reject_versions", "deploy_version", "rollback_kind"]
 
     @admin.display(description="training run")
     def trained_by(self, obj: ModelVersion) -> str:
@@ -54,3 +129,140 @@ class ModelVersionAdmin(admin.ModelAdmin):
         dataset = run.dataset
         url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
         return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
+
+    # Permissions of the actions
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(APPROVE_PERMISSION)
+
+    def has_deploy_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(DEPLOY_PERMISSION)
+
+    # Actions
+
+    @admin.action(description="Approve selected candidates", permissions=["approve"])
+    def approve_versions(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, model_version_approve, "Approved")
+
+    @admin.action(description="Reject selected versions", permissions=["approve"])
+    def reject_versions(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        self._each(request, queryset, model_version_reject, "Rejected")
+
+    @admin.action(description="Deploy the selected version…", permissions=["deploy"])
+    def deploy_version(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
+        ids = list(queryset.values_list("id", flat=True)[:2])
+        if len(ids) != 1:
+            self.message_user(request, "Select exactly one version to deploy.", messages.ERROR)
+            return None
+        return HttpResponseRedirect(reverse("admin:models_registry_modelversion_deploy", args=[ids[0]]))
+
+    @admin.action(description="Roll back the selected kind…", permissions=["deploy"])
+    def rollback_kind(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
+        kinds = sorted(set(queryset.values_list("kind", flat=True)))
+        if len(kinds) != 1:
+            self.message_user(request, "Select versions of one kind to roll back that kind.", messages.ERROR)
+            return None
+        return HttpResponseRedirect(reverse("admin:models_registry_modelversion_rollback", args=[kinds[0]]))
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[ModelVersion], service: Any, done: str) -> None:
+        for version in queryset.order_by("id"):
+            try:
+                service(version_id=version.pk, actor=request.user, reason="")
+            except RegistryError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(request, f"{done} {version.label}.", messages.SUCCESS)
+
+    # Confirmation views
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:version_id>/deploy/", view(self.deploy_view), name="models_registry_modelversion_deploy"),
+            path("rollback/<str:kind>/", view(self.rollback_view), name="models_registry_modelversion_rollback"),
+            *super().get_urls(),
+        ]
+
+    def deploy_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        if not self.has_deploy_permission(request):
+            raise PermissionDenied
+        target = ModelVersion.objects.filter(pk=version_id).first()
+        if target is None:
+            self.message_user(request, f"Model version {version_id} does not exist.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:models_registry_modelversion_changelist"))
+        back_url = reverse("admin:models_registry_modelversion_change", args=[target.pk])
+        form = ReasonForm(request.POST if request.method == "POST" else None, required=False)
+        if request.method == "POST" and form.is_valid():
+            try:
+                version = model_version_deploy(
+                    version_id=target.pk, actor=request.user, reason=form.cleaned_data["reason"]
+                )
+            except RegistryError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(request, f"{version.label} is live.", messages.SUCCESS)
+            return HttpResponseRedirect(back_url)
+        return self._confirm(
+            request,
+            title=f"Deploy {target.label}?",
+            target=target,
+            current=live_version(target.kind),
+            form=form,
+            submit="Yes, deploy it",
+            back_url=back_url,
+        )
+
+    def rollback_view(self, request: HttpRequest, kind: str) -> HttpResponse:
+        if not self.has_deploy_permission(request):
+            raise PermissionDenied
+        changelist = reverse("admin:models_registry_modelversion_changelist")
+        if kind not in ModelVersion.Kind.values:
+            self.message_user(request, f"Unknown model kind {kind!r}.", messages.ERROR)
+            return HttpResponseRedirect(changelist)
+        form = ReasonForm(request.POST if request.method == "POST" else None, required=True)
+        if request.method == "POST" and form.is_valid():
+            try:
+                version = model_version_rollback(kind=kind, actor=request.user, reason=form.cleaned_data["reason"])
+            except RegistryError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                return HttpResponseRedirect(changelist)
+            self.message_user(request, f"Rolled back: {version.label} is live again.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:models_registry_modelversion_change", args=[version.pk]))
+        return self._confirm(
+            request,
+            title=f"Roll back the {kind}?",
+            target=rollback_target(kind),
+            current=live_version(kind),
+            form=form,
+            submit="Yes, roll back",
+            back_url=changelist,
+            nothing=f"No retired {kind} version to roll back to.",
+        )
+
+    def _confirm(self, request: HttpRequest, **context: Any) -> HttpResponse:
+        full = {**self.admin_site.each_context(request), "opts": self.opts, **context}
+        return TemplateResponse(request, CONFIRM_TEMPLATE, full)
+
+
+@admin.register(DeploymentEvent)
+class DeploymentEventAdmin(admin.ModelAdmin):
+    """The audit log: read-only, append-only (rows are written by the services only)."""
+
+    list_display = ["created_at", "version", "from_status", "to_status", "actor_name", "reason"]
+    list_filter = ["to_status", "version__kind"]
+    list_select_related = ["version", "actor"]
+    search_fields = ["reason", "actor__username"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="by", ordering="actor__username")
+    def actor_name(self, obj: DeploymentEvent) -> str:
+        return obj.actor_label
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

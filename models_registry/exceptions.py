@@ -21,3 +21,26 @@ class ChecksumMismatch(RegistryError):
 
     http_status = 409
     code = "checksum_mismatch"
+
+
+class VersionNotFound(RegistryError):
+    http_status = 404
+    code = "not_found"
+
+
+class InvalidTransition(RegistryError):
+    """The version's status does not allow the change (``ModelVersion.TRANSITIONS``), or no longer
+    does: someone else moved it first."""
+
+    http_status = 409
+    code = "invalid_transition"
+
+
+class NothingToRollBackTo(RegistryError):
+    http_status = 409
+    code = "no_rollback_target"
+
+
+class NotPermitted(RegistryError):
+    http_status = 403
+    code = "permission_denied"

@@ -1,11 +1,14 @@
-"""Model versions: what was trained, where its files are, how it is served, and which one is live.
+"""Model versions: what was trained, where its files are, how it is served, and which one is live;
+and the append-only audit log of every status change (``DeploymentEvent``).
 
-The approve/deploy/rollback state machine and its audit log are built on top of this (see DESIGN.md);
-for now ``models_registry.services`` registers versions and makes one live.
+Statuses move only through ``models_registry.services``, along ``ModelVersion.TRANSITIONS``.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+from django.conf import settings
 from django.db import models
 
 
@@ -24,6 +27,20 @@ class ModelVersion(models.Model):
     class Backend(models.TextChoices):
         LOCAL = "local", "Local (transformers, in the server process)"
         OPENAI = "openai", "OpenAI-compatible server"
+
+    # Who may move a version where. Rollback is retired -> live. Candidate -> live skips approval and is
+    # for the system alone (bootstrap and --base-model deploy what they have just registered).
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
+        Status.CANDIDATE: frozenset({Status.APPROVED, Status.REJECTED}),
+        Status.APPROVED: frozenset({Status.LIVE, Status.REJECTED}),
+        Status.LIVE: frozenset({Status.RETIRED}),
+        Status.RETIRED: frozenset({Status.LIVE, Status.REJECTED}),
+        Status.REJECTED: frozenset(),
+    }
+    SYSTEM_TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {Status.CANDIDATE: frozenset({Status.LIVE})}
+    # Rollback takes the retired version that went live last: a kind's live periods do not overlap,
+    # so the last to start is the last to end.
+    ROLLBACK_ORDER: ClassVar[list[Any]] = [models.F("deployed_at").desc(nulls_last=True), "-id"]
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     number = models.PositiveIntegerField()
@@ -44,9 +61,21 @@ class ModelVersion(models.Model):
     load_error = models.TextField(blank=True, help_text="Why serving could not load this version, the last time.")
     created_at = models.DateTimeField(auto_now_add=True)
     deployed_at = models.DateTimeField(null=True, blank=True, help_text="When it last became live.")
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="approved_model_versions",
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["kind", "-number"]
+        permissions = [
+            ("approve_modelversion", "Can approve and reject model versions"),
+            ("deploy_modelversion", "Can deploy and roll back model versions"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["kind", "number"], name="model_version_unique_number"),
             models.UniqueConstraint(
@@ -66,3 +95,46 @@ class ModelVersion(models.Model):
     def label(self) -> str:
         """Stable label for metrics and logs, e.g. ``policy:3``."""
         return f"{self.kind}:{self.number}"
+
+    def allowed_transitions(self, *, system: bool = False) -> frozenset[str]:
+        allowed = self.TRANSITIONS[self.status]
+        if system:
+            allowed |= self.SYSTEM_TRANSITIONS.get(self.status, frozenset())
+        return allowed
+
+
+class DeploymentEvent(models.Model):
+    """One status change of a version: append-only, written in the transaction that made the change.
+    ``actor`` None means the system (bootstrap, the monitor's automatic rollback)."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="events")
+    from_status = models.CharField(max_length=16, choices=ModelVersion.Status.choices)
+    to_status = models.CharField(max_length=16, choices=ModelVersion.Status.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="model_deployment_events",
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["version", "created_at"], name="deployment_event_version_at")]
+
+    def __str__(self) -> str:
+        return f"{self.version}: {self.from_status} -> {self.to_status}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ValueError("Deployment events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Deployment events are append-only.")
+
+    @property
+    def actor_label(self) -> str:
+        return self.actor.get_username() if self.actor_id and self.actor else "system"

@@ -19,3 +19,12 @@ def live_version_key(kind: str) -> tuple[int, object] | None:
 def next_version_number(kind: str) -> int:
     latest = ModelVersion.objects.filter(kind=kind).order_by("-number").values_list("number", flat=True).first()
     return (latest or 0) + 1
+
+
+def rollback_target(kind: str) -> ModelVersion | None:
+    """The version a rollback of ``kind`` would make live: the most recently retired one."""
+    return (
+        ModelVersion.objects.filter(kind=kind, status=ModelVersion.Status.RETIRED)
+        .order_by(*ModelVersion.ROLLBACK_ORDER)
+        .first()
+    )

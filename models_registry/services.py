@@ -1,23 +1,44 @@
-"""Writes to the registry: register a version, make one live.
+"""Writes to the registry: register a version, and move versions through their status machine.
 
-The full approve/deploy/rollback state machine and its audit log come with the deployment issue; these
-two services are what bootstrap and serving need, and keep the invariants that matter already: numbers
-per kind are unique and increasing, exactly one version per kind is live, and a version's files are
-pinned by checksums when it is registered.
+Invariants: numbers per kind are unique and increasing; at most one version per kind is live (also a
+database constraint); a version's files are pinned by checksums when it is registered; every status
+change follows ``ModelVersion.TRANSITIONS`` and leaves a ``DeploymentEvent`` in the same transaction.
+
+Every status change locks all versions of the kind, in id order, before reading them: two deploys of
+the same kind then run one after the other, each seeing what the other did, and never deadlock.
+Services take ids and re-read under the lock, so a stale object in the caller's hands cannot cause a
+wrong change. Permissions are checked here for a user actor (``actor=None`` is the system).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from models_registry.exceptions import RegistryError
-from models_registry.models import ModelVersion
-from models_registry.selectors import next_version_number
+from models_registry.exceptions import (
+    InvalidTransition,
+    NothingToRollBackTo,
+    NotPermitted,
+    RegistryError,
+    VersionNotFound,
+)
+from models_registry.models import DeploymentEvent, ModelVersion
+from models_registry.selectors import next_version_number, rollback_target
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractUser
+
+    Actor = AbstractUser | None
+else:
+    Actor = Any
 
 _REGISTER_ATTEMPTS = 3
+Status = ModelVersion.Status
+APPROVE_PERMISSION = "models_registry.approve_modelversion"
+DEPLOY_PERMISSION = "models_registry.deploy_modelversion"
+DIRECT_REASON = "made live directly"
 
 
 def model_version_register(
@@ -62,29 +83,140 @@ def model_version_register(
 
 
 @transaction.atomic
-def model_version_make_live(*, version: ModelVersion) -> ModelVersion:
-    """Make ``version`` the live one of its kind and retire the one that was live.
+def model_version_make_live(*, version: ModelVersion, actor: Actor = None, reason: str = "") -> ModelVersion:
+    """Make ``version`` the live one of its kind now and retire the one that was live.
 
-    Every version of the kind is locked, in id order: a concurrent call then waits and sees this one
-    live (and retires it), instead of tripping over the one-live-per-kind constraint. Making the live
-    version live again changes nothing. Clears ``load_error`` so serving tries it afresh."""
-    rows = list(ModelVersion.objects.select_for_update().filter(kind=version.kind).order_by("id"))
-    target = next((row for row in rows if row.pk == version.pk), None)
-    if target is None:
-        raise RegistryError(f"Model version {version.label} does not exist.", code="not_found")
-    if target.status == ModelVersion.Status.REJECTED:
-        raise RegistryError(f"{target.label} was rejected and cannot be made live.", code="version_rejected")
-    if target.status == ModelVersion.Status.LIVE:
+    The direct path, for the system (bootstrap, ``--base-model``, tests): from candidate (the system
+    only), approved or retired. Making the live version live again changes nothing and writes no
+    event. Clears ``load_error`` so serving tries it afresh."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    rows = _lock_kind(version.kind)
+    target = _find(rows, version.pk, version.label)
+    if target.status == Status.LIVE:
         return target
-    for row in rows:
-        if row.status == ModelVersion.Status.LIVE:
-            row.status = ModelVersion.Status.RETIRED
-            row.save(update_fields=["status"])
-    target.status = ModelVersion.Status.LIVE
-    target.deployed_at = timezone.now()
-    target.load_error = ""
-    target.save(update_fields=["status", "deployed_at", "load_error"])
+    if target.status == Status.REJECTED:
+        raise InvalidTransition(f"{target.label} was rejected and cannot be made live.", code="version_rejected")
+    return _go_live(rows, target, actor=actor, reason=reason or DIRECT_REASON, system=actor is None)
+
+
+@transaction.atomic
+def model_version_approve(*, version_id: int, actor: Actor, reason: str = "") -> ModelVersion:
+    """candidate -> approved, recording who approved it and when."""
+    _check_permission(actor, APPROVE_PERMISSION)
+    rows = _lock_version(version_id)
+    return _transition(_find(rows, version_id), Status.APPROVED, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def model_version_reject(*, version_id: int, actor: Actor, reason: str = "") -> ModelVersion:
+    """candidate, approved or retired -> rejected: never to be deployed or rolled back to."""
+    _check_permission(actor, APPROVE_PERMISSION)
+    rows = _lock_version(version_id)
+    return _transition(_find(rows, version_id), Status.REJECTED, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def model_version_deploy(*, version_id: int, actor: Actor, reason: str = "") -> ModelVersion:
+    """approved (or retired: a redeploy of that exact version) -> live; the version that was live is
+    retired, with its own event."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    rows = _lock_version(version_id)
+    return _go_live(rows, _find(rows, version_id), actor=actor, reason=reason)
+
+
+@transaction.atomic
+def model_version_rollback(*, kind: str, actor: Actor, reason: str) -> ModelVersion:
+    """Make the most recently retired version of ``kind`` live again and retire the live one.
+
+    Reject a retired version to keep rollback off it (``ModelVersion.ROLLBACK_ORDER``)."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    if kind not in ModelVersion.Kind.values:
+        raise RegistryError(f"Unknown model kind {kind!r}.", code="unknown_kind")
+    rows = _lock_kind(kind)
+    # The rows are locked, so this read sees what the lock holder sees.
+    chosen = rollback_target(kind)
+    if chosen is None:
+        raise NothingToRollBackTo(f"No retired {kind} version to roll back to.")
+    target = _find(rows, chosen.pk, chosen.label)
+    return _go_live(rows, target, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def model_version_retire(*, version_id: int, actor: Actor, reason: str = "") -> ModelVersion:
+    """live -> retired with nothing live in its place: serving then has no version of that kind."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    rows = _lock_version(version_id)
+    return _transition(_find(rows, version_id), Status.RETIRED, actor=actor, reason=reason)
+
+
+def _check_permission(actor: Actor, permission: str) -> None:
+    if actor is not None and not actor.has_perm(permission):
+        raise NotPermitted(f"{actor} may not do this: it needs the {permission.split('.')[1]} permission.")
+
+
+def _lock_kind(kind: str) -> list[ModelVersion]:
+    """Every version of ``kind``, locked, in id order: the one lock order of all status changes."""
+    return list(ModelVersion.objects.select_for_update().filter(kind=kind).order_by("id"))
+
+
+def _lock_version(version_id: int) -> list[ModelVersion]:
+    # A version never changes kind, so reading the kind before taking the lock is safe.
+    kind = ModelVersion.objects.filter(id=version_id).values_list("kind", flat=True).first()
+    if kind is None:
+        raise VersionNotFound(f"Model version {version_id} does not exist.")
+    return _lock_kind(kind)
+
+
+def _find(rows: list[ModelVersion], version_id: int, label: str | None = None) -> ModelVersion:
+    target = next((row for row in rows if row.pk == version_id), None)
+    if target is None:
+        raise VersionNotFound(f"Model version {label or version_id} does not exist.")
     return target
+
+
+def _go_live(
+    rows: list[ModelVersion], target: ModelVersion, *, actor: Actor, reason: str, system: bool = False
+) -> ModelVersion:
+    """Retire the live version of the kind (if another) and make ``target`` live; ``rows`` are locked."""
+    _check_transition(target, Status.LIVE, system=system)
+    replaced = f"replaced by {target.label}: {reason}" if reason else f"replaced by {target.label}"
+    for row in rows:
+        if row.status == Status.LIVE and row.pk != target.pk:
+            _transition(row, Status.RETIRED, actor=actor, reason=replaced)
+    return _transition(target, Status.LIVE, actor=actor, reason=reason, system=system)
+
+
+def _check_transition(version: ModelVersion, to: str, *, system: bool = False) -> None:
+    allowed = version.allowed_transitions(system=system)
+    if to in allowed:
+        return
+    start = f"{version.label} cannot go from {version.status} to {to}"
+    if not allowed:
+        raise InvalidTransition(f"{start}; {version.status} is final.")
+    raise InvalidTransition(f"{start}; from {version.status} it can go to {', '.join(sorted(allowed))}.")
+
+
+def _transition(version: ModelVersion, to: str, *, actor: Actor, reason: str, system: bool = False) -> ModelVersion:
+    """Move a locked ``version`` to ``to`` along ``ModelVersion.TRANSITIONS`` and log it. The one place
+    that writes a status."""
+    _check_transition(version, to, system=system)
+    now = timezone.now()
+    event = DeploymentEvent(version=version, from_status=version.status, to_status=to, reason=reason)
+    if actor is not None:
+        event.actor_id = actor.pk
+    version.status = to
+    fields = ["status"]
+    if to == Status.LIVE:
+        version.deployed_at = now
+        version.load_error = ""
+        fields += ["deployed_at", "load_error"]
+    elif to == Status.APPROVED:
+        version.approved_by_id = actor.pk if actor is not None else None
+        version.approved_at = now
+        fields += ["approved_by", "approved_at"]
+    version.save(update_fields=fields)
+    event.save()
+    return version
 
 
 def model_version_record_load_error(*, version_id: int, error: str) -> None:

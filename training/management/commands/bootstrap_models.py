@@ -111,8 +111,8 @@ class Command(BaseCommand):
                 checksums=checksums[REWARD],
                 metrics={"bootstrap": {**common, **summary[REWARD], "initialised_from": policy.label}},
             )
-            model_version_make_live(version=policy)
-            model_version_make_live(version=reward)
+            model_version_make_live(version=policy, reason="bootstrap_models: first policy")
+            model_version_make_live(version=reward, reason="bootstrap_models: first reward model")
         self.say(f"Registered {policy.label} ({summary[POLICY]['params']:,} parameters) at {targets[POLICY]}.")
         self.say(f"Registered {reward.label} ({summary[REWARD]['params']:,} parameters) at {targets[REWARD]}.")
         self.say(f"{policy.label} and {reward.label} are live. Took {summary['seconds']:.0f} s.")
@@ -140,6 +140,6 @@ class Command(BaseCommand):
                 metrics={"base_model": info},
                 parent=None,
             )
-            model_version_make_live(version=version)
+            model_version_make_live(version=version, reason=f"bootstrap_models --base-model {folder}")
         retired = f"; {current.label} is retired" if current else ""
         self.say(f"Registered {version.label} from {folder} and made it live{retired}.")
