@@ -3,17 +3,11 @@ through ``http_status``, ``code``, ``message`` and ``fields``."""
 
 from __future__ import annotations
 
+from models_registry.exceptions import ServiceError
 
-class FeedbackError(Exception):
-    http_status = 400
-    code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, list[str]] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.fields = fields or {}
-        if code:
-            self.code = code
+class FeedbackError(ServiceError):
+    """What the feedback services raise."""
 
 
 class NotFound(FeedbackError):

@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 
-class RegistryError(Exception):
+class ServiceError(Exception):
+    """What every app's service errors carry: a message for people, a stable code, per-field
+    messages and an HTTP status. It lives in the lowest layer so ``feedback`` and ``training`` can
+    derive their own errors from it without an upward import; each app still raises its own class."""
+
     http_status = 400
     code = "invalid"
 
@@ -14,6 +18,10 @@ class RegistryError(Exception):
         self.fields = fields or {}
         if code:
             self.code = code
+
+
+class RegistryError(ServiceError):
+    """What the registry services raise."""
 
 
 class ChecksumMismatch(RegistryError):

@@ -3,17 +3,11 @@ through ``http_status``, ``code``, ``message`` and ``fields``."""
 
 from __future__ import annotations
 
+from models_registry.exceptions import ServiceError
 
-class TrainingError(Exception):
-    http_status = 400
-    code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, list[str]] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.fields = fields or {}
-        if code:
-            self.code = code
+class TrainingError(ServiceError):
+    """What the training services raise."""
 
 
 class RunNotFound(TrainingError):
