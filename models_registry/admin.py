@@ -130,6 +130,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
         return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Answers, deployment events and training runs point at versions; reject one instead.
+        return False
+
     # Permissions of the actions
 
     def has_approve_permission(self, request: HttpRequest) -> bool:

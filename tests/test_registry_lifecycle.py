@@ -496,3 +496,14 @@ def test_the_deployment_log_lists_without_n_plus_one(admin_client_, operator, dj
         response = admin_client_.get(EVENTS)
     assert response.status_code == 200
     assert response.context["cl"].result_count == 14
+
+
+def test_versions_cannot_be_deleted_in_the_admin(operator):
+    version = ModelVersionFactory()
+    client = Client()
+    client.force_login(operator)
+    response = client.post(f"/admin/models_registry/modelversion/{version.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 403
+    assert ModelVersion.objects.filter(pk=version.pk).exists()
+    page = client.get("/admin/models_registry/modelversion/").content.decode()
+    assert "Delete selected" not in page
