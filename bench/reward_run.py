@@ -54,18 +54,13 @@ def setup_django(db: str) -> None:
 
 
 def ensure_live_models() -> None:
-    from models_registry.artifacts import sha256_tree
     from models_registry.selectors import live_version
-    from models_registry.services import model_version_make_live, model_version_register
-    from tests.helpers import bootstrap_for_tests
+    from tests.helpers import bootstrap_for_tests, make_bootstrapped_live
 
     if live_version("policy") and live_version("reward"):
         return
     print("bootstrapping tiny models (once) ...", flush=True)
-    models = bootstrap_for_tests(str(BENCH_DIR / "models"))
-    for kind, folder in (("policy", models.policy_dir), ("reward", models.reward_dir)):
-        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
-        model_version_make_live(version=version)
+    make_bootstrapped_live(bootstrap_for_tests(str(BENCH_DIR / "models")))
 
 
 def seed(conversations: int) -> None:

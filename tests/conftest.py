@@ -10,10 +10,12 @@ import os
 
 import pytest
 from django.db import connection
+from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
+from models_registry.models import ModelVersion
+from tests.factories import AssistantMessageFactory, ConversationFactory, ModelVersionFactory, UserFactory
 from tests.helpers import Bootstrapped, bootstrap_for_tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,6 +95,23 @@ def bob(db):
 @pytest.fixture
 def operator(db):
     return UserFactory(username="operator", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def admin_client_(operator) -> Client:
+    """The operator (a superuser) logged in to the admin."""
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def live_models(db) -> tuple[ModelVersion, ModelVersion]:
+    """A live policy and a live reward model with stand-in files: enough to create training runs."""
+    return (
+        ModelVersionFactory(kind="policy", status="live", checksums={"config.json": "0" * 64}),
+        ModelVersionFactory(kind="reward", status="live", checksums={"config.json": "0" * 64}),
+    )
 
 
 @pytest.fixture

@@ -108,3 +108,16 @@ def bootstrap_for_tests(root: str) -> Bootstrapped:
             if path.is_file():
                 path.chmod(0o444)
     return Bootstrapped(base / "policy", base / "reward", summary)
+
+
+def make_bootstrapped_live(models: Bootstrapped) -> dict[str, Any]:
+    """Register the bootstrapped policy and reward model with their checksums and make both live;
+    returns the versions by kind."""
+    from models_registry.artifacts import sha256_tree
+    from models_registry.services import model_version_make_live, model_version_register
+
+    versions = {}
+    for kind, folder in (("policy", models.policy_dir), ("reward", models.reward_dir)):
+        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
+        versions[kind] = model_version_make_live(version=version)
+    return versions

@@ -1,18 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from feedback import services
 from feedback.models import Feedback
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
-
-
-@pytest.fixture
-def admin_client_(operator) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
 
 
 @pytest.fixture

@@ -47,13 +47,6 @@ def staff_with(*codenames: str) -> Any:
     return user
 
 
-@pytest.fixture
-def admin_client_(operator) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
-
-
 # --- Transitions -------------------------------------------------------------------------------------
 
 

@@ -15,13 +15,6 @@ RUNS = "/admin/training/trainingrun/"
 
 
 @pytest.fixture
-def admin_client_(operator) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
 def viewer_client(db) -> Client:
     """A staff user who may look at runs but not start or cancel them."""
     viewer = UserFactory(username="viewer", is_staff=True)
@@ -29,14 +22,6 @@ def viewer_client(db) -> Client:
     client = Client()
     client.force_login(viewer)
     return client
-
-
-@pytest.fixture
-def live_models(db):
-    return (
-        ModelVersionFactory(kind="policy", status="live", checksums={"x": "y"}),
-        ModelVersionFactory(kind="reward", status="live", checksums={"x": "y"}),
-    )
 
 
 def _messages(response) -> list[str]:

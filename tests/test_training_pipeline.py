@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models_registry.artifacts import resolve_artifact_path, sha256_tree, verify_checksums
+from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.models import ModelVersion
-from models_registry.services import model_version_make_live, model_version_register
+from tests.helpers import make_bootstrapped_live
 from tests.training_data import seed_rated_conversations
 from training import runner, services
 from training.models import TrainingRun
@@ -37,11 +37,7 @@ def live(bootstrapped, settings, tmp_path):
     settings.TRAINING_ARTIFACTS_DIR = tmp_path / "artifacts"
     settings.TRAINING_DATASETS_DIR = tmp_path / "datasets"
     settings.TRAINING_HEARTBEAT_SECONDS = 0.1
-    versions = {}
-    for kind, folder in (("policy", bootstrapped.policy_dir), ("reward", bootstrapped.reward_dir)):
-        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
-        versions[kind] = model_version_make_live(version=version)
-    return versions
+    return make_bootstrapped_live(bootstrapped)
 
 
 def start(kind: str, django_capture_on_commit_callbacks, **config) -> TrainingRun:

@@ -23,13 +23,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def live_models(db):
-    policy = ModelVersionFactory(kind="policy", status="live", checksums={"a": "b"})
-    reward = ModelVersionFactory(kind="reward", status="live", checksums={"a": "b"})
-    return policy, reward
-
-
-@pytest.fixture
 def trainer(db):
     """A user allowed to view, start and cancel runs (not staff)."""
     user = UserFactory(username="trainer")

@@ -13,11 +13,9 @@ from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from models_registry.artifacts import sha256_tree
 from models_registry.models import ModelVersion
-from models_registry.services import model_version_make_live, model_version_register
 from tests.factories import UserFactory
-from tests.helpers import start_worker, wait_until
+from tests.helpers import make_bootstrapped_live, start_worker, wait_until
 from tests.training_data import seed_rated_conversations
 from training import services
 from training.models import TrainingRun
@@ -40,9 +38,7 @@ def broker():
 
 @pytest.fixture
 def live(bootstrapped):
-    for kind, folder in (("policy", bootstrapped.policy_dir), ("reward", bootstrapped.reward_dir)):
-        version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
-        model_version_make_live(version=version)
+    return make_bootstrapped_live(bootstrapped)
 
 
 @pytest.fixture
