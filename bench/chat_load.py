@@ -691,6 +691,7 @@ def main() -> None:
         REDIS_URL=args.redis,
         SERVING_MAX_NEW_TOKENS=str(args.max_new_tokens),
         SERVING_TEMPERATURE="0",  # greedy: both sides generate the same text
+        SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1",  # the fake OpenAI-compatible server
         PYTHONUNBUFFERED="1",
     )
     os.environ.update(env)  # this process is configured the same way

@@ -4,9 +4,13 @@ A version's lineage (the training run that registered it and the dataset it read
 reverse ``training_run`` accessor, by name only: this app does not import the training app, which
 depends on it.
 
-Statuses change only through the services: bulk actions approve and reject; deploy and roll back go
-through a confirmation page with a reason (``<id>/deploy/`` and ``rollback/<kind>/``). The actions
-need the ``approve_modelversion`` and ``deploy_modelversion`` permissions; the services check them too.
+Versions are never added or edited here: every version comes from ``model_version_register`` (training,
+``bootstrap_models``, ``register_model``), and every field of one is read-only, so how a version is
+served (backend, server, artifact) cannot change behind the audit log; serving it differently means
+registering a new version. Statuses change only through the services: bulk actions approve and
+reject; deploy and roll back go through a confirmation page with a reason (``<id>/deploy/`` and
+``rollback/<kind>/``). The actions need the ``approve_modelversion`` and ``deploy_modelversion``
+permissions; the services check them too.
 """
 
 from __future__ import annotations
@@ -129,6 +133,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
         dataset = run.dataset
         url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
         return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Versions come only from model_version_register, which writes their registration event.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Every field is read-only (a change would bypass the audit log); statuses move by the actions.
+        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Answers, deployment events and training runs point at versions; reject one instead.

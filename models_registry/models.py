@@ -104,11 +104,14 @@ class ModelVersion(models.Model):
 
 
 class DeploymentEvent(models.Model):
-    """One status change of a version: append-only, written in the transaction that made the change.
-    ``actor`` None means the system (bootstrap, the monitor's automatic rollback)."""
+    """One change of a version: its registration (``from_status`` empty) or a status change.
+    Append-only, written in the transaction that made the change. ``actor`` None means the system
+    (training, bootstrap, the monitor's automatic rollback)."""
 
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="events")
-    from_status = models.CharField(max_length=16, choices=ModelVersion.Status.choices)
+    from_status = models.CharField(
+        max_length=16, choices=ModelVersion.Status.choices, blank=True, help_text="Empty: the version was registered."
+    )
     to_status = models.CharField(max_length=16, choices=ModelVersion.Status.choices)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -125,7 +128,7 @@ class DeploymentEvent(models.Model):
         indexes = [models.Index(fields=["version", "created_at"], name="deployment_event_version_at")]
 
     def __str__(self) -> str:
-        return f"{self.version}: {self.from_status} -> {self.to_status}"
+        return f"{self.version}: {self.from_status or 'registered'} -> {self.to_status}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:

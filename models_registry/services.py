@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from models_registry.endpoints import base_url_problem
 from models_registry.exceptions import (
     InvalidTransition,
     NothingToRollBackTo,
@@ -38,6 +39,7 @@ _REGISTER_ATTEMPTS = 3
 Status = ModelVersion.Status
 APPROVE_PERMISSION = "models_registry.approve_modelversion"
 DEPLOY_PERMISSION = "models_registry.deploy_modelversion"
+REGISTER_PERMISSION = "models_registry.add_modelversion"
 DIRECT_REASON = "made live directly"
 
 
@@ -51,21 +53,33 @@ def model_version_register(
     model_name: str = "",
     metrics: dict[str, Any] | None = None,
     parent: ModelVersion | None = None,
+    actor: Actor = None,
+    reason: str = "",
 ) -> ModelVersion:
-    """Record a new candidate version of ``kind`` with the next number."""
+    """Record a new candidate version of ``kind`` with the next number, and its registration event.
+
+    The one way a version comes to exist (training, bootstrap, ``--base-model``, ``register_model``):
+    how a version is served never changes afterwards; serving it differently means registering a new
+    version. An ``openai`` version's base URL must be on ``SERVING_OPENAI_ALLOWED_HOSTS``."""
     if kind not in ModelVersion.Kind.values:
         raise RegistryError(f"Unknown model kind {kind!r}.", code="unknown_kind")
     if backend not in ModelVersion.Backend.values:
         raise RegistryError(f"Unknown serving backend {backend!r}.", code="unknown_backend")
     if backend == ModelVersion.Backend.LOCAL and not (artifact_path and checksums):
         raise RegistryError("A local version needs an artifact folder and its checksums.", code="artifact_required")
-    if backend == ModelVersion.Backend.OPENAI and not (base_url and model_name):
-        raise RegistryError("An openai-backend version needs a base URL and a model name.", code="server_required")
+    if backend == ModelVersion.Backend.OPENAI:
+        if not (base_url and model_name):
+            raise RegistryError("An openai-backend version needs a base URL and a model name.", code="server_required")
+        if problem := base_url_problem(base_url):
+            raise RegistryError(problem, code="host_not_allowed", fields={"base_url": [problem]})
+    elif base_url or model_name:
+        raise RegistryError("A local version has no server URL or model name.", code="server_not_expected")
+    _check_permission(actor, REGISTER_PERMISSION)
     for attempt in range(_REGISTER_ATTEMPTS):
         try:
             # A savepoint, so a number taken by a concurrent registration can be retried.
             with transaction.atomic():
-                return ModelVersion.objects.create(
+                version = ModelVersion.objects.create(
                     kind=kind,
                     number=next_version_number(kind),
                     artifact_path=artifact_path,
@@ -76,6 +90,14 @@ def model_version_register(
                     metrics=metrics or {},
                     parent=parent,
                 )
+                DeploymentEvent.objects.create(
+                    version=version,
+                    from_status="",
+                    to_status=version.status,
+                    actor_id=actor.pk if actor is not None else None,
+                    reason=reason or "registered",
+                )
+                return version
         except IntegrityError:
             if attempt == _REGISTER_ATTEMPTS - 1:
                 raise

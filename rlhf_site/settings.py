@@ -245,6 +245,9 @@ SERVING_MAX_CONCURRENT = envint("SERVING_MAX_CONCURRENT", 2, minimum=1)
 SERVING_LIVE_CHECK_SECONDS = envint("SERVING_LIVE_CHECK_SECONDS", 2, minimum=0)
 SERVING_TOKEN_TIMEOUT_SECONDS = envint("SERVING_TOKEN_TIMEOUT_SECONDS", 120, minimum=1)
 SERVING_OPENAI_API_KEY = envsecret("SERVING_OPENAI_API_KEY")
+# Hosts an openai-backend version may point at (host, host:port, *.domain); empty: none. Users'
+# conversations and SERVING_OPENAI_API_KEY are only ever sent there (models_registry.endpoints).
+SERVING_OPENAI_ALLOWED_HOSTS = envlist("SERVING_OPENAI_ALLOWED_HOSTS", [])
 SERVING_OPENAI_TIMEOUT_SECONDS = envint("SERVING_OPENAI_TIMEOUT_SECONDS", 60, minimum=1)
 
 # --- Training (training app) ------------------------------------------------------------------

@@ -78,7 +78,8 @@ def test_register_numbers_versions_per_kind_as_candidates(db):
     assert first.load_error == ""
 
 
-def test_register_keeps_metrics_parent_and_the_openai_server(db):
+def test_register_keeps_metrics_parent_and_the_openai_server(db, settings):
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1:8001"]
     parent = register()
     child = model_version_register(
         kind="policy",
@@ -109,6 +110,8 @@ def test_register_keeps_metrics_parent_and_the_openai_server(db):
         ({"artifact_path": ""}, "artifact_required"),
         ({"backend": "openai", "model_name": "tiny"}, "server_required"),
         ({"backend": "openai", "base_url": "http://x"}, "server_required"),
+        ({"backend": "openai", "base_url": "http://evil.example", "model_name": "m"}, "host_not_allowed"),
+        ({"base_url": "http://127.0.0.1:8001", "model_name": "m"}, "server_not_expected"),
     ],
 )
 def test_register_refuses_incomplete_versions(db, kwargs, code):

@@ -316,15 +316,20 @@ def test_bootstrap_logs_both_models_going_live_as_the_system(db, settings, tmp_p
 
     rows = DeploymentEvent.objects.order_by("id").select_related("version")
     assert [(e.version.label, e.from_status, e.to_status, e.actor_id) for e in rows] == [
+        ("policy:1", "", "candidate", None),
+        ("reward:1", "", "candidate", None),
         ("policy:1", "candidate", "live", None),
         ("reward:1", "candidate", "live", None),
+        ("policy:2", "", "candidate", None),
+        ("reward:2", "", "candidate", None),
         ("policy:1", "live", "retired", None),
         ("policy:2", "candidate", "live", None),
         ("reward:1", "live", "retired", None),
         ("reward:2", "candidate", "live", None),
     ]
-    assert rows[0].reason == "bootstrap_models: first policy"
-    assert rows[2].reason.startswith("replaced by policy:2")
+    assert rows[0].reason == "bootstrap_models: trained from scratch"
+    assert rows[2].reason == "bootstrap_models: first policy"
+    assert rows[6].reason.startswith("replaced by policy:2")
 
 
 def test_deployment_events_are_append_only(operator):

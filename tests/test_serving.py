@@ -33,6 +33,7 @@ GENERATE_THREAD = "serving-generate-"
 async def _fresh_serving(settings):
     settings.SERVING_TEMPERATURE = 0  # greedy: the answers are reproducible
     settings.SERVING_LIVE_CHECK_SECONDS = 0
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]  # the fake servers below
     serving.reset()
     yield
     serving.reset()
@@ -443,3 +444,36 @@ async def test_closing_an_openai_stream_closes_the_connection():
         await stream.aclose()
         await asyncio.wait_for(server.disconnected.wait(), 5)
     assert len(server.requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_version_on_a_host_off_the_allow_list_is_never_loaded_nor_sent_anything(settings):
+    settings.SERVING_OPENAI_API_KEY = "sk-secret"
+    async with FakeOpenAI() as server:
+        # As a version registered before the allow-list changed (registration itself refuses the host).
+        settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+        version = await sync_to_async(register_openai_live)(server.url)
+        settings.SERVING_OPENAI_ALLOWED_HOSTS = ["models.internal"]
+
+        with pytest.raises(ServingError) as caught:
+            await get_policy()
+
+        await sync_to_async(version.refresh_from_db)()
+    assert caught.value.code == "model_load_failed"
+    assert server.requests == []
+    assert "is not on SERVING_OPENAI_ALLOWED_HOSTS" in version.load_error
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_api_key_is_not_sent_once_the_host_leaves_the_allow_list(settings):
+    settings.SERVING_OPENAI_API_KEY = "sk-secret"
+    async with FakeOpenAI() as server:
+        await sync_to_async(register_openai_live)(server.url)
+        policy = await get_policy()
+        settings.SERVING_OPENAI_ALLOWED_HOSTS = []
+
+        with pytest.raises(ServingError) as caught:
+            await collect(policy.stream(QUESTION))
+
+    assert caught.value.code == "host_not_allowed"
+    assert server.requests == []

@@ -74,6 +74,9 @@ def test_each_kind_trains_and_registers_a_candidate(kind, live, alice, django_ca
     assert version.training_run == run
     assert version.metrics["lineage"]["dataset_hash"] == run.dataset.content_hash
     assert version.metrics["lineage"]["feedback_ids"] == run.dataset.source["feedback_ids"]
+    assert list(version.events.values_list("from_status", "to_status", "actor", "reason")) == [
+        ("", "candidate", None, f"trained by {kind} run {run.id}")
+    ]
     assert run.dataset.rows("preference", "train") > 0
     # Progress and evaluation are stored on the run and on the version.
     assert run.progress == 1.0

@@ -202,7 +202,7 @@ def training_run_succeed(
     with transaction.atomic():
         run = (
             TrainingRun.objects.select_for_update(of=("self",))
-            .select_related("base_version", "reward_version", "dataset")
+            .select_related("base_version", "reward_version", "dataset", "requested_by")
             .get(id=run_id)
         )
         if run.status != Status.RUNNING:
@@ -231,6 +231,8 @@ def training_run_succeed(
             checksums=checksums,
             metrics={**metrics, "lineage": lineage},
             parent=run.base_version if run.base_version and run.base_version.kind == run.output_kind else None,
+            reason=f"trained by {run.kind} run {run.id}"
+            + (f", requested by {run.requested_by.get_username()}" if run.requested_by else ""),
         )
         run.status = Status.SUCCEEDED
         run.phase = "done"

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from models_registry.endpoints import base_url_problem
 from models_registry.models import ModelVersion
 from models_registry.serving.base import ServedPolicy, clean_messages, max_new_tokens_for, sampling
 from models_registry.serving.errors import ServingError
@@ -60,6 +61,7 @@ def _client() -> httpx.AsyncClient:
 class OpenAIPolicy(ServedPolicy):
     def __init__(self, *, version_id: int, label: str, base_url: str, model_name: str) -> None:
         super().__init__(version_id=version_id, label=label)
+        self.base_url = base_url
         self.url = chat_completions_url(base_url)
         self.model_name = model_name
 
@@ -68,6 +70,8 @@ class OpenAIPolicy(ServedPolicy):
         # Nothing to load: the server may be briefly down now and up for the first question.
         if not (version.base_url and version.model_name):
             raise ServingError(f"{version.label} has no server URL or model name.", code="model_load_failed")
+        if problem := base_url_problem(version.base_url):
+            raise ServingError(f"{version.label} cannot be served: {problem}", code="host_not_allowed")
         return cls(version_id=version.id, label=version.label, base_url=version.base_url, model_name=version.model_name)
 
     async def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
@@ -78,6 +82,11 @@ class OpenAIPolicy(ServedPolicy):
             "max_tokens": max_new_tokens_for(max_new_tokens),
             **sampling(),
         }
+        # Checked again at each answer: the allow-list may have shrunk since the version was loaded, and
+        # neither the users' conversations nor the key may go anywhere else.
+        if problem := base_url_problem(self.base_url):
+            logger.error("%s: refusing to send a conversation: %s", self.label, problem)
+            raise ServingError("The model server is not allowed any more.", code="host_not_allowed")
         headers = {"Accept": "text/event-stream"}
         api_key = settings.SERVING_OPENAI_API_KEY
         if api_key:

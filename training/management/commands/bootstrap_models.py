@@ -104,12 +104,14 @@ class Command(BaseCommand):
                 artifact_path=str(targets[POLICY]),
                 checksums=checksums[POLICY],
                 metrics={"bootstrap": {**common, **summary[POLICY]}},
+                reason="bootstrap_models: trained from scratch",
             )
             reward = model_version_register(
                 kind=REWARD,
                 artifact_path=str(targets[REWARD]),
                 checksums=checksums[REWARD],
                 metrics={"bootstrap": {**common, **summary[REWARD], "initialised_from": policy.label}},
+                reason="bootstrap_models: trained from scratch",
             )
             model_version_make_live(version=policy, reason="bootstrap_models: first policy")
             model_version_make_live(version=reward, reason="bootstrap_models: first reward model")
@@ -139,6 +141,7 @@ class Command(BaseCommand):
                 checksums=checksums,
                 metrics={"base_model": info},
                 parent=None,
+                reason=f"bootstrap_models --base-model {folder}",
             )
             model_version_make_live(version=version, reason=f"bootstrap_models --base-model {folder}")
         retired = f"; {current.label} is retired" if current else ""
