@@ -60,7 +60,9 @@ def base_url_problem(base_url: str) -> str | None:
             return None
     listed = ", ".join(settings.SERVING_OPENAI_ALLOWED_HOSTS) or "nothing"
     shown = f"{host}:{port}" if port is not None else host
-    return f"{shown} is not on SERVING_OPENAI_ALLOWED_HOSTS (which allows {listed}); an operator must add it there first."
+    return (
+        f"{shown} is not on SERVING_OPENAI_ALLOWED_HOSTS (which allows {listed}); an operator must add it there first."
+    )
 
 
 def base_url_allowed(base_url: str) -> bool:

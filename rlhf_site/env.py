@@ -8,6 +8,8 @@ Kubernetes mount them as files).
 from __future__ import annotations
 
 import os
+import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -117,4 +119,41 @@ def envrate(name: str, default: str | None, *, environ: Mapping[str, str] | None
     count, _, period = value.partition("/")
     if not count.isdigit() or not period or period[0] not in "smhd":
         raise ImproperlyConfigured(f"{name}={value!r} is not a rate: use e.g. 120/min, 10/s, 1000/hour or off.")
+    return value
+
+
+def envheader(name: str, *, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """A request header and the value that marks a request secure, as Django's
+    ``SECURE_PROXY_SSL_HEADER`` takes it: ``X-Forwarded-Proto:https`` (or ``HTTP_X_FORWARDED_PROTO,https``)
+    becomes ``("HTTP_X_FORWARDED_PROTO", "https")``."""
+    value = _raw(name, environ)
+    if value is None:
+        return None
+    separator = ":" if ":" in value else ","
+    header, _, expected = (part.strip() for part in value.partition(separator))
+    if not header or not expected:
+        raise ImproperlyConfigured(f"{name}={value!r} is not 'Header:value', e.g. X-Forwarded-Proto:https.")
+    meta = header.upper().replace("-", "_")
+    return (meta if meta.startswith("HTTP_") else f"HTTP_{meta}"), expected
+
+
+def generated_secret(path: Path) -> str:
+    """The secret in ``path``, created once (mode 0600) when missing. Concurrent first starts agree:
+    the file is created exclusively and the loser reads the winner's."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the creator may not have written it yet
+            value = path.read_text().strip()
+            if value:
+                return value
+            time.sleep(0.02)
+        raise ImproperlyConfigured(f"{path} is empty; delete it or set SECRET_KEY.") from None
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"Cannot create {path} for a generated SECRET_KEY ({exc.strerror}); set SECRET_KEY."
+        ) from None
+    value = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
     return value

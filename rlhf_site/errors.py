@@ -13,11 +13,13 @@ import this module: they raise their own exceptions carrying ``code``, ``message
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.debug import SafeExceptionReporterFilter
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -105,3 +107,36 @@ def json_server_error(request: HttpRequest) -> JsonResponse:
         error_body(500, "server_error", "Something went wrong on our side; it has been logged."),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,
     )
+
+
+# scheme://user:password@ (user may be empty, as in redis://:password@host).
+_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<password>[^@\s/]+)@")
+MASK = SafeExceptionReporterFilter.cleansed_substitute
+
+
+def mask_url_credentials(value: Any) -> Any:
+    """``value`` with the password of every URL in it replaced, recursively through dicts, lists and
+    tuples; anything else is returned as it is."""
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(lambda m: f"{m['head']}:{MASK}@", value)
+    if isinstance(value, dict):
+        return {key: mask_url_credentials(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(mask_url_credentials(item) for item in value)
+    return value
+
+
+class CredentialMaskingFilter(SafeExceptionReporterFilter):
+    """Django's filter, which hides settings named like secrets, plus: a password inside any URL
+    (``DATABASE_URL``, ``REDIS_URL``, ``CELERY_BROKER_URL``, cache and channel-layer locations) is
+    masked wherever the debug page or an error e-mail would show it: settings, request META and the
+    local variables of each frame."""
+
+    def cleanse_setting(self, key: Any, value: Any) -> Any:
+        return mask_url_credentials(super().cleanse_setting(key, value))
+
+    def get_traceback_frame_variables(self, request: Any, tb_frame: Any) -> Any:
+        return [
+            (name, mask_url_credentials(value))
+            for name, value in super().get_traceback_frame_variables(request, tb_frame)
+        ]

@@ -1,4 +1,6 @@
-"""``/metrics`` for Prometheus, open only to METRICS_TOKEN bearers or METRICS_ALLOWED_IPS."""
+"""``/metrics`` for Prometheus, open only to METRICS_TOKEN bearers; with DEBUG on, also to
+METRICS_ALLOWED_IPS. Outside DEBUG an address allow-list is not enough: behind a proxy on the same host
+every request comes from loopback."""
 
 from __future__ import annotations
 
@@ -36,8 +38,12 @@ def _token_ok(request: HttpRequest) -> bool:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not (_token_ok(request) or _address_allowed(request.META.get("REMOTE_ADDR", ""))):
-        return JsonResponse(error_body(403, "forbidden", "Metrics are not open to this client."), status=403)
+    by_address = settings.DEBUG and _address_allowed(request.META.get("REMOTE_ADDR", ""))
+    if not (_token_ok(request) or by_address):
+        message = "Metrics are not open to this client."
+        if not settings.METRICS_TOKEN and not settings.DEBUG:
+            message += " Set METRICS_TOKEN and scrape with 'Authorization: Bearer <token>'."
+        return JsonResponse(error_body(403, "forbidden", message), status=403)
     response = ExportToDjangoView(request)
     # Both are Prometheus text format, which concatenates (no end marker, distinct metric names).
     response.content = response.content + generate_latest(DATABASE_REGISTRY)

@@ -12,21 +12,47 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from rlhf_site.dbconfig import database_config, sqlite_config
-from rlhf_site.env import envbool, envfloat, envint, envlist, envrate, envsecret, envstr
+from rlhf_site.env import (
+    envbool,
+    envfloat,
+    envheader,
+    envint,
+    envlist,
+    envrate,
+    envsecret,
+    envstr,
+    generated_secret,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = envbool("DEBUG", True)
+# Off unless asked for: the debug page shows settings and code to whoever triggers an error. bin/run
+# turns it on for its loopback-only development server.
+DEBUG = envbool("DEBUG", False)
+# SECRET_KEY (or SECRET_KEY_FILE); else one generated once into VAR_DIR/secret_key (mode 0600), so a
+# single machine works with no setup and never with a key known to anyone else. `check --deploy`
+# warns about the generated one: several processes on several machines must share one key.
 SECRET_KEY = envsecret("SECRET_KEY") or ""
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (or set SECRET_KEY_FILE).")
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+SECRET_KEY_GENERATED = not SECRET_KEY
+if SECRET_KEY_GENERATED:
+    SECRET_KEY = generated_secret(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS. Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto:https (only if
+# the proxy always sets or strips that header); `manage.py check --deploy` lists what is still missing.
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+SECURE_PROXY_SSL_HEADER = envheader("SECURE_PROXY_SSL_HEADER")
+# The debug page (DEBUG on) masks passwords inside URLs (DATABASE_URL, REDIS_URL, broker URLs) too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "rlhf_site.errors.CredentialMaskingFilter"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -199,7 +225,8 @@ FEEDBACK_COMMENT_MAX_LENGTH = envint("FEEDBACK_COMMENT_MAX_LENGTH", 2000, minimu
 IDEMPOTENCY_KEY_TTL_HOURS = envint("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
 
 # --- Metrics -----------------------------------------------------------------------------------
-# /metrics answers a request bearing METRICS_TOKEN, or one from METRICS_ALLOWED_IPS; nothing else.
+# /metrics answers a request bearing METRICS_TOKEN; with DEBUG on, also one from METRICS_ALLOWED_IPS
+# (an address allow-list lets everything in behind a proxy on the same host, so not in production).
 METRICS_TOKEN = envsecret("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 PROMETHEUS_EXPORT_MIGRATIONS = False

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from django.test import Client
 
 from tests.factories import ModelVersionFactory
@@ -17,8 +18,16 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+TOKEN = "test-scrape-token"
+
+
+@pytest.fixture(autouse=True)
+def _metrics_token(settings) -> None:
+    settings.METRICS_TOKEN = TOKEN
+
+
 def scrape() -> str:
-    response = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
+    response = Client(REMOTE_ADDR="203.0.113.9").get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
     return response.content.decode()
 
@@ -60,6 +69,18 @@ def test_metrics_are_closed_to_other_addresses(db):
     assert response.json()["error"]["code"] == "forbidden"
 
 
+def test_outside_debug_an_allowed_address_is_not_enough(db, settings):
+    settings.DEBUG = False
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1"]
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
+    settings.METRICS_TOKEN = None
+    response = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == (
+        "Metrics are not open to this client. Set METRICS_TOKEN and scrape with 'Authorization: Bearer <token>'."
+    )
+
+
 def test_a_metrics_token_opens_them_from_anywhere(db, settings):
     settings.METRICS_TOKEN = "scrape-me"
     client = Client(REMOTE_ADDR="203.0.113.9")
@@ -67,7 +88,8 @@ def test_a_metrics_token_opens_them_from_anywhere(db, settings):
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
 
 
-def test_allowed_addresses_can_be_networks(db, settings):
+def test_with_debug_on_allowed_addresses_can_be_networks(db, settings):
+    settings.DEBUG = True
     settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403

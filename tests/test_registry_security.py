@@ -172,7 +172,12 @@ def test_an_off_list_host_is_refused_with_the_setting_named(db, settings):
     settings.SERVING_OPENAI_ALLOWED_HOSTS = ["vllm.internal"]
     with pytest.raises(RegistryError) as caught:
         model_version_register(
-            kind="policy", artifact_path="", checksums={}, backend="openai", base_url="http://evil.example", model_name="m"
+            kind="policy",
+            artifact_path="",
+            checksums={},
+            backend="openai",
+            base_url="http://evil.example",
+            model_name="m",
         )
     assert caught.value.code == "host_not_allowed"
     assert caught.value.message == (
@@ -230,7 +235,5 @@ def test_register_model_registers_a_local_checkpoint_with_checksums(db, tmp_path
 def test_register_model_refuses_an_off_list_host_and_registers_nothing(db, settings):
     settings.SERVING_OPENAI_ALLOWED_HOSTS = []
     with pytest.raises(CommandError, match="not on SERVING_OPENAI_ALLOWED_HOSTS"):
-        call_command(
-            "register_model", "--base-url", "http://1.2.3.4:8000", "--model-name", "m", stdout=io.StringIO()
-        )
+        call_command("register_model", "--base-url", "http://1.2.3.4:8000", "--model-name", "m", stdout=io.StringIO())
     assert not ModelVersion.objects.exists()

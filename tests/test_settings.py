@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,98 @@ def test_with_no_environment_it_runs_on_sqlite_memory_layer_and_filesystem_broke
         "django.db.backends.sqlite3",
         "channels.layers.InMemoryChannelLayer",
         "filesystem://",
-        "True",
+        "False",
     ]
     assert (tmp_path / "celery" / "queue").is_dir()
+
+
+def test_with_no_secret_key_one_is_generated_once_and_kept_private(tmp_path):
+    first = run_settings(clean_env(VAR_DIR=str(tmp_path)), "print(settings.SECRET_KEY)")
+    second = run_settings(clean_env(VAR_DIR=str(tmp_path)), "print(settings.SECRET_KEY)")
+    other = run_settings(clean_env(VAR_DIR=str(tmp_path / "elsewhere")), "print(settings.SECRET_KEY)")
+
+    key = first.stdout.strip()
+    assert len(key) >= 50, first.stderr
+    assert second.stdout.strip() == key
+    assert other.stdout.strip() != key
+    assert (tmp_path / "secret_key").read_text().strip() == key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert "insecure" not in key
+
+
+def test_a_secret_key_from_the_environment_wins_and_nothing_is_generated(tmp_path):
+    result = run_settings(clean_env(VAR_DIR=str(tmp_path), SECRET_KEY="k" * 50), "print(settings.SECRET_KEY)")
+    assert result.stdout.strip() == "k" * 50
+    assert not (tmp_path / "secret_key").exists()
+
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "SECRET_KEY": "pr0duction-" + "x7Qz" * 12,
+    "ALLOWED_HOSTS": "rlhf.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://rlhf.example.com",
+    "SESSION_COOKIE_SECURE": "true",
+    "CSRF_COOKIE_SECURE": "true",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto:https",
+    "METRICS_TOKEN": "scrape-token",
+}
+
+
+def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_passes_with_debug_off_and_the_production_variables(tmp_path):
+    result = check_deploy(clean_env(VAR_DIR=str(tmp_path), **PRODUCTION))
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_names_what_a_bare_install_lacks(tmp_path):
+    result = check_deploy(clean_env(VAR_DIR=str(tmp_path)))
+    assert result.returncode != 0
+    found = set(re.findall(r"\(([\w.]+\.W\d+)\)", result.stderr))
+    assert found == {
+        "rlhf_site.W001",
+        "rlhf_site.W002",
+        "security.W004",
+        "security.W008",
+        "security.W012",
+        "security.W016",
+    }
+
+
+def test_the_security_variables_reach_django(tmp_path):
+    result = run_settings(
+        clean_env(VAR_DIR=str(tmp_path), **PRODUCTION),
+        "print(settings.SECURE_PROXY_SSL_HEADER, settings.SECURE_HSTS_SECONDS, settings.SESSION_COOKIE_SECURE)",
+    )
+    assert result.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https') 31536000 True", result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "rlhf.example.com"])
+def test_bin_run_refuses_debug_on_a_non_loopback_host(tmp_path, host):
+    result = subprocess.run(
+        [str(ROOT / "bin" / "run")],
+        env=clean_env(VAR_DIR=str(tmp_path), HOST=host, DEBUG="true"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"refusing to serve on HOST={host} with DEBUG on" in result.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
 
 
 def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
@@ -63,8 +153,9 @@ def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"DEBUG": "false"}, "SECRET_KEY"),
         ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"SECURE_PROXY_SSL_HEADER": "https"}, "SECURE_PROXY_SSL_HEADER"),
+        ({"SECURE_HSTS_SECONDS": "a year"}, "SECURE_HSTS_SECONDS"),
         ({"DATABASE_URL": "mysql://root@localhost/x"}, "DATABASE_URL"),
         ({"DATABASE_URL": "nonsense"}, "DATABASE_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
@@ -139,3 +230,32 @@ def test_the_pooler_mode_can_be_forced():
     assert config["DISABLE_SERVER_SIDE_CURSORS"] is True
     session = database_config("postgres://u:p@pooler.supabase.com:6543/db", pooler="session")
     assert not session.get("DISABLE_SERVER_SIDE_CURSORS", False)
+
+
+def test_the_debug_page_masks_passwords_inside_urls(rf, settings):
+    import secrets
+    import sys
+
+    from django.views.debug import technical_500_response
+
+    class Passwords(list):  # made up here, and hidden from the page's own view of this frame's locals
+        def __repr__(self) -> str:
+            return "<passwords>"
+
+    pw = Passwords(secrets.token_hex(6) for _ in range(5))
+    settings.DEBUG = True
+    settings.REDIS_URL = f"redis://:{pw[0]}@redis.internal:6379/0"
+    settings.CELERY_BROKER_URL = f"amqp://rabbit:{pw[1]}@mq.internal:5672//"
+    settings.CACHES = {"default": {"BACKEND": "x", "LOCATION": f"redis://cache:{pw[2]}@cache.internal:6379"}}
+    database_url = f"postgres://app:{pw[3]}@db.internal:5432/rlhf"  # a local variable of the failing frame
+    request = rf.get("/boom", HTTP_X_UPSTREAM=f"http://proxy:{pw[4]}@proxy.internal")
+    try:
+        raise RuntimeError(f"cannot reach {database_url.split('@')[1]}")
+    except RuntimeError:
+        page = technical_500_response(request, *sys.exc_info()).content.decode()
+
+    for password in pw:
+        assert password not in page
+    assert "redis://:********************@redis.internal:6379/0" in page
+    assert "amqp://rabbit:********************@mq.internal" in page
+    assert "postgres://app:********************@db.internal" in page
