@@ -12,6 +12,8 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.errors import ERRORS, IDEMPOTENCY_HEADER
+from core.idempotency import idempotent
 from feedback import selectors, services
 from feedback.serializers import (
     ComparisonInputSerializer,
@@ -22,39 +24,6 @@ from feedback.serializers import (
     FeedbackWriteOutputSerializer,
     MessageSerializer,
     SatisfactionSerializer,
-)
-
-ErrorSerializer = inline_serializer(
-    "Error",
-    fields={
-        "error": inline_serializer(
-            "ErrorBody",
-            fields={
-                "status": serializers.IntegerField(),
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "fields": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
-            },
-        )
-    },
-)
-ERRORS = {
-    code: OpenApiResponse(ErrorSerializer, description=text)
-    for code, text in {
-        400: "Invalid input (field errors in `fields`).",
-        401: "Not authenticated.",
-        404: "Not found, or not yours.",
-        413: "Body too large.",
-        415: "Not JSON.",
-        422: "Idempotency-Key reused with another body.",
-        429: "Throttled; see Retry-After.",
-    }.items()
-}
-IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key",
-    OpenApiTypes.STR,
-    OpenApiParameter.HEADER,
-    description="Makes a retry safe: the same key from the same user replays the first answer and writes nothing.",
 )
 
 
@@ -107,11 +76,11 @@ class FeedbackCollectionApi(GenericAPIView):
                 step_index=data.get("step_index"),
                 **{name: data[name] for name in ("thumbs", "rating", "comment", "tags") if name in data},
             )
-            body = dict(FeedbackOutputSerializer(result.feedback).data)
-            body["satisfaction"] = SatisfactionSerializer(result.satisfaction).data
+            result.feedback.satisfaction = result.satisfaction  # type: ignore[attr-defined]
+            body = dict(FeedbackWriteOutputSerializer(result.feedback).data)
             return (status.HTTP_201_CREATED if result.created else status.HTTP_200_OK), body
 
-        code, body = services.idempotent(
+        code, body = idempotent(
             user=request.user,
             scope="feedback",
             key=request.headers.get("Idempotency-Key"),
@@ -171,7 +140,7 @@ class ComparisonCollectionApi(GenericAPIView):
             )
             return (201 if created else 200), dict(ComparisonOutputSerializer(comparison).data)
 
-        code, body = services.idempotent(
+        code, body = idempotent(
             user=request.user,
             scope="comparison",
             key=request.headers.get("Idempotency-Key"),

@@ -22,6 +22,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Prefetch
 
+from core import prompts
 from feedback import metrics
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
@@ -85,17 +86,17 @@ def turns_for_page(*, user: User, conversation: Conversation) -> list[tuple[Mess
 
 
 def history_for(*, prompt: Message) -> list[dict[str, str]]:
-    """The conversation up to and including ``prompt`` in chat format. Where a turn has several
-    answers (regenerations), the latest one that did not fail stands for it."""
-    history: list[dict[str, str]] = []
-    for user_turn, answers in conversation_turns(conversation=prompt.conversation, for_display=False):
-        history.append({"role": "user", "content": user_turn.content})
-        if user_turn.id == prompt.id:
-            break
-        usable = [a for a in answers if a.status != Message.Status.FAILED and a.content]
-        if usable:
-            history.append({"role": "assistant", "content": usable[-1].content})
-    return history
+    """What the model is sent to answer ``prompt``: the conversation so far in chat format, by the
+    rule the feedback processor trains on (``core.prompts``)."""
+    rows = (
+        Message.objects.filter(conversation_id=prompt.conversation_id)
+        .order_by("created_at", "id")
+        .values_list("id", "role", "content", "parent_id", "status")
+    )
+    for turn in prompts.conversation_turns(rows):
+        if turn.user[0] == prompt.id:
+            return prompts.as_chat(turn.context)
+    raise NotFound("That message is not a user turn of this conversation.")
 
 
 def generation_allow(*, user: User) -> None:

@@ -3,7 +3,7 @@ through ``http_status``, ``code``, ``message`` and ``fields``."""
 
 from __future__ import annotations
 
-from models_registry.exceptions import ServiceError
+from core.exceptions import ServiceError
 
 
 class FeedbackError(ServiceError):
@@ -15,8 +15,3 @@ class NotFound(FeedbackError):
 
     http_status = 404
     code = "not_found"
-
-
-class IdempotencyKeyReused(FeedbackError):
-    http_status = 422
-    code = "idempotency_key_reused"

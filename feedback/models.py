@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 
@@ -200,21 +199,3 @@ class UserSatisfaction(models.Model):
     @property
     def mean_rating(self) -> float | None:
         return round(self.rating_sum / self.ratings, 3) if self.ratings else None
-
-
-class IdempotencyRecord(models.Model):
-    """The first answer given to a request carrying an ``Idempotency-Key``, replayed on retries."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    key = models.CharField(max_length=255)
-    scope = models.CharField(max_length=64)
-    fingerprint = models.CharField(max_length=64, help_text="sha256 of the request body.")
-    status_code = models.PositiveSmallIntegerField()
-    body = models.JSONField(encoder=DjangoJSONEncoder)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "scope", "key"], name="idempotency_unique_key")]
-
-    def __str__(self) -> str:
-        return f"idempotency key {self.key!r} ({self.scope})"

@@ -7,26 +7,21 @@ different users never wait on each other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.utils import timezone
 
 from feedback import metrics
-from feedback.exceptions import FeedbackError, IdempotencyKeyReused, NotFound
+from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import (
     Comparison,
     Conversation,
     Feedback,
-    IdempotencyRecord,
     Message,
     MessageStep,
     UserSatisfaction,
@@ -244,70 +239,6 @@ def comparison_record(
     return comparison, created
 
 
-def request_fingerprint(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def idempotent(
-    *,
-    user: User,
-    scope: str,
-    key: str | None,
-    payload: Any,
-    call: Callable[[], tuple[int, dict[str, Any]]],
-) -> tuple[int, dict[str, Any]]:
-    """Run ``call`` once per (user, scope, key); a retry with the same key gets the first answer.
-
-    The record is written in the same transaction as the work, under the user's lock, so a retry
-    racing the first attempt waits for it and then replays its answer. ``payload`` (the request
-    body) is fingerprinted only when a key is given: the same key with another body is refused.
-    """
-    if not key:
-        return call()
-    if len(key) > 255:
-        raise FeedbackError("The Idempotency-Key header is longer than 255 characters.", code="invalid_header")
-    fingerprint = request_fingerprint(payload)
-    with transaction.atomic():
-        satisfaction_lock(user=user)
-        record = IdempotencyRecord.objects.filter(user=user, scope=scope, key=key).first()
-        if record is not None:
-            if record.fingerprint != fingerprint:
-                raise IdempotencyKeyReused(
-                    "This Idempotency-Key was already used with a different request body.",
-                )
-            return record.status_code, record.body
-        status_code, body = call()
-        IdempotencyRecord.objects.create(
-            user=user, scope=scope, key=key, fingerprint=fingerprint, status_code=status_code, body=body
-        )
-        return status_code, body
-
-
-def idempotency_records_purge(*, older_than: timedelta | None = None) -> int:
-    ttl = older_than or timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - ttl).delete()
-    return deleted
-
-
 @transaction.atomic
 def conversation_create(*, user: User, title: str = "") -> Conversation:
     return Conversation.objects.create(user=user, title=title[:200])
-
-
-@transaction.atomic
-def message_create(
-    *,
-    conversation: Conversation,
-    role: str,
-    content: str,
-    parent: Message | None = None,
-    steps: list[str] | None = None,
-    **fields: Any,
-) -> Message:
-    """Store a message and, for an answer, its steps (the chat and the tests write through here)."""
-    message = Message.objects.create(conversation=conversation, role=role, content=content, parent=parent, **fields)
-    if steps:
-        MessageStep.objects.bulk_create(
-            [MessageStep(message=message, index=i, content=text) for i, text in enumerate(steps)]
-        )
-    return message

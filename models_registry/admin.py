@@ -1,8 +1,8 @@
 """Admin for model versions and their deployment log.
 
-A version's lineage (the training run that registered it and the dataset it read) is shown through the
-reverse ``training_run`` accessor, by name only: this app does not import the training app, which
-depends on it.
+This app knows nothing of the apps above it: a higher app that has something to show with a version
+(training shows the run and dataset a version came from) adds an inline to its page with
+``register_version_inline`` and a column to the list with ``register_version_column``.
 
 Versions are never added or edited here: every version comes from ``model_version_register`` (training,
 ``bootstrap_models``, ``register_model``), and every field of one is read-only, so how a version is
@@ -15,17 +15,19 @@ permissions; the services check them too.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.contrib.admin.options import InlineModelAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
 
+from core.admin import ReadOnlyAdminMixin
 from models_registry.exceptions import RegistryError
 from models_registry.models import DeploymentEvent, ModelVersion
 from models_registry.selectors import live_version, rollback_target
@@ -49,14 +51,7 @@ class ReasonForm(forms.Form):
         self.fields["reason"].required = required
 
 
-def _training_run(obj: ModelVersion) -> Any:
-    try:
-        return obj.training_run  # type: ignore[attr-defined]
-    except ObjectDoesNotExist:
-        return None
-
-
-class DeploymentEventInline(admin.TabularInline):
+class DeploymentEventInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = DeploymentEvent
     fields = ["created_at", "from_status", "to_status", "actor_name", "reason"]
     readonly_fields = fields
@@ -72,15 +67,6 @@ class DeploymentEventInline(admin.TabularInline):
     def actor_name(self, obj: DeploymentEvent) -> str:
         return obj.actor_label
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Whoever may see a version may see its history.
         return request.user.has_perm("models_registry.view_modelversion") or request.user.has_perm(
@@ -89,7 +75,7 @@ class DeploymentEventInline(admin.TabularInline):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "__str__",
         "kind",
@@ -97,54 +83,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "status",
         "backend",
         "artifact_path",
-        "trained_by",
         "deployed_at",
         "created_at",
     ]
     list_filter = ["kind", "status", "backend"]
     search_fields = ["artifact_path", "model_name"]
-    list_select_related = ["parent", "training_run"]
-    readonly_fields = [
-        "status",
-        "approved_by",
-        "approved_at",
-        "created_at",
-        "deployed_at",
-        "checksums",
-        "load_error",
-        "trained_by",
-        "dataset_hash",
-    ]
-    inlines = [DeploymentEventInline]
+    list_select_related = ["parent"]
+    inlines: list[type[InlineModelAdmin]] = [DeploymentEventInline]
+    # Added by the apps above (register_version_column).
+    extra_columns: ClassVar[list[Callable[[ModelVersion], str]]] = []
+    extra_select_related: ClassVar[list[str]] = []
+
+    def get_list_display(self, request: HttpRequest) -> Sequence[Any]:
+        return [*super().get_list_display(request), *self.extra_columns]
+
+    def get_list_select_related(self, request: HttpRequest) -> Sequence[str]:
+        return [*self.list_select_related, *self.extra_select_related]
     actions = ["approve_versions", "reject_versions", "deploy_version", "rollback_kind"]
-
-    @admin.display(description="training run")
-    def trained_by(self, obj: ModelVersion) -> str:
-        run = _training_run(obj)
-        if run is None:
-            return "-"
-        return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingrun_change", args=[run.pk]), run)
-
-    @admin.display(description="dataset hash")
-    def dataset_hash(self, obj: ModelVersion) -> str:
-        run = _training_run(obj)
-        if run is None or run.dataset_id is None:
-            return "-"
-        dataset = run.dataset
-        url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
-        return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Versions come only from model_version_register, which writes their registration event.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Every field is read-only (a change would bypass the audit log); statuses move by the actions.
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Answers, deployment events and training runs point at versions; reject one instead.
-        return False
 
     # Permissions of the actions
 
@@ -260,8 +215,22 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return TemplateResponse(request, CONFIRM_TEMPLATE, full)
 
 
+def register_version_inline(inline: type[InlineModelAdmin]) -> None:
+    """Show ``inline`` on every version's page, below the deployment log (for apps above this one)."""
+    if inline not in ModelVersionAdmin.inlines:
+        ModelVersionAdmin.inlines = [*ModelVersionAdmin.inlines, inline]
+
+
+def register_version_column(column: Callable[[ModelVersion], str], *, select_related: Sequence[str] = ()) -> None:
+    """Add ``column`` (an ``@admin.display`` function of a version) to the version list, with the
+    relations it reads joined in the list's one query."""
+    if column not in ModelVersionAdmin.extra_columns:
+        ModelVersionAdmin.extra_columns = [*ModelVersionAdmin.extra_columns, column]
+        ModelVersionAdmin.extra_select_related = [*ModelVersionAdmin.extra_select_related, *select_related]
+
+
 @admin.register(DeploymentEvent)
-class DeploymentEventAdmin(admin.ModelAdmin):
+class DeploymentEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The audit log: read-only, append-only (rows are written by the services only)."""
 
     list_display = ["created_at", "version", "from_status", "to_status", "actor_name", "reason"]
@@ -273,12 +242,3 @@ class DeploymentEventAdmin(admin.ModelAdmin):
     @admin.display(description="by", ordering="actor__username")
     def actor_name(self, obj: DeploymentEvent) -> str:
         return obj.actor_label
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -3,21 +3,7 @@
 
 from __future__ import annotations
 
-
-class ServiceError(Exception):
-    """What every app's service errors carry: a message for people, a stable code, per-field
-    messages and an HTTP status. It lives in the lowest layer so ``feedback`` and ``training`` can
-    derive their own errors from it without an upward import; each app still raises its own class."""
-
-    http_status = 400
-    code = "invalid"
-
-    def __init__(self, message: str, *, code: str | None = None, fields: dict[str, list[str]] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.fields = fields or {}
-        if code:
-            self.code = code
+from core.exceptions import ServiceError
 
 
 class RegistryError(ServiceError):

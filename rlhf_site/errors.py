@@ -1,13 +1,8 @@
-"""The one JSON error shape of the API, and the handler that produces it.
+"""The handler that turns every API error into the one JSON error shape (``core.errors``).
 
-Every error the API returns looks like::
-
-    {"error": {"status": 400, "code": "invalid", "message": "Rating must be between 1 and 5.",
-               "fields": {"rating": ["Ensure this value is less than or equal to 5."]}}}
-
-``fields`` is present (possibly empty) on every error so clients need no special case. Apps never
-import this module: they raise their own exceptions carrying ``code``, ``message`` and
-``http_status`` (duck-typed here), Django's ``ValidationError``, ``Http404`` or DRF exceptions.
+Apps never import this module: they raise exceptions derived from ``core.exceptions.ServiceError``
+(``code``, ``message``, ``fields``, ``http_status``), Django's ``ValidationError``, ``Http404`` or DRF
+exceptions.
 """
 
 from __future__ import annotations
@@ -24,11 +19,10 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from core.errors import error_body
+from core.exceptions import ServiceError
+
 logger = logging.getLogger(__name__)
-
-
-def error_body(http_status: int, code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    return {"error": {"status": http_status, "code": code, "message": message, "fields": fields or {}}}
 
 
 def _flatten(detail: Any) -> list[str]:
@@ -79,10 +73,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
-    elif hasattr(exc, "http_status") and hasattr(exc, "code") and hasattr(exc, "message"):
-        return Response(
-            error_body(exc.http_status, exc.code, exc.message, getattr(exc, "fields", None)), status=exc.http_status
-        )
+    elif isinstance(exc, ServiceError):
+        return Response(error_body(exc.http_status, exc.code, exc.message, exc.fields), status=exc.http_status)
 
     response = exception_handler(exc, context)
     if response is None:

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import generate_latest
 
-from rlhf_site.errors import error_body
+from core.errors import error_body
 from training.metrics import DATABASE_REGISTRY
 
 

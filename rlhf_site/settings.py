@@ -67,7 +67,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_prometheus",
     "channels",
-    "rlhf_site",  # for its management commands only; no app imports rlhf_site
+    "rlhf_site",  # its management commands and system checks; no app imports rlhf_site
+    "core",
     "models_registry",
     "feedback",
     "training",
@@ -154,7 +155,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
-    "purge-idempotency-keys": {"task": "feedback.tasks.purge_idempotency_keys", "schedule": 3600.0},
+    "purge-idempotency-keys": {"task": "core.tasks.purge_idempotency_keys", "schedule": 3600.0},
 }
 
 # --- Auth and the API --------------------------------------------------------------------------

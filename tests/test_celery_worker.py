@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 from kombu import Connection
 
-from feedback.models import IdempotencyRecord
+from core.models import IdempotencyRecord
 from rlhf_site.celery import app
 from tests.factories import UserFactory
 from tests.helpers import start_worker, wait_until
@@ -32,14 +32,14 @@ def run_through_worker(broker_url: str, transport_options: dict, env: dict[str, 
     worker = start_worker("default", env, tmp_path / "worker.log")
     try:
         with Connection(broker_url, transport_options=transport_options) as broker:
-            app.send_task("feedback.tasks.purge_idempotency_keys", connection=broker, queue="default")
+            app.send_task("core.tasks.purge_idempotency_keys", connection=broker, queue="default")
         done = wait_until(lambda: not IdempotencyRecord.objects.filter(id=record.id).exists())
     finally:
         worker.terminate()
         worker.wait(timeout=30)
     log = (tmp_path / "worker.log").read_text()
     assert done, f"the worker did not run the task; its log:\n{log}"
-    assert "feedback.tasks.purge_idempotency_keys" in log
+    assert "core.tasks.purge_idempotency_keys" in log
 
 
 def test_a_worker_runs_a_task_through_the_filesystem_broker(tmp_path):

@@ -1,4 +1,5 @@
-"""Real concurrent writers on PostgreSQL: the user's satisfaction row lock serialises them."""
+"""Real concurrent writers on PostgreSQL: the user's satisfaction row lock serialises them, and an
+idempotency record's unique key serialises retries."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 import pytest
 from django.db import close_old_connections, connection
 
+from core.idempotency import idempotent
+from core.models import IdempotencyRecord
 from feedback import services
-from feedback.models import Feedback, IdempotencyRecord, UserSatisfaction
+from feedback.models import Feedback, UserSatisfaction
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -81,7 +84,7 @@ def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():
         return 201, {"id": result.feedback.id}
 
     def attempt() -> tuple[int, dict[str, Any]]:
-        return services.idempotent(user=user, scope="feedback", key="same", payload={"rating": 5}, call=call)
+        return idempotent(user=user, scope="feedback", key="same", payload={"rating": 5}, call=call)
 
     results = run_together(attempt, attempt, attempt)
 

@@ -6,7 +6,8 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from feedback.models import Comparison, Feedback, IdempotencyRecord, UserSatisfaction
+from core.models import IdempotencyRecord
+from feedback.models import Comparison, Feedback, UserSatisfaction
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserMessageFactory
 
 URL = "/api/assistant/feedback"

@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from feedback.models import UserSatisfaction
 from models_registry.models import ModelVersion
 from tests.factories import ModelVersionFactory, UserFactory
 from training import services
@@ -78,6 +79,8 @@ def test_a_retried_post_with_the_same_idempotency_key_starts_one_run(trainer, li
     other = client.post("/api/training/runs", {"kind": "dpo"}, format="json", headers={"Idempotency-Key": "start-1"})
     assert other.status_code == 422
     assert TrainingRun.objects.count() == 1
+    # Idempotency has its own lock: an operator's API call does not take (or create) their chat satisfaction row.
+    assert not UserSatisfaction.objects.exists()
 
 
 def test_it_refuses_bad_config_with_a_message_per_field_and_creates_nothing(trainer, live_models):
@@ -339,3 +342,71 @@ def test_train_wait_says_when_no_worker_takes_the_run(live_models, monkeypatch, 
         call_command("train", "--kind", "reward", "--wait")
     assert "is a worker consuming the training queue?" in capsys.readouterr().err
     assert polls == [1.0]
+
+
+# --- The status machine ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", TrainingRun.Status.values)
+@pytest.mark.parametrize("to", [s for s in TrainingRun.Status.values if s != "queued"])
+def test_every_status_change_follows_the_transition_table(db, start, to):
+    # A succeeded run must name its version (a database constraint): give it one.
+    output = {"output_version": ModelVersionFactory(kind="reward")} if start == "succeeded" else {}
+    run = TrainingRun.objects.create(kind="reward", status=start, **output)
+    allowed = to in TrainingRun.TRANSITIONS.get(start, frozenset())
+    fields = {"output_version": ModelVersionFactory(kind="reward")} if to == "succeeded" and allowed else {}
+
+    changed = services._transition(run.id, to, **fields)
+
+    run.refresh_from_db()
+    assert changed is allowed
+    assert run.status == (to if allowed else start)
+    assert (run.finished_at is not None) is (allowed and to in ("succeeded", "failed", "cancelled"))
+
+
+def test_nothing_moves_a_run_back_to_queued(db):
+    run = TrainingRun.objects.create(kind="reward", status="running")
+    with pytest.raises(ValueError, match="No status may move to 'queued'"):
+        services._transition(run.id, "queued")
+
+
+def test_the_transition_table_cannot_be_changed_at_run_time():
+    with pytest.raises(TypeError):
+        TrainingRun.TRANSITIONS["succeeded"] = frozenset({"queued"})  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        TrainingRun.TRANSITIONS["queued"].add("succeeded")  # type: ignore[attr-defined]
+
+
+def test_the_services_refuse_what_the_table_refuses(db):
+    done = TrainingRun.objects.create(kind="reward", status="failed", error_message="broken")
+    assert services.training_run_claim(run_id=done.id, worker="w:1") is False
+    assert services.training_run_mark_cancelled(run_id=done.id) is False
+    assert services.training_run_fail(run_id=done.id, message="again") is False
+    with pytest.raises(RunConflict):
+        services.training_run_cancel(run_id=done.id)
+    done.refresh_from_db()
+    assert (done.status, done.error_message) == ("failed", "broken")
+
+
+def test_the_reaper_spares_a_run_whose_heartbeat_arrived_after_it_looked(db, monkeypatch):
+    stale = TrainingRun.objects.create(
+        kind="reward", status="running", heartbeat_at=timezone.now() - timedelta(minutes=30)
+    )
+    real_transition = services._transition
+
+    def heartbeat_first(run_id, to, **kwargs):  # the worker beats between the reaper's read and write
+        services.training_run_heartbeat(run_id=run_id)
+        return real_transition(run_id, to, **kwargs)
+
+    monkeypatch.setattr(services, "_transition", heartbeat_first)
+    assert services.training_runs_reap() == []
+    stale.refresh_from_db()
+    assert stale.status == "running"
+
+
+def test_the_execute_task_is_sent_by_a_name_celery_knows_and_routes_to_training(settings):
+    from rlhf_site.celery import app
+
+    app.loader.import_default_modules()
+    assert services.EXECUTE_TASK in app.tasks
+    assert settings.CELERY_TASK_ROUTES[services.EXECUTE_TASK] == {"queue": "training"}

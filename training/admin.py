@@ -22,6 +22,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from core.admin import ReadOnlyAdminMixin
+from models_registry.admin import register_version_column, register_version_inline
+from models_registry.models import ModelVersion
 from training.exceptions import TrainingError
 from training.ml.config import KINDS, defaults_for
 from training.models import DatasetSnapshot, TrainingRun
@@ -114,7 +117,7 @@ class StartTrainingRunForm(forms.Form):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     change_list_template = "admin/training/trainingrun/change_list.html"
     change_form_template = "admin/training/trainingrun/change_form.html"
     list_display = [
@@ -141,15 +144,6 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: TrainingRun | None = None) -> list[str]:
         return [name for _, options in self.fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TrainingRun | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: TrainingRun | None = None) -> bool:
-        return False
 
     def has_start_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("training.start_trainingrun")
@@ -326,7 +320,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(DatasetSnapshot)
-class DatasetSnapshotAdmin(admin.ModelAdmin):
+class DatasetSnapshotAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "short_hash", "rows_summary", "size", "build_seconds", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["content_hash", "path"]
@@ -344,15 +338,6 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
         "pretty_stats",
     ]
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: DatasetSnapshot | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: DatasetSnapshot | None = None) -> bool:
-        return False
 
     @admin.display(description="content hash", ordering="content_hash")
     def short_hash(self, obj: DatasetSnapshot) -> str:
@@ -396,3 +381,52 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
     @admin.display(description="stats")
     def pretty_stats(self, obj: DatasetSnapshot) -> str:
         return pretty_json(obj.stats)
+
+
+# --- Lineage on the registry's pages (the registry does not know this app) -----------------------------
+
+
+def _dataset_link(dataset: DatasetSnapshot | None) -> str:
+    if dataset is None:
+        return "-"
+    url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
+    return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
+
+
+class LineageInline(ReadOnlyAdminMixin, admin.StackedInline):
+    """On a model version's page: the run that trained it and the dataset snapshot it read."""
+
+    model = TrainingRun
+    fk_name = "output_version"
+    fields = ["run_link", "dataset_link", "base_version", "reward_version", "requested_by", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 1
+    verbose_name = "lineage"
+    verbose_name_plural = "Lineage (the training run that registered it)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingRun]:
+        return (
+            super().get_queryset(request).select_related("dataset", "base_version", "reward_version", "requested_by")
+        )
+
+    @admin.display(description="training run")
+    def run_link(self, obj: TrainingRun) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingrun_change", args=[obj.pk]), obj)
+
+    @admin.display(description="dataset (content hash)")
+    def dataset_link(self, obj: TrainingRun) -> str:
+        return _dataset_link(obj.dataset)
+
+
+@admin.display(description="training run")
+def trained_by(version: ModelVersion) -> str:
+    try:
+        run = version.training_run  # type: ignore[attr-defined]
+    except TrainingRun.DoesNotExist:
+        return "-"
+    return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingrun_change", args=[run.pk]), run)
+
+
+register_version_inline(LineageInline)
+register_version_column(trained_by, select_related=["training_run"])

@@ -5,24 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from feedback.api import ERRORS, IDEMPOTENCY_HEADER, ErrorSerializer
-from feedback.services import idempotent
+from core.errors import IDEMPOTENCY_HEADER, error_responses
+from core.idempotency import idempotent
 from training import selectors, services
 from training.models import TrainingRun
 from training.serializers import TrainingRunInputSerializer, TrainingRunSerializer
 
-TRAINING_ERRORS = {
-    **ERRORS,
-    403: OpenApiResponse(ErrorSerializer, description="Missing permission."),
-    409: OpenApiResponse(ErrorSerializer, description="The run is finished."),
-}
+TRAINING_ERRORS = error_responses({403: "Missing permission.", 409: "The run is finished."})
 
 
 class CanViewRuns(BasePermission):

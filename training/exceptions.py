@@ -3,7 +3,7 @@ through ``http_status``, ``code``, ``message`` and ``fields``."""
 
 from __future__ import annotations
 
-from models_registry.exceptions import ServiceError
+from core.exceptions import ServiceError
 
 
 class TrainingError(ServiceError):

@@ -9,6 +9,10 @@ changes them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -55,11 +59,14 @@ class TrainingRun(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
-    # status -> statuses it may move to; the rest are final.
-    TRANSITIONS: dict[str, set[str]] = {
-        Status.QUEUED: {Status.RUNNING, Status.FAILED, Status.CANCELLED},
-        Status.RUNNING: {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED},
-    }
+    # status -> statuses it may move to; the rest are final. Read-only: only ``training.services``'s
+    # ``_transition`` changes a status, and only along this table.
+    TRANSITIONS: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType(
+        {
+            Status.QUEUED: frozenset({Status.RUNNING, Status.FAILED, Status.CANCELLED}),
+            Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+        }
+    )
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     kind = models.CharField(max_length=16, choices=Kind.choices)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from feedback.serializers import StrictSerializer
+from core.serializers import StrictSerializer
 from training.models import DatasetSnapshot, TrainingRun
 
 

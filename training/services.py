@@ -1,7 +1,7 @@
 """Writes to training runs: create (and send the task on commit), claim, heartbeat, cancel, finish,
-fail, reap. Every status change is a conditional UPDATE (or a locked row) checked against
-``TrainingRun.TRANSITIONS``, so a redelivered task, a late heartbeat from a reaped worker or a
-cancel racing the end of a run changes nothing it should not.
+fail, reap. Every status change goes through ``_transition``: a conditional UPDATE that only matches
+a run whose status may move to the new one (``TrainingRun.TRANSITIONS``), so a redelivered task, a
+late heartbeat from a reaped worker or a cancel racing the end of a run changes nothing it should not.
 
 Training itself never runs inside a transaction: ``training.runner`` calls these small writes
 around it.
@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
@@ -32,10 +33,14 @@ Status = TrainingRun.Status
 _ERROR_LIMIT = 20_000
 
 
-def _send_execute(run_id: int) -> None:
-    from training.tasks import training_run_execute
+# Sent by name: ``training.tasks`` is the leaf that imports this module and the runner, so nothing
+# here imports it (CELERY_TASK_ROUTES sends it to the ``training`` queue by this name).
+EXECUTE_TASK = "training.tasks.training_run_execute"
 
-    result = training_run_execute.apply_async(
+
+def _send_execute(run_id: int) -> None:
+    result = current_app.send_task(
+        EXECUTE_TASK,
         args=[run_id],
         soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_SECONDS,
         time_limit=settings.TRAINING_TIME_LIMIT_SECONDS,
@@ -96,19 +101,35 @@ def training_run_create(
     return run
 
 
+def _transition(run_id: int, to: str, *, only_if: dict[str, Any] | None = None, **fields: Any) -> bool:
+    """Move run ``run_id`` to status ``to`` (and write ``fields``) if, and only if, its status may go
+    there along ``TrainingRun.TRANSITIONS`` and it matches ``only_if``. One conditional UPDATE: False
+    (and nothing written) when the run is gone or its status does not allow it. The one place that
+    writes a run's status."""
+    allowed_from = [status for status, targets in TrainingRun.TRANSITIONS.items() if to in targets]
+    if not allowed_from:
+        raise ValueError(f"No status may move to {to!r}.")
+    now = timezone.now()
+    if to not in TrainingRun.TRANSITIONS:  # a final status
+        fields = {"finished_at": now, "heartbeat_at": now, **fields}
+    runs = TrainingRun.objects.filter(id=run_id, status__in=allowed_from, **(only_if or {}))
+    return runs.update(status=to, **fields) == 1
+
+
 def training_run_claim(*, run_id: int, worker: str, task_id: str = "") -> bool:
     """Take a queued run for this worker. False when the run is gone, already claimed, or finished:
     a redelivered task then does nothing."""
     now = timezone.now()
-    claimed = TrainingRun.objects.filter(id=run_id, status=Status.QUEUED, cancel_requested=False).update(
-        status=Status.RUNNING,
+    return _transition(
+        run_id,
+        Status.RUNNING,
+        only_if={"cancel_requested": False},
         started_at=now,
         heartbeat_at=now,
         worker=worker[:200],
         phase="starting",
         **({"task_id": task_id} if task_id else {}),
     )
-    return claimed == 1
 
 
 def training_run_heartbeat(
@@ -143,50 +164,39 @@ def training_run_heartbeat(
 def training_run_cancel(*, run_id: int) -> TrainingRun:
     """Cancel a queued run at once; ask a running one to stop (its worker stops at the next step and
     records ``cancelled``). A finished run cannot be cancelled."""
-    now = timezone.now()
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().filter(id=run_id).first()
         if run is None:
             raise RunNotFound(f"Training run {run_id} does not exist.")
         if run.status == Status.QUEUED:
-            run.status = Status.CANCELLED
-            run.cancel_requested = True
-            run.phase = "cancelled"
-            run.finished_at = now
-            run.error_message = "Cancelled before it started."
-            run.save(update_fields=["status", "cancel_requested", "phase", "finished_at", "error_message"])
+            _transition(
+                run_id,
+                Status.CANCELLED,
+                cancel_requested=True,
+                phase="cancelled",
+                error_message="Cancelled before it started.",
+            )
         elif run.status == Status.RUNNING:
             if not run.cancel_requested:
-                run.cancel_requested = True
-                run.save(update_fields=["cancel_requested"])
+                TrainingRun.objects.filter(id=run_id).update(cancel_requested=True)
         else:
             raise RunConflict(f"Training run {run_id} already {run.status}; there is nothing to cancel.")
+        run.refresh_from_db()
     return run
-
-
-def _finish(run_id: int, status: str, **fields: Any) -> bool:
-    """Move a running (or queued) run to a final ``status``; False if it had already finished."""
-    allowed_from = [s for s, targets in TrainingRun.TRANSITIONS.items() if status in targets]
-    return (
-        TrainingRun.objects.filter(id=run_id, status__in=allowed_from).update(
-            status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), **fields
-        )
-        == 1
-    )
 
 
 def training_run_fail(*, run_id: int, message: str, error: str = "", log_tail: str | None = None) -> bool:
     fields: dict[str, Any] = {"error_message": message[:_ERROR_LIMIT], "error": error[:_ERROR_LIMIT], "phase": "failed"}
     if log_tail is not None:
         fields["log_tail"] = log_tail
-    return _finish(run_id, Status.FAILED, **fields)
+    return _transition(run_id, Status.FAILED, **fields)
 
 
 def training_run_mark_cancelled(*, run_id: int, log_tail: str | None = None) -> bool:
     fields: dict[str, Any] = {"error_message": "Cancelled by an operator.", "phase": "cancelled"}
     if log_tail is not None:
         fields["log_tail"] = log_tail
-    return _finish(run_id, Status.CANCELLED, **fields)
+    return _transition(run_id, Status.CANCELLED, **fields)
 
 
 def training_run_attach_dataset(*, run_id: int, dataset: DatasetSnapshot) -> None:
@@ -208,12 +218,7 @@ def training_run_succeed(
         if run.status != Status.RUNNING:
             return None
         if run.cancel_requested:
-            run.status = Status.CANCELLED
-            run.phase = "cancelled"
-            run.finished_at = timezone.now()
-            run.error_message = "Cancelled by an operator."
-            run.log_tail = log_tail
-            run.save(update_fields=["status", "phase", "finished_at", "error_message", "log_tail"])
+            training_run_mark_cancelled(run_id=run.id, log_tail=log_tail)
             return None
         lineage = {
             "training_run": run.id,
@@ -234,25 +239,14 @@ def training_run_succeed(
             reason=f"trained by {run.kind} run {run.id}"
             + (f", requested by {run.requested_by.get_username()}" if run.requested_by else ""),
         )
-        run.status = Status.SUCCEEDED
-        run.phase = "done"
-        run.progress = 1.0
-        run.output_version = version
-        run.metrics = metrics
-        run.log_tail = log_tail
-        run.finished_at = timezone.now()
-        run.heartbeat_at = run.finished_at
-        run.save(
-            update_fields=[
-                "status",
-                "phase",
-                "progress",
-                "output_version",
-                "metrics",
-                "log_tail",
-                "finished_at",
-                "heartbeat_at",
-            ]
+        _transition(
+            run.id,
+            Status.SUCCEEDED,
+            phase="done",
+            progress=1.0,
+            output_version=version,
+            metrics=metrics,
+            log_tail=log_tail,
         )
     return version
 
@@ -267,13 +261,17 @@ def training_runs_reap(*, stale_after: timedelta | None = None) -> list[int]:
         "id", "worker"
     ):
         seconds = int(stale_after.total_seconds())
-        if training_run_fail(
-            run_id=run_id,
-            message=(
+        # Only if still stale: a heartbeat that arrived since the read keeps the run alive.
+        if _transition(
+            run_id,
+            Status.FAILED,
+            only_if={"heartbeat_at__lt": cutoff},
+            phase="failed",
+            error="reaped: stale heartbeat",
+            error_message=(
                 f"The worker ({worker or 'unknown'}) stopped reporting for more than {seconds} s; it probably died"
                 " or hit the hard time limit. Start the run again."
             ),
-            error="reaped: stale heartbeat",
         ):
             logger.warning("Reaped training run %s (worker %s): no heartbeat for %s s", run_id, worker, seconds)
             reaped.append(run_id)

@@ -1,4 +1,7 @@
-"""Celery tasks of the training app: load by id, claim, call one service."""
+"""Celery tasks of the training app: load by id, claim, call one service.
+
+The leaf of the app: it imports the runner and the services, and nothing imports it (services send
+its tasks by name, ``services.EXECUTE_TASK``), so there is no import cycle through it."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ Datasets (rows are exactly TRL's conversational formats, no other columns):
 - ``steps``: ``{"prompt", "completions", "labels"}`` (stepwise supervision / PRM).
 - ``prompts``: ``{"prompt"}``, one per distinct user turn, rated or not (PPO).
 
-A prompt is the conversation up to and including the user turn an answer replies to, built as
-``feedback.chat.history_for`` builds the model's prompt: a leading system message if the
+A prompt is the conversation up to and including the user turn an answer replies to, built by
+``core.prompts`` exactly as serving builds what the model is sent: a leading system message if the
 conversation has one, then each user turn followed by the latest of its answers that did not fail
 and is not empty.
 

@@ -18,6 +18,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from core.prompts import as_chat, conversation_turns
 from training.processor.options import ProcessorOptions, split_of
 from training.processor.pairs import (
     SAME_PROMPT_CAP,
@@ -85,6 +86,14 @@ def _assistant(content: str) -> list[Message]:
     return [{"role": "assistant", "content": content}]
 
 
+def _prefix_key(context: tuple[MessageRow, ...]) -> bytes:
+    """sha256 of the raw conversation-so-far: the key of rule (c)."""
+    digest = hashlib.sha256()
+    for _, role, content, _, _ in context:
+        digest.update(role.encode() + b"\0" + content.encode() + b"\x1e")
+    return digest.digest()
+
+
 class Builder:
     """Turns conversations into dataset rows (see the package docstring for the rules)."""
 
@@ -111,17 +120,6 @@ class Builder:
                 text = clean_cache[message[0]] = self.scrubber(message[2])
             return text
 
-        turns: dict[RawId, tuple[MessageRow, list[MessageRow]]] = {}
-        system: MessageRow | None = None
-        for message in conv.messages:
-            role, parent_id = message[1], message[3]
-            if role == "user":
-                turns[message[0]] = (message, [])
-            elif role == "assistant" and parent_id in turns:
-                turns[parent_id][1].append(message)
-            elif role == "system" and system is None:
-                system = message
-
         message_feedback: dict[RawId, list[tuple[str | None, int | None]]] = {}
         step_feedback: dict[int, list[tuple[str | None, int | None]]] = {}
         for message_id, step_id, thumbs, rating in conv.feedback:
@@ -133,15 +131,9 @@ class Builder:
         for prompt_id, chosen_id, rejected_id, is_tie in conv.comparisons:
             comparisons.setdefault(prompt_id, []).append((chosen_id, rejected_id, is_tie))
 
-        history: list[Message] = []
-        prefix = hashlib.sha256()  # of the raw conversation-so-far: the key of rule (c)
-        if system is not None:
-            history.append({"role": "system", "content": clean(system)})
-            prefix.update(b"system\0" + system[2].encode() + b"\x1e")
-        for user_turn, answers in turns.values():
-            history.append({"role": "user", "content": clean(user_turn)})
-            prefix.update(b"user\0" + user_turn[2].encode() + b"\x1e")
-            prompt = list(history)
+        for turn in conversation_turns(conv.messages):
+            user_turn, answers = turn.user, turn.answers
+            prompt = as_chat(turn.context, clean)
             if "prompts" in self.wanted:
                 self.emit("prompts", side, {"prompt": prompt})
             usable = {a[0]: a for a in answers if a[4] in USABLE and a[2]}
@@ -162,11 +154,7 @@ class Builder:
                 self._siblings(side, prompt, usable, scores, comparisons.get(user_turn[0], []), clean)
                 if scores:
                     rated = [(str(conv.id), scores[a], clean(usable[a])) for a in scores]
-                    self.scratch.add_rated(prefix.digest(), prompt, side, rated)
-            standing = [a for a in answers if a[4] != "failed" and a[2]]  # as feedback.chat.history_for
-            if standing:
-                history.append({"role": "assistant", "content": clean(standing[-1])})
-                prefix.update(b"assistant\0" + standing[-1][2].encode() + b"\x1e")
+                    self.scratch.add_rated(_prefix_key(turn.context), prompt, side, rated)
 
     def _unpaired(
         self, side: str, prompt: list[Message], answer: str, given: list[tuple[str | None, int | None]]
