@@ -190,6 +190,17 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) 
 # --- The streamed answer ---------------------------------------------------------------------------
 
 
+@dataclass
+class _Stream:
+    """How far an answer has streamed."""
+
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    text: str = ""
+    tokens: int = 0
+    stored_steps: int = 0  # steps already stored (all but the one being written)
+
+
 async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
     """Stream an answer to ``prompt`` from the live policy, calling ``on_event`` for each token and
     each finished step. Cancelling the task stops generation and stores what was produced, marked
@@ -207,23 +218,12 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
         prompt=prompt, model_version_id=policy.version_id, status=Message.Status.STREAMING
     )
     await on_event(ChatEvent("start", answer))
-    text, tokens, stored = "", 0, 0
-    started = time.monotonic()
-    first_token_at: float | None = None
+    stream = _Stream()
     status, error = Message.Status.COMPLETE, ""
     metrics.ACTIVE_STREAMS.labels(policy.label).inc()
     try:
         async for chunk in policy.stream(history):
-            if first_token_at is None:
-                first_token_at = time.monotonic()
-            tokens += 1
-            text += chunk
-            await on_event(ChatEvent("token", answer, text=chunk))
-            steps = split_steps(text)
-            for index in range(stored, len(steps) - 1):  # all but the step being written are final
-                step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=steps[index])
-                await on_event(ChatEvent("step", answer, step=step, partial=steps[-1]))
-            stored = max(stored, len(steps) - 1)
+            await _take(chunk, answer, stream, on_event)
     except ServingError as exc:
         status, error = Message.Status.FAILED, exc.message
     except asyncio.CancelledError:
@@ -234,21 +234,36 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
         status, error = Message.Status.FAILED, "The answer could not be generated; the error has been logged."
     finally:
         metrics.ACTIVE_STREAMS.labels(policy.label).dec()
-        finished = time.monotonic()
-        answer.content, answer.status, answer.error = text, status, error
-        answer.token_count = tokens
-        answer.duration_ms = int((finished - started) * 1000)
-        answer.time_to_first_token_ms = int((first_token_at - started) * 1000) if first_token_at else None
-        remaining = split_steps(text)[stored:]
         # Shielded: a stop or a closed socket must not lose what was produced.
-        await asyncio.shield(
-            database_sync_to_async(_answer_store_final)(answer=answer, first_index=stored, steps=remaining)
-        )
-        if first_token_at is not None:
-            metrics.record_generation(
-                model_version=policy.label,
-                ttft=first_token_at - started,
-                tokens=tokens,
-                seconds=finished - first_token_at,
-            )
+        await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
     return answer
+
+
+async def _take(chunk: str, answer: Message, stream: _Stream, on_event: OnEvent) -> None:
+    """One chunk of the answer: pass it on, and store each step that it completes."""
+    if stream.first_token_at is None:
+        stream.first_token_at = time.monotonic()
+    stream.tokens += 1
+    stream.text += chunk
+    await on_event(ChatEvent("token", answer, text=chunk))
+    steps = split_steps(stream.text)
+    for index in range(stream.stored_steps, len(steps) - 1):  # all but the step being written are final
+        step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=steps[index])
+        await on_event(ChatEvent("step", answer, step=step, partial=steps[-1]))
+    stream.stored_steps = max(stream.stored_steps, len(steps) - 1)
+
+
+async def _finish(answer: Message, stream: _Stream, *, status: str, error: str, label: str) -> None:
+    """Store the answer as it ended (its text, the steps not stored yet, status and timings)."""
+    finished = time.monotonic()
+    answer.content, answer.status, answer.error = stream.text, status, error
+    answer.token_count = stream.tokens
+    answer.duration_ms = int((finished - stream.started) * 1000)
+    first = stream.first_token_at
+    answer.time_to_first_token_ms = int((first - stream.started) * 1000) if first is not None else None
+    remaining = split_steps(stream.text)[stream.stored_steps :]
+    await database_sync_to_async(_answer_store_final)(answer=answer, first_index=stream.stored_steps, steps=remaining)
+    if first is not None:
+        metrics.record_generation(
+            model_version=label, ttft=first - stream.started, tokens=stream.tokens, seconds=finished - first
+        )

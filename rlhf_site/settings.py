@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from rlhf_site.broker import filesystem_transport_options
 from rlhf_site.dbconfig import database_config, sqlite_config
 from rlhf_site.env import (
     envbool,
@@ -141,14 +142,7 @@ else:
 CELERY_FILESYSTEM_DIR = Path(envstr("CELERY_FILESYSTEM_DIR", str(VAR_DIR / "celery")) or "")
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
-    for _sub in ("queue", "processed"):
-        (CELERY_FILESYSTEM_DIR / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(CELERY_FILESYSTEM_DIR / "queue"),
-        "data_folder_out": str(CELERY_FILESYSTEM_DIR / "queue"),
-        "data_folder_processed": str(CELERY_FILESYSTEM_DIR / "processed"),
-        "store_processed": False,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = filesystem_transport_options(CELERY_FILESYSTEM_DIR)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -35,8 +35,9 @@ def child_env(**extra: str) -> dict[str, str]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(queues: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A real Celery worker process (solo pool) on ``queues``, against the test database, logging to ``log``."""
+def start_worker(queues: str, env: dict[str, str], log: Path, *, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """A real Celery worker process (solo pool) on ``queues``, against the test database, logging to
+    ``log``, started in ``cwd`` (the checkout by default)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -53,8 +54,8 @@ def start_worker(queues: str, env: dict[str, str], log: Path) -> subprocess.Pope
             "--without-mingle",
             "--loglevel=INFO",
         ],
-        cwd=ROOT,
-        env=child_env(**env),
+        cwd=cwd,
+        env=child_env(PYTHONPATH=str(ROOT), **env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from core.models import IdempotencyRecord
+from rlhf_site.broker import filesystem_transport_options
 from rlhf_site.celery import app
 from tests.factories import UserFactory
 from tests.helpers import start_worker, wait_until
@@ -27,9 +29,11 @@ def expired_record() -> IdempotencyRecord:
     return record
 
 
-def run_through_worker(broker_url: str, transport_options: dict, env: dict[str, str], tmp_path: Path) -> None:
+def run_through_worker(
+    broker_url: str, transport_options: dict, env: dict[str, str], tmp_path: Path, *, cwd: Path = ROOT
+) -> None:
     record = expired_record()
-    worker = start_worker("default", env, tmp_path / "worker.log")
+    worker = start_worker("default", env, tmp_path / "worker.log", cwd=cwd)
     try:
         with Connection(broker_url, transport_options=transport_options) as broker:
             app.send_task("core.tasks.purge_idempotency_keys", connection=broker, queue="default")
@@ -42,12 +46,28 @@ def run_through_worker(broker_url: str, transport_options: dict, env: dict[str, 
     assert "core.tasks.purge_idempotency_keys" in log
 
 
-def test_a_worker_runs_a_task_through_the_filesystem_broker(tmp_path):
-    folder = tmp_path / "celery"
-    for sub in ("queue", "processed"):
-        (folder / sub).mkdir(parents=True)
-    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue")}
-    run_through_worker("filesystem://", options, {"CELERY_FILESYSTEM_DIR": str(folder)}, tmp_path)
+def git_status() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_worker_runs_a_task_through_the_filesystem_broker_and_writes_nothing_outside_its_folder(tmp_path):
+    folder, elsewhere = tmp_path / "celery", tmp_path / "cwd"
+    elsewhere.mkdir()
+    before = git_status()
+
+    run_through_worker(
+        "filesystem://",
+        filesystem_transport_options(folder),
+        {"CELERY_FILESYSTEM_DIR": str(folder)},
+        tmp_path,
+        cwd=elsewhere,
+    )
+
+    assert list(elsewhere.iterdir()) == []  # kombu's ./control went under CELERY_FILESYSTEM_DIR
+    assert (folder / "control" / "default.exchange").exists()
+    assert git_status() == before  # nothing written into the checkout, by the worker or this process
 
 
 @pytest.mark.redis

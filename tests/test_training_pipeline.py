@@ -4,6 +4,8 @@ fail or stop without leaving a half-registered model behind."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,35 @@ def test_kto_without_bad_examples_fails_saying_what_is_missing(live, alice, djan
     assert run.error_message.startswith("Training failed: KTO needs both desirable and undesirable examples")
     assert "0 undesirable" in run.error_message
     assert ModelVersion.objects.filter(kind="policy").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_silent_phase_is_kept_alive_and_not_reaped(bootstrapped, settings, tmp_path, monkeypatch):
+    """A phase that reports nothing for longer than the reaper's patience (here evaluation, as with a
+    big model) is kept alive by the keepalive thread: the reaper, looking in the middle of it, spares
+    the run, which then succeeds."""
+    from datetime import timedelta
+
+    from tests.factories import UserFactory
+
+    settings.TRAINING_ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.TRAINING_DATASETS_DIR = tmp_path / "datasets"
+    settings.TRAINING_HEARTBEAT_SECONDS = 0.1
+    live = make_bootstrapped_live(bootstrapped)
+    seed_rated_conversations(UserFactory(username="rater"), 12)
+    # Created directly: through the service, its task would be sent at once (no transaction to defer to).
+    run = TrainingRun.objects.create(kind="reward", config={**TINY}, base_version=live["reward"])
+    reaped_during_evaluation: list[list[int]] = []
+    evaluate = runner._evaluate
+
+    def slow_evaluation(*args, **kwargs):
+        time.sleep(1.5)  # no progress report for 1.5 s
+        reaped_during_evaluation.append(services.training_runs_reap(stale_after=timedelta(seconds=0.75)))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_evaluate", slow_evaluation)
+    run = run_here(run)
+
+    assert reaped_during_evaluation == [[]]
+    assert run.status == "succeeded", run.error_message
+    assert not [t for t in threading.enumerate() if t.name.endswith("-keepalive")]

@@ -406,9 +406,7 @@ class LineageInline(ReadOnlyAdminMixin, admin.StackedInline):
     verbose_name_plural = "Lineage (the training run that registered it)"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingRun]:
-        return (
-            super().get_queryset(request).select_related("dataset", "base_version", "reward_version", "requested_by")
-        )
+        return super().get_queryset(request).select_related("dataset", "base_version", "reward_version", "requested_by")
 
     @admin.display(description="training run")
     def run_link(self, obj: TrainingRun) -> str:

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from models_registry.artifacts import resolve_artifact_path, sha256_tree, verify_checksums
@@ -27,7 +32,7 @@ from models_registry.models import ModelVersion
 from training import services
 from training.exceptions import RunCancelled, RunFailure
 from training.ml.config import DATASET_FOR_KIND, ConfigError, TrainConfig, validate_config
-from training.ml.progress import Progress, RunHooks
+from training.ml.progress import Progress, RunHooks, TrainResult
 from training.models import DatasetSnapshot, TrainingRun
 from training.processor import ProcessorOptions, snapshot_build
 
@@ -94,6 +99,38 @@ class Reporter:
             report=self.report, should_stop=self.should_stop, log=self.log, heartbeat_seconds=self.heartbeat_seconds
         )
 
+    @contextmanager
+    def keepalive(self) -> Iterator[None]:
+        """Heartbeats from a thread every ``heartbeat_seconds`` for as long as the block runs, so a
+        phase that reports nothing for a long time (a big dataset, loading or evaluating a big model)
+        is never mistaken for a dead worker by the reaper. The thread only keeps ``heartbeat_at``
+        fresh; progress, the log and cancellation stay with the run's own thread.
+
+        Not started when the caller is inside a transaction (a test): the thread's own connection
+        would wait for that transaction's locks, and the runner never holds one in a worker."""
+        if connection.in_atomic_block:
+            yield
+            return
+        done = threading.Event()
+
+        def beat() -> None:
+            try:
+                while not done.wait(self.heartbeat_seconds):
+                    try:
+                        services.training_run_heartbeat(run_id=self.run_id)
+                    except Exception:  # the database may be away for a moment; try again next beat
+                        logger.warning("training run %s: keepalive heartbeat failed", self.run_id, exc_info=True)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=beat, name=f"training-run-{self.run_id}-keepalive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=30)
+
 
 def _model_dir(version: ModelVersion) -> Path:
     """The version's folder, after checking its files are the ones registered."""
@@ -154,111 +191,174 @@ def _evaluate(
     }
 
 
+@dataclass
+class _Job:
+    """One run in a worker: what the phases share."""
+
+    run: TrainingRun
+    reporter: Reporter
+    staging: Path
+    target: Path
+
+    @classmethod
+    def start(cls, run_id: int, worker: str) -> _Job:
+        run = TrainingRun.objects.select_related("base_version", "reward_version").get(id=run_id)
+        reporter = Reporter(
+            run_id, heartbeat_seconds=settings.TRAINING_HEARTBEAT_SECONDS, log_lines=settings.TRAINING_LOG_TAIL_LINES
+        )
+        reporter.log(f"{run.kind} run claimed by {worker}")
+        artifacts = Path(settings.TRAINING_ARTIFACTS_DIR) / run.output_kind
+        return cls(run, reporter, staging=artifacts / f".run-{run.id}-staging", target=artifacts / f"run-{run.id}")
+
+
 def execute(run_id: int, *, worker: str, task_id: str = "") -> str:
     """Run the training run ``run_id`` if this worker can claim it; returns its final status, or
-    ``"skipped"`` when another delivery already took it (or it is gone or finished)."""
+    ``"skipped"`` when another delivery already took it (or it is gone or finished).
+
+    Phases: 1. ``_prepare`` (config, dataset snapshot, enough data, the base models' checksums);
+    2. ``_train`` (TRL behind ``training.ml``); 3. ``_publish`` (evaluate, move the checkpoint into
+    place, register the candidate and mark the run succeeded in one transaction). Whatever stops a
+    phase ends the run through ``_outcome``. A heartbeat thread keeps the run alive throughout."""
     if not services.training_run_claim(run_id=run_id, worker=worker, task_id=task_id):
         logger.info("training run %s: not claimed (already taken, finished or gone)", run_id)
         return "skipped"
-    run = TrainingRun.objects.select_related("base_version", "reward_version").get(id=run_id)
-    reporter = Reporter(
-        run_id, heartbeat_seconds=settings.TRAINING_HEARTBEAT_SECONDS, log_lines=settings.TRAINING_LOG_TAIL_LINES
-    )
-    reporter.log(f"{run.kind} run claimed by {worker}")
-    artifacts = Path(settings.TRAINING_ARTIFACTS_DIR) / run.output_kind
-    staging = artifacts / f".run-{run.id}-staging"
-    target = artifacts / f"run-{run.id}"
+    job = _Job.start(run_id, worker)
     registered = False
     try:
-        try:
-            config = validate_config(run.kind, run.config)
-        except ConfigError as exc:
-            raise RunFailure(f"The stored config is invalid: {exc}", code="invalid_config") from exc
-        reporter.phase("building dataset", 0.0)
-        snapshot = snapshot_build(
-            options=ProcessorOptions.from_config(config),
-            root=Path(settings.TRAINING_DATASETS_DIR),
-            progress=reporter.rows_read,
-        )
-        services.training_run_attach_dataset(run_id=run.id, dataset=snapshot)
-        run.dataset = snapshot
-        reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}): {snapshot.row_counts}")
-        _check_enough_data(run, snapshot, config)
-        assert run.base_version is not None  # pinned when the run was created
-        base = _model_dir(run.base_version)
-        reward = _model_dir(run.reward_version) if run.reward_version else None
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        reporter.phase("training", _DATASET_SHARE)
-        from training.ml.trainers import train
-
-        result = train(
-            run.kind,
-            config=config,
-            data_dir=Path(snapshot.path) / DATASET_FOR_KIND[run.kind],
-            base_dir=base,
-            output_dir=staging,
-            hooks=reporter.hooks(),
-            reward_dir=reward,
-        )
-        if result.stopped or reporter.stop:
-            raise RunCancelled
-        reporter.log(f"trained {result.steps} steps")
-        reporter.phase("evaluating", _DATASET_SHARE + _TRAIN_SHARE)
-        evaluation = _evaluate(run, config, snapshot, staging, base, reward)
-        reporter.log(f"evaluation: {evaluation.get('eval')}")
-        reporter.phase("registering", 0.99)
-        if target.exists():  # left by a crash between the move and the registration: nothing points at it
-            shutil.rmtree(target)
-        staging.rename(target)
-        metrics = {
-            "train": result.metrics,
-            **evaluation,
-            "dataset": {"id": snapshot.pk, "content_hash": snapshot.content_hash, "rows": snapshot.row_counts},
-        }
-        version = services.training_run_succeed(
-            run_id=run.id,
-            artifact_path=target,
-            checksums=sha256_tree(target),
-            metrics=metrics,
-            log_tail=reporter.log_tail,
-        )
+        with job.reporter.keepalive():
+            prepared = _prepare(job)
+            result = _train(job, prepared)
+            version = _publish(job, prepared, result)
         if version is None:  # cancelled or reaped meanwhile; the finally below removes the checkpoint
-            return TrainingRun.objects.values_list("status", flat=True).get(id=run.id)
+            return TrainingRun.objects.values_list("status", flat=True).get(id=run_id)
         registered = True
-        logger.info("training run %s registered %s", run.id, version.label)
+        logger.info("training run %s registered %s", run_id, version.label)
         return TrainingRun.Status.SUCCEEDED
-    except RunCancelled:
-        reporter.log("stopped: cancelled")
-        services.training_run_mark_cancelled(run_id=run.id, log_tail=reporter.log_tail)
-        return TrainingRun.Status.CANCELLED
-    except SoftTimeLimitExceeded:
-        limit = settings.TRAINING_SOFT_TIME_LIMIT_SECONDS
-        reporter.log(f"stopped: soft time limit of {limit} s")
-        services.training_run_fail(
-            run_id=run.id,
-            message=f"The run took longer than its time limit ({limit} s, TRAINING_SOFT_TIME_LIMIT_SECONDS).",
-            error="SoftTimeLimitExceeded",
-            log_tail=reporter.log_tail,
-        )
-        return TrainingRun.Status.FAILED
-    except RunFailure as exc:
-        reporter.log(f"failed: {exc.message}")
-        services.training_run_fail(run_id=run.id, message=exc.message, error=exc.code, log_tail=reporter.log_tail)
-        return TrainingRun.Status.FAILED
     except Exception as exc:
-        logger.exception("training run %s failed", run.id)
-        reporter.log(f"failed: {type(exc).__name__}: {exc}")
-        services.training_run_fail(
-            run_id=run.id,
-            message=f"Training failed: {exc}" if str(exc) else f"Training failed ({type(exc).__name__}).",
-            error=traceback.format_exc(),
-            log_tail=reporter.log_tail,
-        )
-        return TrainingRun.Status.FAILED
+        return _end(job, _outcome(exc))
     finally:
         # A checkpoint no version points at is removed, so nothing half-registered is left behind.
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(job.staging, ignore_errors=True)
         if not registered:
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(job.target, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    config: TrainConfig
+    snapshot: DatasetSnapshot
+    base: Path  # the checked folder of the version the run starts from
+    reward: Path | None  # the checked folder of the reward model that scores it (PPO, evaluation)
+
+
+def _prepare(job: _Job) -> _Prepared:
+    run, reporter = job.run, job.reporter
+    try:
+        config = validate_config(run.kind, run.config)
+    except ConfigError as exc:
+        raise RunFailure(f"The stored config is invalid: {exc}", code="invalid_config") from exc
+    reporter.phase("building dataset", 0.0)
+    snapshot = snapshot_build(
+        options=ProcessorOptions.from_config(config),
+        root=Path(settings.TRAINING_DATASETS_DIR),
+        progress=reporter.rows_read,
+    )
+    services.training_run_attach_dataset(run_id=run.id, dataset=snapshot)
+    run.dataset = snapshot
+    reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}): {snapshot.row_counts}")
+    _check_enough_data(run, snapshot, config)
+    assert run.base_version is not None  # pinned when the run was created
+    return _Prepared(
+        config=config,
+        snapshot=snapshot,
+        base=_model_dir(run.base_version),
+        reward=_model_dir(run.reward_version) if run.reward_version else None,
+    )
+
+
+def _train(job: _Job, prepared: _Prepared) -> TrainResult:
+    from training.ml.trainers import train  # torch and TRL: imported only where a run trains
+
+    if job.staging.exists():
+        shutil.rmtree(job.staging)
+    job.staging.parent.mkdir(parents=True, exist_ok=True)
+    job.reporter.phase("training", _DATASET_SHARE)
+    result = train(
+        job.run.kind,
+        config=prepared.config,
+        data_dir=Path(prepared.snapshot.path) / DATASET_FOR_KIND[job.run.kind],
+        base_dir=prepared.base,
+        output_dir=job.staging,
+        hooks=job.reporter.hooks(),
+        reward_dir=prepared.reward,
+    )
+    if result.stopped or job.reporter.stop:
+        raise RunCancelled
+    job.reporter.log(f"trained {result.steps} steps")
+    return result
+
+
+def _publish(job: _Job, prepared: _Prepared, result: TrainResult) -> ModelVersion | None:
+    reporter, snapshot = job.reporter, prepared.snapshot
+    reporter.phase("evaluating", _DATASET_SHARE + _TRAIN_SHARE)
+    evaluation = _evaluate(job.run, prepared.config, snapshot, job.staging, prepared.base, prepared.reward)
+    reporter.log(f"evaluation: {evaluation.get('eval')}")
+    reporter.phase("registering", 0.99)
+    if job.target.exists():  # left by a crash between the move and the registration: nothing points at it
+        shutil.rmtree(job.target)
+    job.staging.rename(job.target)
+    metrics = {
+        "train": result.metrics,
+        **evaluation,
+        "dataset": {"id": snapshot.pk, "content_hash": snapshot.content_hash, "rows": snapshot.row_counts},
+    }
+    return services.training_run_succeed(
+        run_id=job.run.id,
+        artifact_path=job.target,
+        checksums=sha256_tree(job.target),
+        metrics=metrics,
+        log_tail=reporter.log_tail,
+    )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str
+    log: str  # a line for the run's log
+    message: str = ""  # error_message, for people
+    error: str = ""  # error, for engineers
+
+
+def _outcome(exc: Exception) -> _Outcome:
+    """The one map from what stopped a run to how the run ends."""
+    if isinstance(exc, RunCancelled):
+        return _Outcome(TrainingRun.Status.CANCELLED, "stopped: cancelled")
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = settings.TRAINING_SOFT_TIME_LIMIT_SECONDS
+        return _Outcome(
+            TrainingRun.Status.FAILED,
+            f"stopped: soft time limit of {limit} s",
+            f"The run took longer than its time limit ({limit} s, TRAINING_SOFT_TIME_LIMIT_SECONDS).",
+            "SoftTimeLimitExceeded",
+        )
+    if isinstance(exc, RunFailure):
+        return _Outcome(TrainingRun.Status.FAILED, f"failed: {exc.message}", exc.message, exc.code)
+    return _Outcome(
+        TrainingRun.Status.FAILED,
+        f"failed: {type(exc).__name__}: {exc}",
+        f"Training failed: {exc}" if str(exc) else f"Training failed ({type(exc).__name__}).",
+        traceback.format_exc(),
+    )
+
+
+def _end(job: _Job, outcome: _Outcome) -> str:
+    if outcome.status == TrainingRun.Status.FAILED and outcome.error.startswith("Traceback"):
+        logger.error("training run %s failed\n%s", job.run.id, outcome.error)
+    job.reporter.log(outcome.log)
+    if outcome.status == TrainingRun.Status.CANCELLED:
+        services.training_run_mark_cancelled(run_id=job.run.id, log_tail=job.reporter.log_tail)
+    else:
+        services.training_run_fail(
+            run_id=job.run.id, message=outcome.message, error=outcome.error, log_tail=job.reporter.log_tail
+        )
+    return outcome.status

@@ -205,6 +205,24 @@ def _pick(count: int, limit: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), limit))
 
 
+def _encode_prompts(tokenizer: Any, prompts: list[Messages], *, room: int | None) -> list[list[int]]:
+    """Each prompt rendered with the chat template, ready for the answer; cut from the left to
+    ``room`` tokens when longer (keep the end: the question)."""
+    encoded_prompts: list[list[int]] = []
+    for messages in prompts:
+        encoded: Any = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        ids = list(encoded["input_ids"])
+        encoded_prompts.append(ids[-room:] if room and len(ids) > room else ids)
+    return encoded_prompts
+
+
+def _with_answers(tokenizer: Any, prompts: list[Messages], completions: list[list[int]]) -> list[Messages]:
+    texts = [str(tokenizer.decode(c, skip_special_tokens=True)) for c in completions]
+    return [[*m, {"role": "assistant", "content": t}] for m, t in zip(prompts, texts, strict=True)]
+
+
 def evaluate_policy(
     *,
     model_dir: Path,
@@ -235,14 +253,7 @@ def evaluate_policy(
     candidate = _causal_lm(Path(model_dir))
     reference = _causal_lm(Path(reference_dir))
     limit = int(getattr(candidate.config, "n_positions", 0) or getattr(candidate.config, "max_position_embeddings", 0))
-    room = (limit - max_new_tokens) if limit else None
-    prompt_ids: list[list[int]] = []
-    for messages in prompts:
-        encoded: Any = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        ids = list(encoded["input_ids"])
-        prompt_ids.append(ids[-room:] if room and len(ids) > room else ids)  # keep the end: the question
+    prompt_ids = _encode_prompts(tokenizer, prompts, room=(limit - max_new_tokens) if limit else None)
 
     answers = _generate(candidate, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
     reference_answers = _generate(
@@ -254,18 +265,15 @@ def evaluate_policy(
     del candidate, reference
 
     reward_model = _reward_model(Path(reward_dir), tokenizer)
-
-    def conversations(completions: list[list[int]]) -> list[Messages]:
-        texts = [str(tokenizer.decode(c, skip_special_tokens=True)) for c in completions]
-        return [[*m, {"role": "assistant", "content": t}] for m, t in zip(prompts, texts, strict=True)]
-
     score_length = int(limit or 1024)
-    rewards = score_conversations(
-        reward_model, tokenizer, conversations(answers), max_length=score_length, batch_size=batch_size
-    )
-    reference_rewards = score_conversations(
-        reward_model, tokenizer, conversations(reference_answers), max_length=score_length, batch_size=batch_size
-    )
+
+    def score(completions: list[list[int]]) -> list[float]:
+        conversations = _with_answers(tokenizer, prompts, completions)
+        return score_conversations(
+            reward_model, tokenizer, conversations, max_length=score_length, batch_size=batch_size
+        )
+
+    rewards, reference_rewards = score(answers), score(reference_answers)
     n = len(picks)
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, reference_rewards, strict=True))
     return {

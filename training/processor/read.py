@@ -129,22 +129,33 @@ def _uuid(raw: RawId) -> uuid.UUID:
 
 def _batch(source: Source, first: RawId, last: RawId, ids: list[RawId]) -> Iterator[ConversationData]:
     found = {cid: ConversationData(_uuid(cid)) for cid in ids}
+    owner: dict[RawId, ConversationData] = {}  # message id -> its conversation
+    answers, user_turns = _read_messages(source, first, last, found, owner)
+    with_step_feedback = _read_feedback(source, answers, owner)
+    _read_comparisons(source, user_turns, owner)
+    _read_steps(source, with_step_feedback, owner)
+    yield from found.values()
 
-    def conversation(cid: RawId) -> ConversationData | None:
-        # A conversation created in the range after the ids query is not part of this build.
-        return found.get(cid)
 
+def _read_messages(
+    source: Source,
+    first: RawId,
+    last: RawId,
+    found: dict[RawId, ConversationData],
+    owner: dict[RawId, ConversationData],
+) -> tuple[list[RawId], list[RawId]]:
+    """The messages of the conversations ``found`` (by their id range); returns the answers' and the
+    user turns' ids."""
     messages = (
         Message.objects.filter(conversation_id__gte=first, conversation_id__lte=last, created_at__lte=source.started_at)
         .order_by("conversation_id", "created_at", "id")
         .values_list("conversation_id", "id", "role", "content", "parent_id", "status")
     )
-    owner: dict[RawId, ConversationData] = {}
     answers: list[RawId] = []
     user_turns: list[RawId] = []
     for cid, mid, role, content, parent_id, status in _raw(messages):
-        conv = conversation(cid)
-        if conv is None:
+        conv = found.get(cid)
+        if conv is None:  # created in the range after the ids query: not part of this build
             continue
         conv.messages.append((mid, role, content, parent_id, status))
         owner[mid] = conv
@@ -153,7 +164,11 @@ def _batch(source: Source, first: RawId, last: RawId, ids: list[RawId]) -> Itera
         elif role == "user":
             user_turns.append(mid)
         source.messages += 1
+    return answers, user_turns
 
+
+def _read_feedback(source: Source, answers: list[RawId], owner: dict[RawId, ConversationData]) -> list[RawId]:
+    """The feedback on ``answers``; returns the ids of the answers that have step feedback."""
     with_step_feedback: list[RawId] = []
     for part in _parts(answers):
         feedback = (
@@ -169,7 +184,10 @@ def _batch(source: Source, first: RawId, last: RawId, ids: list[RawId]) -> Itera
                 with_step_feedback.append(mid)
             source.feedback_rows += 1
             source.saw("feedback_ids", fid)
+    return with_step_feedback
 
+
+def _read_comparisons(source: Source, user_turns: list[RawId], owner: dict[RawId, ConversationData]) -> None:
     for part in _parts(user_turns):
         comparisons = (
             Comparison.objects.filter(id__lte=source.max_comparison_id, prompt_id__in=part)
@@ -181,7 +199,9 @@ def _batch(source: Source, first: RawId, last: RawId, ids: list[RawId]) -> Itera
             source.comparison_rows += 1
             source.saw("comparison_ids", comparison_id)
 
-    # Steps only of the answers that have step feedback: the rest are never used.
+
+def _read_steps(source: Source, with_step_feedback: list[RawId], owner: dict[RawId, ConversationData]) -> None:
+    """Steps only of the answers that have step feedback: the rest are never used."""
     for part in _parts(with_step_feedback):
         steps = (
             MessageStep.objects.filter(message_id__in=part)
@@ -191,8 +211,6 @@ def _batch(source: Source, first: RawId, last: RawId, ids: list[RawId]) -> Itera
         for mid, step_id, index, content in _raw(steps):
             owner[mid].steps[mid].append((step_id, index, content))
             source.steps += 1
-
-    yield from found.values()
 
 
 def _parts(ids: list[RawId], size: int = 500) -> Iterator[list[RawId]]:

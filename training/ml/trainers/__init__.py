@@ -53,7 +53,8 @@ def train(
             hooks=hooks,
             reward_dir=Path(reward_dir),
         )
-    from training.ml.trainers import preference
+    from training.ml.trainers.preference import SPECS, train_with_trainer
 
-    runner = {"reward": preference.train_reward, "dpo": preference.train_dpo, "kto": preference.train_kto}[kind]
-    return runner(config=config, data_dir=data_dir, base_dir=base_dir, output_dir=output_dir, hooks=hooks)
+    return train_with_trainer(
+        SPECS[kind], config=config, data_dir=data_dir, base_dir=base_dir, output_dir=output_dir, hooks=hooks
+    )

@@ -23,7 +23,9 @@ from transformers import (
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Trainer,
 )
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import DPOConfig, KTOConfig, RewardConfig
 from trl.experimental.ppo import PPOConfig
 
@@ -115,6 +117,12 @@ def scratch_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def quiet(trainer: Trainer) -> None:
+    """No printing to stdout: the run's hooks get the logs."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 # --- Loading ---------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl.experimental.ppo import PPOTrainer
 
 from training.ml.callbacks import HooksCallback, TrainingStopped
@@ -35,6 +34,7 @@ from training.ml.trainers.common import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
+    quiet,
     require_rows,
     save_checkpoint,
     scratch_dir,
@@ -69,16 +69,14 @@ def tokenize_prompts(
     return Dataset.from_list(kept), len(rows) - len(kept)
 
 
-def train_ppo(
-    *, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks, reward_dir: Path
-) -> TrainResult:
-    started = time.perf_counter()
+def _rollout_prompts(
+    config: TrainConfig, data_dir: Path, tokenizer: PreTrainedTokenizerBase, hooks: RunHooks
+) -> tuple[Dataset, int]:
+    """The train split's prompts, tokenized, those too long for ``max_length`` dropped; (dataset, rows
+    read). At least one rollout batch must remain."""
     prompts = load_split(data_dir, "train", "prompts")
     rollout_batch = config.batch_size * config.gradient_accumulation_steps
     require_rows(len(prompts), rollout_batch, "prompts")
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(base_dir)
-    check_same_vocabulary(tokenizer, load_tokenizer(reward_dir), "reward model")
     max_prompt_tokens = config.max_length - config.max_new_tokens
     if max_prompt_tokens < 1:
         raise ValueError(
@@ -88,6 +86,38 @@ def train_ppo(
     if dropped:
         hooks.log(f"dropped {dropped} prompts longer than {max_prompt_tokens} tokens")
     require_rows(len(dataset), rollout_batch, f"prompts that fit in {max_prompt_tokens} tokens")
+    return dataset, len(prompts)
+
+
+def _metrics(
+    callback: HooksCallback, *, steps: int, rollout_batch: int, rows: int, usable: int, started: float
+) -> dict:
+    history = [h for h in callback.history if "objective/scores" in h]
+    raw: dict[str, Any] = {metric: callback.latest.get(key) for key, metric in PPO_METRICS.items()}
+    if history:
+        raw["first_mean_score"] = history[0]["objective/scores"]
+        raw["train_loss"] = history[-1].get("loss/policy_avg")
+    raw.update(
+        {
+            "steps": steps,
+            "samples": steps * rollout_batch,
+            "train_rows": rows,
+            "usable_train_rows": usable,
+            "eval_note": "PPO has no test-split loss; see the policy evaluation",
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return clean_metrics(raw)
+
+
+def train_ppo(
+    *, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks, reward_dir: Path
+) -> TrainResult:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(base_dir)
+    check_same_vocabulary(tokenizer, load_tokenizer(reward_dir), "reward model")
+    dataset, rows = _rollout_prompts(config, data_dir, tokenizer, hooks)
     tokenizer.padding_side = "left"
 
     policy = load_causal_lm(base_dir)
@@ -108,8 +138,7 @@ def train_ppo(
             eval_dataset=None,
             callbacks=[callback],
         )
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
+        quiet(trainer)
         stopped = False
         try:
             trainer.train()
@@ -117,22 +146,14 @@ def train_ppo(
             stopped = True
             callback.report(force=True)
         steps = int(trainer.state.global_step)
-        history = [h for h in callback.history if "objective/scores" in h]
-        raw: dict[str, Any] = {metric: callback.latest.get(key) for key, metric in PPO_METRICS.items()}
-        if history:
-            raw["first_mean_score"] = history[0]["objective/scores"]
-            raw["train_loss"] = history[-1].get("loss/policy_avg")
-        raw.update(
-            {
-                "steps": steps,
-                "samples": steps * rollout_batch,
-                "train_rows": len(prompts),
-                "usable_train_rows": len(dataset),
-                "eval_note": "PPO has no test-split loss; see the policy evaluation",
-                "seconds": round(time.perf_counter() - started, 3),
-            }
+        metrics = _metrics(
+            callback,
+            steps=steps,
+            rollout_batch=config.batch_size * config.gradient_accumulation_steps,
+            rows=rows,
+            usable=len(dataset),
+            started=started,
         )
-        metrics = clean_metrics(raw)
         if stopped:
             return TrainResult(metrics=metrics, steps=steps, stopped=True)
         trained = trainer.accelerator.unwrap_model(trainer.model).policy

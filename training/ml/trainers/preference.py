@@ -1,16 +1,17 @@
-"""Reward, DPO and KTO: the kinds that run TRL's ``Trainer``-based loops. No Django."""
+"""Reward, DPO and KTO: the kinds that run TRL's ``Trainer``-based loops, one function with a spec per
+kind. No Django."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import Trainer
 from trl import DPOTrainer, KTOTrainer, RewardTrainer
 
 from training.ml.callbacks import HooksCallback
@@ -27,18 +28,13 @@ from training.ml.trainers.common import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
+    quiet,
     require_rows,
     save_checkpoint,
     scratch_dir,
 )
 
 EMPTY_TEST_NOTE = "test split is empty: no eval metrics"
-
-
-def _quiet(trainer: Trainer) -> None:
-    """No printing to stdout: the hooks get the logs."""
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
 
 
 def _run(
@@ -51,7 +47,7 @@ def _run(
     started: float,
 ) -> tuple[dict[str, Any], int, bool]:
     """Train (and evaluate on the test split when there is one); (metrics, steps, stopped)."""
-    _quiet(trainer)
+    quiet(trainer)
     usable = len(trainer.train_dataset)  # type: ignore[arg-type]
     require_rows(usable, config.batch_size, f"usable rows (of {train_rows}, after dropping rows over max_length)")
     output = trainer.train()
@@ -79,130 +75,60 @@ def _run(
     return clean_metrics(raw), steps, False
 
 
-def _finish(
-    trainer: Trainer,
-    callback: HooksCallback,
-    *,
-    config: TrainConfig,
-    train_rows: int,
-    test_rows: int,
-    started: float,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    output_dir: Path,
-    base_dir: Path,
-    causal: bool,
+@dataclass(frozen=True)
+class _Spec:
+    """What differs between the ``Trainer``-based kinds; everything else is ``train_with_trainer``."""
+
+    dataset: str  # the snapshot's dataset the kind reads
+    what: str  # its rows, as an error message names them
+    trainer_class: Callable[..., Trainer]
+    build_args: Callable[[TrainConfig, Path], Any]
+    # DPO and KTO train the causal policy against a frozen copy of it; the reward kind trains a
+    # sequence classifier and leaves evaluation to evaluation.evaluate_reward (which scores the same
+    # held-out pairs after training: TRL's evaluate() on top would be the same forward passes twice).
+    policy: bool
+    prepare: Callable[[Dataset, TrainConfig], Dataset] | None = None
+
+
+def train_with_trainer(
+    spec: _Spec, *, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks
 ) -> TrainResult:
-    metrics, steps, stopped = _run(
-        trainer, callback, config=config, train_rows=train_rows, test_rows=test_rows, started=started
-    )
+    started = time.perf_counter()
+    train_set = load_split(data_dir, "train", spec.dataset)
+    test_set = load_split(data_dir, "test", spec.dataset)
+    require_rows(len(train_set), config.batch_size, spec.what)
+    if spec.prepare is not None:
+        train_set = spec.prepare(train_set, config)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(base_dir)
+    extra: dict[str, Any] = {}
+    if spec.policy:
+        model = load_causal_lm(base_dir)
+        extra = {"ref_model": load_causal_lm(base_dir), "eval_dataset": test_set if len(test_set) else None}
+    else:
+        continuing = is_sequence_classifier(base_dir)
+        model = load_reward_model(base_dir, tokenizer)
+        hooks.log(("continuing reward model " if continuing else "new reward head on ") + str(base_dir))
+    callback = HooksCallback(hooks)
+    with scratch_dir() as scratch:
+        trainer = spec.trainer_class(
+            model=model,
+            args=spec.build_args(config, scratch),
+            train_dataset=train_set,
+            processing_class=tokenizer,
+            callbacks=[callback],
+            **extra,
+        )
+        metrics, steps, stopped = _run(
+            trainer, callback, config=config, train_rows=len(train_set), test_rows=len(test_set), started=started
+        )
     if stopped:
         return TrainResult(metrics=metrics, steps=steps, stopped=True)
     model.eval()
-    save_checkpoint(
-        model, tokenizer, output_dir, generation_config=base_generation_config(base_dir) if causal else None
-    )
-    callback.hooks.log(f"saved the model to {output_dir}")
+    generation = base_generation_config(base_dir) if spec.policy else None
+    save_checkpoint(model, tokenizer, output_dir, generation_config=generation)
+    hooks.log(f"saved the model to {output_dir}")
     return TrainResult(metrics=metrics, steps=steps, stopped=False)
-
-
-def train_reward(
-    *, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks
-) -> TrainResult:
-    started = time.perf_counter()
-    train_set = load_split(data_dir, "train", "preference")
-    test_set = load_split(data_dir, "test", "preference")
-    require_rows(len(train_set), config.batch_size, "preference pairs")
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(base_dir)
-    continuing = is_sequence_classifier(base_dir)
-    model = load_reward_model(base_dir, tokenizer)
-    hooks.log(("continuing reward model " if continuing else "new reward head on ") + str(base_dir))
-    callback = HooksCallback(hooks)
-    with scratch_dir() as scratch:
-        trainer = RewardTrainer(
-            model=model,
-            args=build_reward_config(config, scratch),
-            train_dataset=train_set,
-            # No eval_dataset: evaluation.evaluate_reward scores the same held-out pairs (and more)
-            # after training; TRL's evaluate() on top would be the same forward passes twice.
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
-        return _finish(
-            trainer,
-            callback,
-            config=config,
-            train_rows=len(train_set),
-            test_rows=len(test_set),
-            started=started,
-            model=model,
-            tokenizer=tokenizer,
-            output_dir=output_dir,
-            base_dir=base_dir,
-            causal=False,
-        )
-
-
-def _train_against_reference(
-    trainer_class: Callable[..., Trainer],
-    build_args: Callable[[TrainConfig, Path], Any],
-    *,
-    config: TrainConfig,
-    train_set: Dataset,
-    test_set: Dataset,
-    base_dir: Path,
-    output_dir: Path,
-    hooks: RunHooks,
-    started: float,
-) -> TrainResult:
-    """DPO and KTO: the policy and a frozen reference, both loaded from ``base_dir``."""
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(base_dir)
-    model = load_causal_lm(base_dir)
-    reference = load_causal_lm(base_dir)
-    callback = HooksCallback(hooks)
-    with scratch_dir() as scratch:
-        trainer = trainer_class(
-            model=model,
-            ref_model=reference,
-            args=build_args(config, scratch),
-            train_dataset=train_set,
-            eval_dataset=test_set if len(test_set) else None,
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
-        return _finish(
-            trainer,
-            callback,
-            config=config,
-            train_rows=len(train_set),
-            test_rows=len(test_set),
-            started=started,
-            model=model,
-            tokenizer=tokenizer,
-            output_dir=output_dir,
-            base_dir=base_dir,
-            causal=True,
-        )
-
-
-def train_dpo(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
-    started = time.perf_counter()
-    train_set = load_split(data_dir, "train", "preference")
-    test_set = load_split(data_dir, "test", "preference")
-    require_rows(len(train_set), config.batch_size, "preference pairs")
-    return _train_against_reference(
-        DPOTrainer,
-        build_dpo_config,
-        config=config,
-        train_set=train_set,
-        test_set=test_set,
-        base_dir=base_dir,
-        output_dir=output_dir,
-        hooks=hooks,
-        started=started,
-    )
 
 
 def check_unpaired(rows: Dataset, batch_size: int) -> None:
@@ -221,21 +147,14 @@ def check_unpaired(rows: Dataset, batch_size: int) -> None:
         raise ValueError("KTO needs batch_size of at least 2: its KL term pairs completions within a batch.")
 
 
-def train_kto(*, config: TrainConfig, data_dir: Path, base_dir: Path, output_dir: Path, hooks: RunHooks) -> TrainResult:
-    started = time.perf_counter()
-    train_set = load_split(data_dir, "train", "unpaired")
-    test_set = load_split(data_dir, "test", "unpaired")
-    require_rows(len(train_set), config.batch_size, "unpaired examples")
-    check_unpaired(train_set, config.batch_size)
-    return _train_against_reference(
-        KTOTrainer,
-        build_kto_config,
-        config=config,
-        # KTO reads its rows in order (see build_kto_config): shuffle them here, seeded.
-        train_set=train_set.shuffle(seed=config.seed),
-        test_set=test_set,
-        base_dir=base_dir,
-        output_dir=output_dir,
-        hooks=hooks,
-        started=started,
-    )
+def _prepare_unpaired(rows: Dataset, config: TrainConfig) -> Dataset:
+    check_unpaired(rows, config.batch_size)
+    # KTO reads its rows in order (see build_kto_config): shuffle them here, seeded.
+    return rows.shuffle(seed=config.seed)
+
+
+SPECS = {
+    "reward": _Spec("preference", "preference pairs", RewardTrainer, build_reward_config, policy=False),
+    "dpo": _Spec("preference", "preference pairs", DPOTrainer, build_dpo_config, policy=True),
+    "kto": _Spec("unpaired", "unpaired examples", KTOTrainer, build_kto_config, policy=True, prepare=_prepare_unpaired),
+}
