@@ -23,11 +23,12 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from core import prompts
-from feedback import metrics
+from feedback import arms, metrics
+from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
 from feedback.steps import split_steps
-from models_registry.serving import ServingError, get_policy
+from models_registry.serving import ServedPolicy, ServingError, get_policy, get_policy_for
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def answer_siblings(*, answer: Message) -> list[Message]:
     )
 
 
-def prompt_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
+def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
+    """The answer to regenerate, with its ``parent`` (the user turn to answer again) loaded."""
     answer = (
         Message.objects.select_related("parent")
         .filter(id=answer_id, conversation=conversation, role=Message.Role.ASSISTANT)
@@ -159,7 +161,13 @@ def prompt_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
     )
     if answer is None or answer.parent is None:
         raise NotFound("Answer not found.")
-    return answer.parent
+    return answer
+
+
+def generation_plan(*, prompt: Message, regenerate_of: Message | None = None) -> tuple[list[dict[str, str]], Route]:
+    """What the model is sent, and which version answers (the conversation's canary arm, or for a
+    regeneration the other arm): one trip to the database thread before the model is called."""
+    return history_for(prompt=prompt), arms.route(conversation=prompt.conversation, regenerate_of=regenerate_of)
 
 
 def _answer_create(*, prompt: Message, model_version_id: int | None, status: str, error: str = "") -> Message:
@@ -201,13 +209,24 @@ class _Stream:
     stored_steps: int = 0  # steps already stored (all but the one being written)
 
 
-async def answer_generate(*, prompt: Message, on_event: OnEvent) -> Message:
-    """Stream an answer to ``prompt`` from the live policy, calling ``on_event`` for each token and
-    each finished step. Cancelling the task stops generation and stores what was produced, marked
-    ``stopped``; a serving failure stores the answer as ``failed`` with the error."""
-    history = await database_sync_to_async(history_for)(prompt=prompt)
+async def _policy_for(route: Route) -> ServedPolicy:
+    if route.version_id is None:
+        return await get_policy()
     try:
-        policy = await get_policy()
+        return await get_policy_for(route.version_id)
+    except ServingError as exc:  # a canary that cannot load: the live version answers instead
+        logger.warning("the %s arm cannot answer (%s); the live version answers", route.arm, exc.message)
+        return await get_policy()
+
+
+async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None) -> Message:
+    """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm),
+    calling ``on_event`` for each token and each finished step. Cancelling the task stops generation
+    and stores what was produced, marked ``stopped``; a serving failure stores the answer as
+    ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of."""
+    history, route = await database_sync_to_async(generation_plan)(prompt=prompt, regenerate_of=regenerate_of)
+    try:
+        policy = await _policy_for(route)
     except ServingError as exc:
         logger.warning("no policy to answer with: %s", exc.message)
         return await database_sync_to_async(_answer_create)(

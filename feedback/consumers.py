@@ -126,9 +126,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_regenerate(self, payload: dict[str, Any]) -> None:
         answer_id = self._uuid(payload, "message_id")
         self._refuse_if_busy()
-        prompt = await database_sync_to_async(chat.prompt_of)(conversation=self.conversation, answer_id=answer_id)
+        answer = await database_sync_to_async(chat.regeneration_of)(conversation=self.conversation, answer_id=answer_id)
         await database_sync_to_async(chat.generation_allow)(user=self.user)
-        self._start_generation(prompt)
+        assert answer.parent is not None  # regeneration_of checked it
+        self._start_generation(answer.parent, regenerate_of=answer)
 
     async def on_stop(self, payload: dict[str, Any]) -> None:
         answer_id = self.streaming_answer_id
@@ -180,12 +181,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.generation is not None and not self.generation.done():
             raise FeedbackError("Wait for the answer to finish, or press Stop.", code="busy")
 
-    def _start_generation(self, prompt: Message) -> None:
-        self.generation = asyncio.create_task(self._generate(prompt))
+    def _start_generation(self, prompt: Message, *, regenerate_of: Message | None = None) -> None:
+        self.generation = asyncio.create_task(self._generate(prompt, regenerate_of))
 
-    async def _generate(self, prompt: Message) -> None:
+    async def _generate(self, prompt: Message, regenerate_of: Message | None) -> None:
         try:
-            answer = await chat.answer_generate(prompt=prompt, on_event=self._on_chat_event)
+            answer = await chat.answer_generate(
+                prompt=prompt, on_event=self._on_chat_event, regenerate_of=regenerate_of
+            )
             # An answer that failed before streaming is not on the page yet: append it rather than replace it.
             await self._send_final(answer.id, new=self.streaming_answer_id != answer.id)
         except asyncio.CancelledError:

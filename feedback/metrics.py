@@ -58,3 +58,8 @@ def record_generation(*, model_version: str, ttft: float, tokens: int, seconds: 
     GENERATED_TOKENS.labels(model_version).inc(tokens)
     if seconds > 0 and tokens > 1:
         TOKENS_PER_SECOND.labels(model_version).observe((tokens - 1) / seconds)
+
+
+CANARY_ASSIGNMENTS = Counter(
+    "rlhf_canary_assignments_total", "Conversations drawn into a canary's arms, per kind and arm.", ["kind", "arm"]
+)

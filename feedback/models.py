@@ -13,14 +13,23 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from models_registry.models import ModelVersion
+from models_registry.models import Canary, ModelVersion
 
 
 class Conversation(models.Model):
+    class Arm(models.TextChoices):
+        LIVE = "live", "Live"
+        CANARY = "canary", "Canary"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Which arm of a canary answers this conversation: drawn once, stored, so every server process
+    # and every reload gives the same one (feedback.arms).
+    canary = models.ForeignKey(Canary, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    arm = models.CharField(max_length=8, choices=Arm.choices, blank=True)
+    arm_assigned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -66,7 +75,11 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at"]
-        indexes = [models.Index(fields=["conversation", "created_at"], name="message_conversation_order")]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="message_conversation_order"),
+            # Per-version analytics and the monitor read a version's answers by time.
+            models.Index(fields=["model_version", "created_at"], name="message_version_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"

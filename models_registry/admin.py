@@ -99,6 +99,7 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def get_list_select_related(self, request: HttpRequest) -> Sequence[str]:
         return [*self.list_select_related, *self.extra_select_related]
+
     actions = ["approve_versions", "reject_versions", "deploy_version", "rollback_kind"]
 
     # Permissions of the actions

@@ -1,11 +1,14 @@
-"""Model versions: what was trained, where its files are, how it is served, and which one is live;
-and the append-only audit log of every status change (``DeploymentEvent``).
+"""Model versions: what was trained, where its files are, how it is served, which one is live and
+which one is a canary; the canaries (``Canary``); and the append-only audit log of every change
+(``DeploymentEvent``).
 
 Statuses move only through ``models_registry.services``, along ``ModelVersion.TRANSITIONS``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -20,6 +23,7 @@ class ModelVersion(models.Model):
     class Status(models.TextChoices):
         CANDIDATE = "candidate", "Candidate"
         APPROVED = "approved", "Approved"
+        CANARY = "canary", "Canary"
         LIVE = "live", "Live"
         RETIRED = "retired", "Retired"
         REJECTED = "rejected", "Rejected"
@@ -28,16 +32,22 @@ class ModelVersion(models.Model):
         LOCAL = "local", "Local (transformers, in the server process)"
         OPENAI = "openai", "OpenAI-compatible server"
 
-    # Who may move a version where. Rollback is retired -> live. Candidate -> live skips approval and is
-    # for the system alone (bootstrap and --base-model deploy what they have just registered).
-    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
-        Status.CANDIDATE: frozenset({Status.APPROVED, Status.REJECTED}),
-        Status.APPROVED: frozenset({Status.LIVE, Status.REJECTED}),
-        Status.LIVE: frozenset({Status.RETIRED}),
-        Status.RETIRED: frozenset({Status.LIVE, Status.REJECTED}),
-        Status.REJECTED: frozenset(),
-    }
-    SYSTEM_TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {Status.CANDIDATE: frozenset({Status.LIVE})}
+    # Who may move a version where. Rollback is retired -> live. A canary is promoted (canary -> live)
+    # or stopped (canary -> approved). Candidate -> live skips approval and is for the system alone
+    # (bootstrap and --base-model deploy what they have just registered).
+    TRANSITIONS: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType(
+        {
+            Status.CANDIDATE: frozenset({Status.APPROVED, Status.REJECTED}),
+            Status.APPROVED: frozenset({Status.LIVE, Status.CANARY, Status.REJECTED}),
+            Status.CANARY: frozenset({Status.LIVE, Status.APPROVED}),
+            Status.LIVE: frozenset({Status.RETIRED}),
+            Status.RETIRED: frozenset({Status.LIVE, Status.REJECTED}),
+            Status.REJECTED: frozenset(),
+        }
+    )
+    SYSTEM_TRANSITIONS: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType(
+        {Status.CANDIDATE: frozenset({Status.LIVE})}
+    )
     # Rollback takes the retired version that went live last: a kind's live periods do not overlap,
     # so the last to start is the last to end.
     ROLLBACK_ORDER: ClassVar[list[Any]] = [models.F("deployed_at").desc(nulls_last=True), "-id"]
@@ -69,6 +79,14 @@ class ModelVersion(models.Model):
         related_name="approved_model_versions",
     )
     approved_at = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="requested_model_versions",
+        help_text="Who asked for it (the training run's requester); under four-eyes they may not approve it.",
+    )
 
     class Meta:
         ordering = ["kind", "-number"]
@@ -80,6 +98,9 @@ class ModelVersion(models.Model):
             models.UniqueConstraint(fields=["kind", "number"], name="model_version_unique_number"),
             models.UniqueConstraint(
                 fields=["kind"], condition=models.Q(status="live"), name="model_version_one_live_per_kind"
+            ),
+            models.UniqueConstraint(
+                fields=["kind"], condition=models.Q(status="canary"), name="model_version_one_canary_per_kind"
             ),
             models.CheckConstraint(
                 condition=models.Q(backend="local") | (~models.Q(base_url="") & ~models.Q(model_name="")),
@@ -101,6 +122,50 @@ class ModelVersion(models.Model):
         if system:
             allowed |= self.SYSTEM_TRANSITIONS.get(self.status, frozenset())
         return allowed
+
+
+class Canary(models.Model):
+    """A canary: an approved version serving ``share`` of the new conversations beside the live one
+    (``baseline``), until it is promoted (it goes live) or stopped (it returns to approved, having
+    failed its canary). Which arm a conversation got is stored on the conversation."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        PROMOTED = "promoted", "Promoted"
+        STOPPED = "stopped", "Stopped"
+
+    kind = models.CharField(max_length=16, choices=ModelVersion.Kind.choices)
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="canaries")
+    baseline = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="+", help_text="The live version it was compared with."
+    )
+    share = models.FloatField(help_text="Share of new conversations it answers, between 0 and 1.")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    started_at = models.DateTimeField(auto_now_add=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField(blank=True, help_text="Why it started, and why it ended.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind"], condition=models.Q(outcome="running"), name="canary_one_running_per_kind"
+            ),
+            models.CheckConstraint(condition=models.Q(share__gt=0) & models.Q(share__lt=1), name="canary_share_0_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"canary {self.version} at {self.share:.0%} ({self.outcome})"
+
+    @property
+    def running(self) -> bool:
+        return self.outcome == self.Outcome.RUNNING
 
 
 class DeploymentEvent(models.Model):

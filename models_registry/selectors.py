@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from models_registry.models import ModelVersion
+from models_registry.models import Canary, ModelVersion
 
 
 def live_version(kind: str) -> ModelVersion | None:
@@ -25,6 +25,26 @@ def rollback_target(kind: str) -> ModelVersion | None:
     """The version a rollback of ``kind`` would make live: the most recently retired one."""
     return (
         ModelVersion.objects.filter(kind=kind, status=ModelVersion.Status.RETIRED)
+        .order_by(*ModelVersion.ROLLBACK_ORDER)
+        .first()
+    )
+
+
+def running_canary(kind: str) -> Canary | None:
+    """The running canary of ``kind`` with its version and baseline, or None."""
+    return (
+        Canary.objects.select_related("version", "baseline").filter(kind=kind, outcome=Canary.Outcome.RUNNING).first()
+    )
+
+
+def previous_live(version: ModelVersion) -> ModelVersion | None:
+    """The version that was live before ``version`` last went live (what a rollback would restore,
+    and what a direct deploy is compared with)."""
+    if version.deployed_at is None:
+        return None
+    return (
+        ModelVersion.objects.filter(kind=version.kind, deployed_at__lt=version.deployed_at)
+        .exclude(pk=version.pk)
         .order_by(*ModelVersion.ROLLBACK_ORDER)
         .first()
     )

@@ -1,8 +1,15 @@
-"""Writes to the registry: register a version, and move versions through their status machine.
+"""Writes to the registry: register a version, move versions through their status machine, and run
+canaries.
 
-Invariants: numbers per kind are unique and increasing; at most one version per kind is live (also a
-database constraint); a version's files are pinned by checksums when it is registered; every status
-change follows ``ModelVersion.TRANSITIONS`` and leaves a ``DeploymentEvent`` in the same transaction.
+Invariants: numbers per kind are unique and increasing; at most one version per kind is live and at
+most one is a canary (also database constraints); a version's files are pinned by checksums when it
+is registered; every status change follows ``ModelVersion.TRANSITIONS`` and leaves a
+``DeploymentEvent`` in the same transaction, announced to the webhooks once it commits.
+
+Four-eyes (``REGISTRY_FOUR_EYES``): the user who requested a version (its training run's requester)
+may not approve it, and the user who approved it may not deploy it, start its canary or promote it.
+The system (``actor=None``: training, bootstrap, the monitor) is exempt; so is a rollback, which
+restores a version that was live before.
 
 Every status change locks all versions of the kind, in id order, before reading them: two deploys of
 the same kind then run one after the other, each seeing what the other did, and never deadlock.
@@ -14,9 +21,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from models_registry import webhooks
 from models_registry.endpoints import base_url_problem
 from models_registry.exceptions import (
     InvalidTransition,
@@ -25,13 +34,13 @@ from models_registry.exceptions import (
     RegistryError,
     VersionNotFound,
 )
-from models_registry.models import DeploymentEvent, ModelVersion
+from models_registry.models import Canary, DeploymentEvent, ModelVersion
 from models_registry.selectors import next_version_number, rollback_target
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractUser
+    from django.contrib.auth.models import User
 
-    Actor = AbstractUser | None
+    Actor = User | None
 else:
     Actor = Any
 
@@ -55,6 +64,7 @@ def model_version_register(
     parent: ModelVersion | None = None,
     actor: Actor = None,
     reason: str = "",
+    requested_by: Actor = None,
 ) -> ModelVersion:
     """Record a new candidate version of ``kind`` with the next number, and its registration event.
 
@@ -89,14 +99,9 @@ def model_version_register(
                     model_name=model_name,
                     metrics=metrics or {},
                     parent=parent,
+                    requested_by=requested_by if requested_by is not None else actor,
                 )
-                DeploymentEvent.objects.create(
-                    version=version,
-                    from_status="",
-                    to_status=version.status,
-                    actor_id=actor.pk if actor is not None else None,
-                    reason=reason or "registered",
-                )
+                _log(version, "", version.status, actor=actor, reason=reason or "registered")
                 return version
         except IntegrityError:
             if attempt == _REGISTER_ATTEMPTS - 1:
@@ -126,7 +131,9 @@ def model_version_approve(*, version_id: int, actor: Actor, reason: str = "") ->
     """candidate -> approved, recording who approved it and when."""
     _check_permission(actor, APPROVE_PERMISSION)
     rows = _lock_version(version_id)
-    return _transition(_find(rows, version_id), Status.APPROVED, actor=actor, reason=reason)
+    target = _find(rows, version_id)
+    _check_four_eyes(actor, target, requested=True)
+    return _transition(target, Status.APPROVED, actor=actor, reason=reason)
 
 
 @transaction.atomic
@@ -143,7 +150,9 @@ def model_version_deploy(*, version_id: int, actor: Actor, reason: str = "") -> 
     retired, with its own event."""
     _check_permission(actor, DEPLOY_PERMISSION)
     rows = _lock_version(version_id)
-    return _go_live(rows, _find(rows, version_id), actor=actor, reason=reason)
+    target = _find(rows, version_id)
+    _check_four_eyes(actor, target, approved=True)
+    return _go_live(rows, target, actor=actor, reason=reason)
 
 
 @transaction.atomic
@@ -152,9 +161,7 @@ def model_version_rollback(*, kind: str, actor: Actor, reason: str) -> ModelVers
 
     Reject a retired version to keep rollback off it (``ModelVersion.ROLLBACK_ORDER``)."""
     _check_permission(actor, DEPLOY_PERMISSION)
-    if kind not in ModelVersion.Kind.values:
-        raise RegistryError(f"Unknown model kind {kind!r}.", code="unknown_kind")
-    rows = _lock_kind(kind)
+    rows = _lock_kind(_known_kind(kind))
     # The rows are locked, so this read sees what the lock holder sees.
     chosen = rollback_target(kind)
     if chosen is None:
@@ -171,9 +178,102 @@ def model_version_retire(*, version_id: int, actor: Actor, reason: str = "") -> 
     return _transition(_find(rows, version_id), Status.RETIRED, actor=actor, reason=reason)
 
 
+@transaction.atomic
+def canary_start(*, version_id: int, share: float, actor: Actor, reason: str = "") -> Canary:
+    """approved -> canary: ``version`` answers ``share`` of the new conversations beside the live
+    version of its kind until it is promoted or stopped. At most one canary per kind."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    if not 0 < share < 1:
+        raise RegistryError(
+            f"A canary's share must be between 0 and 1 (exclusive); got {share}.",
+            code="invalid_share",
+            fields={"share": ["Must be between 0 and 1, e.g. 0.1 for 10% of new conversations."]},
+        )
+    rows = _lock_version(version_id)
+    target = _find(rows, version_id)
+    _check_four_eyes(actor, target, approved=True)
+    running = next((row for row in rows if row.status == Status.CANARY), None)
+    if running is not None:
+        raise InvalidTransition(
+            f"{running.label} is already the {target.kind} canary; promote or stop it first.", code="canary_running"
+        )
+    baseline = next((row for row in rows if row.status == Status.LIVE), None)
+    if baseline is None:
+        raise InvalidTransition(f"No {target.kind} version is live to compare a canary with; deploy one instead.")
+    why = f"canary at {share:.0%} of new conversations beside {baseline.label}" + (f": {reason}" if reason else "")
+    _transition(target, Status.CANARY, actor=actor, reason=why)
+    return Canary.objects.create(
+        kind=target.kind, version=target, baseline=baseline, share=share, started_by=actor, reason=reason
+    )
+
+
+@transaction.atomic
+def canary_stop(*, kind: str, actor: Actor, reason: str) -> Canary:
+    """canary -> approved: the canary stops answering and is marked as having failed its canary."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    rows = _lock_kind(_known_kind(kind))
+    canary = _running_canary(kind)
+    version = _find(rows, canary.version_id)
+    _transition(
+        version, Status.APPROVED, actor=actor, reason=f"canary stopped: {reason}" if reason else "canary stopped"
+    )
+    return _end_canary(canary, Canary.Outcome.STOPPED, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def canary_promote(*, kind: str, actor: Actor, reason: str = "") -> ModelVersion:
+    """canary -> live: the canary becomes the live version and the one that was live retires."""
+    _check_permission(actor, DEPLOY_PERMISSION)
+    rows = _lock_kind(_known_kind(kind))
+    canary = _running_canary(kind)
+    version = _find(rows, canary.version_id)
+    _check_four_eyes(actor, version, approved=True)
+    why = f"canary promoted: {reason}" if reason else "canary promoted"
+    return _go_live(rows, version, actor=actor, reason=why)
+
+
+def _running_canary(kind: str) -> Canary:
+    canary = Canary.objects.filter(kind=kind, outcome=Canary.Outcome.RUNNING).first()
+    if canary is None:
+        raise InvalidTransition(f"No {kind} canary is running.", code="no_canary")
+    return canary
+
+
+def _end_canary(canary: Canary, outcome: str, *, actor: Actor, reason: str) -> Canary:
+    canary.outcome = outcome
+    canary.ended_at = timezone.now()
+    canary.ended_by = actor
+    canary.reason = "\n".join(part for part in (canary.reason, reason) if part)
+    canary.save(update_fields=["outcome", "ended_at", "ended_by", "reason"])
+    return canary
+
+
+def _known_kind(kind: str) -> str:
+    if kind not in ModelVersion.Kind.values:
+        raise RegistryError(f"Unknown model kind {kind!r}.", code="unknown_kind")
+    return kind
+
+
 def _check_permission(actor: Actor, permission: str) -> None:
     if actor is not None and not actor.has_perm(permission):
         raise NotPermitted(f"{actor} may not do this: it needs the {permission.split('.')[1]} permission.")
+
+
+def _check_four_eyes(actor: Actor, version: ModelVersion, *, requested: bool = False, approved: bool = False) -> None:
+    """Under REGISTRY_FOUR_EYES a second person must act: not the version's requester (to approve),
+    not its approver (to deploy, canary or promote). The system is exempt."""
+    if actor is None or not settings.REGISTRY_FOUR_EYES:
+        return
+    if requested and version.requested_by_id == actor.pk:
+        raise NotPermitted(
+            f"{actor} requested {version.label} and may not also approve it (four-eyes): another approver must.",
+            code="four_eyes",
+        )
+    if approved and version.approved_by_id == actor.pk:
+        raise NotPermitted(
+            f"{actor} approved {version.label} and may not also deploy it (four-eyes): another deployer must.",
+            code="four_eyes",
+        )
 
 
 def _lock_kind(kind: str) -> list[ModelVersion]:
@@ -199,13 +299,23 @@ def _find(rows: list[ModelVersion], version_id: int, label: str | None = None) -
 def _go_live(
     rows: list[ModelVersion], target: ModelVersion, *, actor: Actor, reason: str, system: bool = False
 ) -> ModelVersion:
-    """Retire the live version of the kind (if another) and make ``target`` live; ``rows`` are locked."""
+    """Retire the live version of the kind (if another) and make ``target`` live; ``rows`` are locked.
+    A running canary ends: promoted if it is ``target``, else stopped (what it was compared with is
+    gone)."""
     _check_transition(target, Status.LIVE, system=system)
     replaced = f"replaced by {target.label}: {reason}" if reason else f"replaced by {target.label}"
+    canary = Canary.objects.filter(kind=target.kind, outcome=Canary.Outcome.RUNNING).first()
+    if canary is not None and canary.version_id != target.pk:
+        stopped = f"stopped: {target.label} went live instead"
+        _transition(_find(rows, canary.version_id), Status.APPROVED, actor=actor, reason=f"canary {stopped}")
+        _end_canary(canary, Canary.Outcome.STOPPED, actor=actor, reason=stopped)
     for row in rows:
         if row.status == Status.LIVE and row.pk != target.pk:
             _transition(row, Status.RETIRED, actor=actor, reason=replaced)
-    return _transition(target, Status.LIVE, actor=actor, reason=reason, system=system)
+    live = _transition(target, Status.LIVE, actor=actor, reason=reason, system=system)
+    if canary is not None and canary.version_id == target.pk:
+        _end_canary(canary, Canary.Outcome.PROMOTED, actor=actor, reason=reason)
+    return live
 
 
 def _check_transition(version: ModelVersion, to: str, *, system: bool = False) -> None:
@@ -223,9 +333,7 @@ def _transition(version: ModelVersion, to: str, *, actor: Actor, reason: str, sy
     that writes a status."""
     _check_transition(version, to, system=system)
     now = timezone.now()
-    event = DeploymentEvent(version=version, from_status=version.status, to_status=to, reason=reason)
-    if actor is not None:
-        event.actor_id = actor.pk
+    from_status = version.status
     version.status = to
     fields = ["status"]
     if to == Status.LIVE:
@@ -237,8 +345,17 @@ def _transition(version: ModelVersion, to: str, *, actor: Actor, reason: str, sy
         version.approved_at = now
         fields += ["approved_by", "approved_at"]
     version.save(update_fields=fields)
-    event.save()
+    _log(version, from_status, to, actor=actor, reason=reason)
     return version
+
+
+def _log(version: ModelVersion, from_status: str, to: str, *, actor: Actor, reason: str) -> DeploymentEvent:
+    """The audit row of a change, and its webhook once the transaction commits."""
+    event = DeploymentEvent.objects.create(
+        version=version, from_status=from_status, to_status=to, actor_id=actor.pk if actor else None, reason=reason
+    )
+    webhooks.notify_on_commit("deployment_event", webhooks.deployment_event_payload(event, version))
+    return event
 
 
 def model_version_record_load_error(*, version_id: int, error: str) -> None:

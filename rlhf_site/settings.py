@@ -272,6 +272,17 @@ SERVING_OPENAI_API_KEY = envsecret("SERVING_OPENAI_API_KEY")
 SERVING_OPENAI_ALLOWED_HOSTS = envlist("SERVING_OPENAI_ALLOWED_HOSTS", [])
 SERVING_OPENAI_TIMEOUT_SECONDS = envint("SERVING_OPENAI_TIMEOUT_SECONDS", 60, minimum=1)
 
+# --- The registry: four-eyes and webhooks ------------------------------------------------------
+# Under four-eyes, whoever requested a version may not approve it, and whoever approved it may not
+# deploy it, start its canary or promote it. On by default outside DEBUG.
+REGISTRY_FOUR_EYES = envbool("REGISTRY_FOUR_EYES", not DEBUG)
+# Every deployment event and monitor decision is POSTed to each of these, signed with the secret.
+REGISTRY_WEBHOOK_URLS = envlist("REGISTRY_WEBHOOK_URLS", [])
+REGISTRY_WEBHOOK_SECRET = envsecret("REGISTRY_WEBHOOK_SECRET")
+REGISTRY_WEBHOOK_TIMEOUT_SECONDS = envfloat("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+if REGISTRY_WEBHOOK_URLS and not REGISTRY_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("REGISTRY_WEBHOOK_URLS is set: set REGISTRY_WEBHOOK_SECRET too, to sign the webhooks.")
+
 # --- Training (training app) ------------------------------------------------------------------
 TRAINING_ARTIFACTS_DIR = Path(envstr("TRAINING_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")) or "")
 TRAINING_DATASETS_DIR = Path(envstr("TRAINING_DATASETS_DIR", str(VAR_DIR / "datasets")) or "")

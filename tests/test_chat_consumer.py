@@ -329,3 +329,104 @@ async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, 
     assert (answer.status, answer.content) == ("failed", "Sure")
     assert answer.error == "The answer could not be generated; the error has been logged."
     assert "CUDA" not in frames[-1]
+
+
+# --- Canary arms ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def canary_policies(monkeypatch, settings):
+    """A live policy:7 and a canary policy:8 at half the new conversations, each scripted to say
+    which it is."""
+    from models_registry.services import canary_start
+
+    settings.REGISTRY_FOUR_EYES = False
+    live = ModelVersionFactory(number=7, status="live")
+    candidate = ModelVersionFactory(number=8, status="approved")
+    canary = canary_start(version_id=candidate.id, share=0.5, actor=None)
+    scripted = {
+        live.id: ScriptedPolicy(live, chunks=["1. Live", " answer."]),
+        candidate.id: ScriptedPolicy(candidate, chunks=["1. Canary", " answer."]),
+    }
+
+    async def get_policy():
+        return scripted[live.id]
+
+    async def get_policy_for(version_id):
+        return scripted[version_id]
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat, "get_policy_for", get_policy_for)
+    return canary, live, candidate
+
+
+def conversation_in_arm(user, canary, arm: str):
+    from feedback.arms import draw
+
+    while True:  # the draw is a hash of the ids: a few tries find one of each arm
+        conversation = ConversationFactory(user=user)
+        if draw(canary, conversation.id) == arm:
+            return conversation
+
+
+async def test_a_canary_conversation_sticks_to_its_arm_and_regenerate_asks_the_other_blind(
+    alice, alice_session, canary_policies
+):
+    canary, live, candidate = canary_policies
+    conversation = await sync_to_async(conversation_in_arm)(alice, canary, "canary")
+    communicator, _, _ = await connect(conversation, alice_session)
+
+    first_frames = await ask(communicator, "Eggs?")
+    await ask(communicator, "And ducks?")  # the same arm again
+    first = await sync_to_async(Message.objects.filter(role="assistant").order_by("created_at").first)()
+    await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
+    regenerated_frames = await receive_until(communicator, FINAL)
+    other = await sync_to_async(Message.objects.get)(parent_id=first.parent_id, model_version_id=live.id)
+    await communicator.send_to(text_data=json.dumps({
+        "type": "compare", "prompt_message_id": str(first.parent_id),
+        "chosen_message_id": str(first.id), "rejected_message_id": str(other.id)}))  # fmt: skip
+    await communicator.receive_from()
+    await communicator.disconnect()
+
+    versions = await sync_to_async(list)(
+        Message.objects.filter(role="assistant").order_by("created_at").values_list("model_version_id", flat=True)
+    )
+    assert versions == [candidate.id, candidate.id, live.id]
+    await sync_to_async(conversation.refresh_from_db)()
+    assert (conversation.canary_id, conversation.arm) == (canary.id, "canary")
+    assert conversation.arm_assigned_at is not None
+    # A direct online A/B vote between the two arms...
+    comparison = await sync_to_async(Comparison.objects.select_related("chosen", "rejected").get)()
+    assert (comparison.chosen.model_version_id, comparison.rejected.model_version_id) == (candidate.id, live.id)
+    # ...blind: nothing on the page says which version wrote which answer.
+    for frame in [*first_frames, *regenerated_frames]:
+        assert "policy:" not in frame
+
+
+async def test_a_live_arm_conversation_is_answered_by_the_live_version(alice, alice_session, canary_policies):
+    canary, live, candidate = canary_policies
+    conversation = await sync_to_async(conversation_in_arm)(alice, canary, "live")
+    communicator, _, _ = await connect(conversation, alice_session)
+    await ask(communicator, "Eggs?")
+    await communicator.disconnect()
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.model_version_id == live.id
+    await sync_to_async(conversation.refresh_from_db)()
+    assert conversation.arm == "live"
+
+
+async def test_a_conversation_older_than_the_canary_stays_on_live(alice, alice_session, canary_policies):
+    from datetime import timedelta
+
+    canary, live, _ = canary_policies
+    conversation = await sync_to_async(ConversationFactory)(user=alice)
+    await sync_to_async(type(conversation).objects.filter(id=conversation.id).update)(
+        created_at=canary.started_at - timedelta(minutes=5)
+    )
+    communicator, _, _ = await connect(conversation, alice_session)
+    await ask(communicator, "Eggs?")
+    await communicator.disconnect()
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.model_version_id == live.id
+    await sync_to_async(conversation.refresh_from_db)()
+    assert conversation.arm == ""

@@ -29,6 +29,12 @@ ADMIN = "/admin/models_registry/modelversion/"
 EVENTS = "/admin/models_registry/deploymentevent/"
 
 
+@pytest.fixture(autouse=True)
+def _one_operator_may_approve_and_deploy(settings):
+    """The status machine on its own: one operator approves and deploys (four-eyes has its own tests)."""
+    settings.REGISTRY_FOUR_EYES = False
+
+
 def events(version: ModelVersion) -> list[tuple[str, str, str | None, str]]:
     rows = DeploymentEvent.objects.filter(version=version).order_by("id").select_related("actor")
     return [(e.from_status, e.to_status, e.actor.username if e.actor else None, e.reason) for e in rows]
@@ -85,7 +91,7 @@ def test_it_rejects_a_candidate_for_good(operator):
         (
             "approved",
             "approve",
-            "policy:7 cannot go from approved to approved; from approved it can go to live, rejected.",
+            "policy:7 cannot go from approved to approved; from approved it can go to canary, live, rejected.",
         ),
         ("live", "approve", "policy:7 cannot go from live to approved; from live it can go to retired."),
         ("live", "reject", "policy:7 cannot go from live to rejected; from live it can go to retired."),

@@ -238,6 +238,7 @@ def training_run_succeed(
             parent=run.base_version if run.base_version and run.base_version.kind == run.output_kind else None,
             reason=f"trained by {run.kind} run {run.id}"
             + (f", requested by {run.requested_by.get_username()}" if run.requested_by else ""),
+            requested_by=run.requested_by,
         )
         _transition(
             run.id,

@@ -7,6 +7,6 @@ Importing this package does not import torch; the local backend does, when it fi
 
 from models_registry.serving.base import ServedPolicy
 from models_registry.serving.errors import ServingError
-from models_registry.serving.live import get_policy, load_policy, reset
+from models_registry.serving.live import get_policy, get_policy_for, load_policy, reset
 
-__all__ = ["ServedPolicy", "ServingError", "get_policy", "load_policy", "reset"]
+__all__ = ["ServedPolicy", "ServingError", "get_policy", "get_policy_for", "load_policy", "reset"]

@@ -7,6 +7,10 @@ fails to load is not retried until it is deployed again (a new ``deployed_at``):
 serving what it had, the reason goes to the version's ``load_error``, the log and
 ``rlhf_model_load_failures_total``. Every server process does this on its own, so a deploy reaches
 all of them within the check interval, without a restart.
+
+``get_policy_for(version_id)`` serves one given version (a canary's arm): the live policy when it is
+that version, else the version loaded once and kept beside it (the last ``_OTHERS_KEPT`` such
+versions). A version that fails to load is not tried again for ``_RETRY_FAILED_SECONDS``.
 """
 
 from __future__ import annotations
@@ -170,11 +174,63 @@ async def _record_failure(version: ModelVersion, exc: BaseException) -> ServingE
     )
 
 
+_OTHERS_KEPT = 2
+_RETRY_FAILED_SECONDS = 60.0
+# Versions served besides the live one (canaries), by id, oldest first; and when one last failed.
+_others: dict[int, ServedPolicy] = {}
+_others_failed: dict[int, tuple[float, ServingError]] = {}
+_others_lock = threading.Lock()
+
+
+async def get_policy_for(version_id: int) -> ServedPolicy:
+    """The policy of version ``version_id`` (a canary's arm), loaded once per process.
+
+    Raises ``ServingError`` when it cannot be loaded (the reason is stored on the version); the
+    caller may answer with the live policy instead."""
+    try:
+        live = await get_policy()
+    except ServingError:
+        live = None
+    if live is not None and live.version_id == version_id:
+        return live
+    if (policy := _others.get(version_id)) is not None:
+        return policy
+    failed = _others_failed.get(version_id)
+    if failed is not None and time.monotonic() - failed[0] < _RETRY_FAILED_SECONDS:
+        raise failed[1]
+    version = await database_sync_to_async(ModelVersion.objects.filter(id=version_id).first)()
+    if version is None:
+        raise ServingError(f"Model version {version_id} does not exist.", code="no_such_version")
+    try:
+        policy = await asyncio.to_thread(_load_other, version)
+    except Exception as exc:
+        error = await _record_failure(version, exc)
+        _others_failed[version_id] = (time.monotonic(), error)
+        raise error from exc
+    _others_failed.pop(version_id, None)
+    return policy
+
+
+def _load_other(version: ModelVersion) -> ServedPolicy:
+    with _others_lock:
+        if (policy := _others.get(version.id)) is not None:
+            return policy
+        policy = load_policy(version)
+        _others[version.id] = policy
+        while len(_others) > _OTHERS_KEPT:
+            _others.pop(next(iter(_others)))
+        logger.info("serving %s beside the live version", version.label)
+        return policy
+
+
 def reset() -> None:
     """Forget the served policy and everything cached with it (for tests)."""
     global _served, _loaded
     with _load_lock:
         _loaded = None
+    with _others_lock:
+        _others.clear()
+        _others_failed.clear()
     _served = _Served()
     _check_locks.clear()
     reset_slots()
