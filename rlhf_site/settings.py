@@ -283,6 +283,17 @@ REGISTRY_WEBHOOK_TIMEOUT_SECONDS = envfloat("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", 
 if REGISTRY_WEBHOOK_URLS and not REGISTRY_WEBHOOK_SECRET:
     raise ImproperlyConfigured("REGISTRY_WEBHOOK_URLS is set: set REGISTRY_WEBHOOK_SECRET too, to sign the webhooks.")
 
+# --- The monitor (training.monitor): canaries and deploys, decided by an always-valid sequential test
+MONITOR_EVERY_SECONDS = envint("MONITOR_EVERY_SECONDS", 300, minimum=1)
+MONITOR_AUTOMATIC_ACTIONS = envbool("MONITOR_AUTOMATIC_ACTIONS", True)  # off: decisions are advice only
+MONITOR_ALPHA = envfloat("MONITOR_ALPHA", 0.05, minimum=0.001, maximum=0.5)
+MONITOR_MARGIN = envfloat("MONITOR_MARGIN", 0.02, minimum=0.0, maximum=0.5)
+MONITOR_MIXTURE_SCALE = envfloat("MONITOR_MIXTURE_SCALE", 0.1, minimum=0.001, maximum=1.0)
+MONITOR_MIN_RATINGS = envint("MONITOR_MIN_RATINGS", 100, minimum=1)
+MONITOR_MIN_VOTES = envint("MONITOR_MIN_VOTES", 30, minimum=1)
+MONITOR_MAX_RATINGS_PER_USER = envint("MONITOR_MAX_RATINGS_PER_USER", 20, minimum=1)
+MONITOR_BASELINE_RATINGS = envint("MONITOR_BASELINE_RATINGS", 1000, minimum=1)
+
 # --- Training (training app) ------------------------------------------------------------------
 TRAINING_ARTIFACTS_DIR = Path(envstr("TRAINING_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")) or "")
 TRAINING_DATASETS_DIR = Path(envstr("TRAINING_DATASETS_DIR", str(VAR_DIR / "datasets")) or "")
@@ -297,6 +308,10 @@ if TRAINING_TIME_LIMIT_SECONDS <= TRAINING_SOFT_TIME_LIMIT_SECONDS:
 TRAINING_LOG_TAIL_LINES = envint("TRAINING_LOG_TAIL_LINES", 200, minimum=1)
 TRAINING_REAP_EVERY_SECONDS = envint("TRAINING_REAP_EVERY_SECONDS", 60, minimum=1)
 CELERY_TASK_ROUTES = {"training.tasks.training_run_execute": {"queue": "training"}}
+CELERY_BEAT_SCHEDULE["monitor-versions"] = {
+    "task": "training.tasks.monitor_versions",
+    "schedule": float(MONITOR_EVERY_SECONDS),
+}
 CELERY_BEAT_SCHEDULE["reap-stale-training-runs"] = {
     "task": "training.tasks.training_runs_reap",
     "schedule": float(TRAINING_REAP_EVERY_SECONDS),

@@ -404,7 +404,7 @@ async def test_a_canary_conversation_sticks_to_its_arm_and_regenerate_asks_the_o
 
 
 async def test_a_live_arm_conversation_is_answered_by_the_live_version(alice, alice_session, canary_policies):
-    canary, live, candidate = canary_policies
+    canary, live, _ = canary_policies
     conversation = await sync_to_async(conversation_in_arm)(alice, canary, "live")
     communicator, _, _ = await connect(conversation, alice_session)
     await ask(communicator, "Eggs?")

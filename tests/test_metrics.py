@@ -112,3 +112,24 @@ def test_training_runs_are_reported_from_the_database(db):
     assert sample(text, "rlhf_training_runs", kind="dpo", status="running") == 1
     assert sample(text, "rlhf_training_run_progress", run=str(running.id), kind="dpo") == 0.25
     assert 29 <= sample(text, "rlhf_training_run_heartbeat_age_seconds", run=str(running.id), kind="dpo") < 90
+
+
+def test_monitor_decisions_are_exported_from_the_database(db, settings):
+    from models_registry.services import canary_start, model_version_make_live
+    from tests.monitoring_data import rate
+    from training.monitor.service import monitor_pass
+
+    settings.REGISTRY_FOUR_EYES = False
+    live = model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+    canary = canary_start(version_id=ModelVersionFactory(number=2, status="approved").id, share=0.5, actor=None)
+    rate(canary.version, 150, 0.6)
+    rate(live, 150, 0.62)
+    monitor_pass()
+    monitor_pass()
+
+    text = scrape()
+    assert sample(text, "rlhf_monitor_decisions", kind="policy", decision="continue") == 2
+    assert sample(text, "rlhf_monitor_latest_decision", kind="policy", version="policy:2", decision="continue") == 1
+    estimate = sample(text, "rlhf_monitor_positive_rate_difference", version="policy:2", bound="estimate")
+    assert estimate == pytest.approx(0.6 - 0.62)
+    assert sample(text, "rlhf_monitor_positive_rate_difference", version="policy:2", bound="low") < estimate

@@ -1,8 +1,10 @@
-"""Prometheus metrics of training runs, read from the database when /metrics is scraped.
+"""Prometheus metrics of training runs and monitor decisions, read from the database when /metrics is
+scraped.
 
-Runs execute in worker processes (other machines, in production) that nobody scrapes; their rows
-are the truth, so the web process reports them at scrape time: one grouped count and one query for
-the running runs. ``rlhf_site``'s /metrics view exports ``DATABASE_REGISTRY``.
+Runs and monitor passes execute in worker processes (other machines, in production) that nobody
+scrapes; their rows are the truth, so the web process reports them at scrape time: one grouped count
+and one query for the running runs; one grouped count and the latest decision per kind for the
+monitor. ``rlhf_site``'s /metrics view exports ``DATABASE_REGISTRY``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from training.models import TrainingRun
+from training.models import MonitorDecision, TrainingRun
 
 
 class TrainingRunsCollector(Collector):
@@ -54,8 +56,50 @@ class TrainingRunsCollector(Collector):
         return iter(())  # no query at registration time
 
 
+class MonitorCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        totals = GaugeMetricFamily(
+            "rlhf_monitor_decisions", "Monitor decisions stored, by kind and decision.", labels=["kind", "decision"]
+        )
+        latest = GaugeMetricFamily(
+            "rlhf_monitor_latest_decision",
+            "1 for each kind's latest monitor decision (labels: the version, its baseline, the decision).",
+            labels=["kind", "version", "baseline", "decision"],
+        )
+        difference = GaugeMetricFamily(
+            "rlhf_monitor_positive_rate_difference",
+            "Positive rate of the watched version minus its baseline's, at the latest decision, with the"
+            " always-valid interval's bounds.",
+            labels=["kind", "version", "bound"],
+        )
+        try:
+            counts = list(MonitorDecision.objects.order_by().values_list("kind", "decision").annotate(n=Count("id")))
+            last = [
+                decision
+                for kind in MonitorDecision.objects.order_by().values_list("kind", flat=True).distinct()
+                if (decision := MonitorDecision.objects.filter(kind=kind).select_related("version", "baseline").first())
+            ]
+        except DatabaseError:
+            return
+        for kind, decision, n in counts:
+            totals.add_metric([kind, decision], n)
+        for decision in last:
+            latest.add_metric([decision.kind, decision.version.label, decision.baseline.label, decision.decision], 1)
+            sequence = decision.figures.get("difference") or {}
+            for bound, key in (("estimate", "estimate"), ("low", "low"), ("high", "high")):
+                if isinstance(sequence.get(key), int | float):
+                    difference.add_metric([decision.kind, decision.version.label, bound], sequence[key])
+        yield totals
+        yield latest
+        yield difference
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 # Its own registry, exported by /metrics beside the process's metrics: collecting it queries the
 # database, which code that reads the default registry in-process (tests in an event loop, the
 # multiprocess collector) must not trigger.
 DATABASE_REGISTRY = CollectorRegistry(auto_describe=False)
 DATABASE_REGISTRY.register(TrainingRunsCollector())
+DATABASE_REGISTRY.register(MonitorCollector())

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from models_registry.models import ModelVersion
+from models_registry.models import Canary, ModelVersion
 
 
 class DatasetSnapshot(models.Model):
@@ -135,3 +135,60 @@ class TrainingRun(models.Model):
     @property
     def output_kind(self) -> str:
         return ModelVersion.Kind.REWARD if self.kind == self.Kind.REWARD else ModelVersion.Kind.POLICY
+
+
+class MonitorDecision(models.Model):
+    """One decision of the monitor about a version against its baseline: a canary against the live
+    version on the same days, or a directly deployed version against the one it replaced. Every pass
+    stores one per watched version; an automatic promote, stop or rollback also writes the registry's
+    ``DeploymentEvent`` with the figures."""
+
+    class Decision(models.TextChoices):
+        NOT_ENOUGH_DATA = "not_enough_data", "Not enough data"
+        CONTINUE = "continue", "Continue"
+        PROMOTE = "promote", "Promote"
+        STOP = "stop", "Stop the canary"
+        KEEP = "keep", "Keep"
+        ROLLBACK = "rollback", "Roll back"
+
+    class Mode(models.TextChoices):
+        CANARY = "canary", "Canary against live"
+        DEPLOY = "deploy", "Deploy against the version it replaced"
+
+    FINAL = frozenset({Decision.PROMOTE, Decision.STOP, Decision.KEEP, Decision.ROLLBACK})
+
+    kind = models.CharField(max_length=16, choices=ModelVersion.Kind.choices)
+    mode = models.CharField(max_length=16, choices=Mode.choices)
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="monitor_decisions")
+    baseline = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    canary = models.ForeignKey(Canary, null=True, blank=True, on_delete=models.PROTECT, related_name="decisions")
+    deployed_at = models.DateTimeField(null=True, blank=True, help_text="Deploy mode: the deployment watched.")
+    decision = models.CharField(max_length=16, choices=Decision.choices)
+    reason = models.TextField()
+    version_positive = models.PositiveIntegerField()
+    version_rated = models.PositiveIntegerField()
+    baseline_positive = models.PositiveIntegerField()
+    baseline_rated = models.PositiveIntegerField()
+    votes_won = models.PositiveIntegerField(default=0)
+    votes_lost = models.PositiveIntegerField(default=0)
+    votes_tied = models.PositiveIntegerField(default=0)
+    figures = models.JSONField(
+        default=dict, help_text="Rates with Wilson intervals, the always-valid sequences, settings, ratings needed."
+    )
+    acted = models.BooleanField(default=False, help_text="The registry change the decision calls for was made.")
+    error = models.TextField(blank=True, help_text="Why the change it called for could not be made.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["version", "-created_at"], name="monitor_decision_version"),
+            models.Index(fields=["kind", "-created_at"], name="monitor_decision_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()}: {self.version} vs {self.baseline}"
+
+    @property
+    def final(self) -> bool:
+        return self.decision in self.FINAL

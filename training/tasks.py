@@ -11,6 +11,7 @@ import socket
 from celery import Task, shared_task
 
 from training import runner, services
+from training.monitor.service import monitor_pass
 
 
 @shared_task(name="training.tasks.training_run_execute", bind=True, acks_late=True)
@@ -24,3 +25,9 @@ def training_run_execute(self: Task, run_id: int) -> str:
 def training_runs_reap() -> int:
     """Fail running runs whose heartbeat went stale (periodic, on the default queue)."""
     return len(services.training_runs_reap())
+
+
+@shared_task(name="training.tasks.monitor_versions")
+def monitor_versions() -> list[str]:
+    """One monitor pass (periodic, on the default queue): every decision taken, as ``label: decision``."""
+    return [f"{d.version.label}: {d.decision}" for d in monitor_pass()]
