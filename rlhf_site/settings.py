@@ -293,6 +293,7 @@ MONITOR_MIN_RATINGS = envint("MONITOR_MIN_RATINGS", 100, minimum=1)
 MONITOR_MIN_VOTES = envint("MONITOR_MIN_VOTES", 30, minimum=1)
 MONITOR_MAX_RATINGS_PER_USER = envint("MONITOR_MAX_RATINGS_PER_USER", 20, minimum=1)
 MONITOR_BASELINE_RATINGS = envint("MONITOR_BASELINE_RATINGS", 1000, minimum=1)
+MONITOR_DEPLOY_HORIZON = envint("MONITOR_DEPLOY_HORIZON", 3000, minimum=1)
 
 # --- Training (training app) ------------------------------------------------------------------
 TRAINING_ARTIFACTS_DIR = Path(envstr("TRAINING_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")) or "")

@@ -233,3 +233,13 @@ def test_with_nothing_to_watch_a_pass_decides_nothing(live):
     out = io.StringIO()
     call_command("monitor_versions", stdout=out)
     assert out.getvalue().startswith("Nothing to watch")
+
+
+def test_a_deploy_with_no_evidence_of_harm_by_the_horizon_is_kept(live, settings):
+    settings.MONITOR_DEPLOY_HORIZON = 300
+    deploy_over(live, before=0.60, after=0.58, n=300)
+
+    decision = only_decision()
+
+    assert decision.decision == "keep"
+    assert decision.reason.startswith("no evidence it is worse after 300 ratings (the deploy horizon, 300)")

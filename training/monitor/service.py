@@ -45,6 +45,7 @@ def monitor_settings() -> stats.Settings:
         tau=settings.MONITOR_MIXTURE_SCALE,
         min_ratings=settings.MONITOR_MIN_RATINGS,
         min_votes=settings.MONITOR_MIN_VOTES,
+        deploy_horizon=settings.MONITOR_DEPLOY_HORIZON,
     )
 
 

@@ -17,7 +17,8 @@ confidence sequence: it covers the true difference at every look at once with pr
 Decisions read the sequence ``[d - h, d + h]`` of (new minus baseline):
 - worse (stop a canary, roll back a deploy): the whole sequence is below 0;
 - good enough (promote, keep): the whole sequence is above ``-margin`` (not worse than the baseline by
-  more than the margin: non-inferiority);
+  more than the margin: non-inferiority); a direct deploy is also kept once it has ``deploy_horizon``
+  ratings without being found worse (its baseline is a fixed sample, so its sequence stops narrowing);
 - otherwise, continue; and below ``min_ratings`` per side, not enough data.
 Side-by-side votes (ties count half) are a guard: a sequence for the canary's win rate entirely below
 one half also stops it. The error rates this gives are measured by ``bench/monitor_power.py`` with
@@ -48,6 +49,9 @@ class Settings:
     tau: float = 0.1  # scale of the effects the mixture expects (a 10-point difference)
     min_ratings: int = 100  # per side, before any decision on the positive rate
     min_votes: int = 30  # before side-by-side votes can stop a canary
+    # A direct deploy is compared with a fixed sample of the version it replaced, so its sequence never
+    # narrows below that sample's noise: after this many ratings with no evidence of harm, keep it.
+    deploy_horizon: int = 3000
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,14 @@ def decide(
             difference=seq,
             votes=vote_seq,
         )
+    if not canary and new.n >= settings.deploy_horizon:
+        return Outcome(
+            good,
+            f"no evidence it is worse after {new.n} ratings (the deploy horizon, {settings.deploy_horizon}): {figures}",
+            difference=seq,
+        )
     needed = ratings_needed(new, baseline, settings)
+    if not canary and needed is not None:
+        needed = min(needed, settings.deploy_horizon - new.n)
     more = f"about {needed} more ratings each would likely settle it" if needed else "it may not settle"
     return Outcome(CONTINUE, f"undecided: {figures}; {more}", difference=seq, votes=vote_seq, needed=needed)
