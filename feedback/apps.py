@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class FeedbackConfig(AppConfig):
     name = "feedback"
+
+    def ready(self) -> None:
+        from feedback.panels import register_sections
+
+        register_sections()

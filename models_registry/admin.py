@@ -29,11 +29,15 @@ from django.urls import URLPattern, path, reverse
 
 from core.admin import ReadOnlyAdminMixin
 from models_registry.exceptions import RegistryError
-from models_registry.models import DeploymentEvent, ModelVersion
-from models_registry.selectors import live_version, rollback_target
+from models_registry.extensions import version_sections
+from models_registry.models import Canary, DeploymentEvent, ModelVersion
+from models_registry.selectors import live_version, rollback_target, running_canary
 from models_registry.services import (
     APPROVE_PERMISSION,
     DEPLOY_PERMISSION,
+    canary_promote,
+    canary_start,
+    canary_stop,
     model_version_approve,
     model_version_deploy,
     model_version_reject,
@@ -41,6 +45,13 @@ from models_registry.services import (
 )
 
 CONFIRM_TEMPLATE = "admin/models_registry/modelversion/confirm.html"
+
+
+class CanaryForm(forms.Form):
+    percent = forms.FloatField(
+        min_value=0.1, max_value=99.9, initial=10, label="Share of new conversations (%)", help_text="e.g. 10"
+    )
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000, required=False)
 
 
 class ReasonForm(forms.Form):
@@ -100,7 +111,8 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def get_list_select_related(self, request: HttpRequest) -> Sequence[str]:
         return [*self.list_select_related, *self.extra_select_related]
 
-    actions = ["approve_versions", "reject_versions", "deploy_version", "rollback_kind"]
+    actions = ["approve_versions", "reject_versions", "deploy_version", "start_canary", "rollback_kind"]
+    change_form_template = "admin/models_registry/modelversion/change_form.html"
 
     # Permissions of the actions
 
@@ -128,6 +140,14 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return None
         return HttpResponseRedirect(reverse("admin:models_registry_modelversion_deploy", args=[ids[0]]))
 
+    @admin.action(description="Start the selected version as a canary…", permissions=["deploy"])
+    def start_canary(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
+        ids = list(queryset.values_list("id", flat=True)[:2])
+        if len(ids) != 1:
+            self.message_user(request, "Select exactly one approved version to start as a canary.", messages.ERROR)
+            return None
+        return HttpResponseRedirect(reverse("admin:models_registry_modelversion_canary", args=[ids[0]]))
+
     @admin.action(description="Roll back the selected kind…", permissions=["deploy"])
     def rollback_kind(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> HttpResponse | None:
         kinds = sorted(set(queryset.values_list("kind", flat=True)))
@@ -152,6 +172,12 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return [
             path("<int:version_id>/deploy/", view(self.deploy_view), name="models_registry_modelversion_deploy"),
             path("rollback/<str:kind>/", view(self.rollback_view), name="models_registry_modelversion_rollback"),
+            path("<int:version_id>/canary/", view(self.canary_view), name="models_registry_modelversion_canary"),
+            path(
+                "canary/<str:kind>/<str:action>/",
+                view(self.canary_end_view),
+                name="models_registry_modelversion_canary_end",
+            ),
             *super().get_urls(),
         ]
 
@@ -211,6 +237,102 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             nothing=f"No retired {kind} version to roll back to.",
         )
 
+    def canary_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        """Start an approved version as a canary at a share of new conversations."""
+        if not self.has_deploy_permission(request):
+            raise PermissionDenied
+        target = ModelVersion.objects.filter(pk=version_id).first()
+        if target is None:
+            self.message_user(request, f"Model version {version_id} does not exist.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:models_registry_modelversion_changelist"))
+        back_url = reverse("admin:models_registry_modelversion_change", args=[target.pk])
+        form = CanaryForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                canary = canary_start(
+                    version_id=target.pk,
+                    share=form.cleaned_data["percent"] / 100,
+                    actor=request.user,
+                    reason=form.cleaned_data["reason"],
+                )
+            except RegistryError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Started {target.label} as a canary at {canary.share:.0%} of new conversations.",
+                    messages.SUCCESS,
+                )
+            return HttpResponseRedirect(back_url)
+        return self._confirm(
+            request,
+            title=f"Start {target.label} as a canary?",
+            target=target,
+            current=live_version(target.kind),
+            form=form,
+            submit="Yes, start the canary",
+            back_url=back_url,
+            canary=True,
+        )
+
+    def canary_end_view(self, request: HttpRequest, kind: str, action: str) -> HttpResponse:
+        """Promote or stop the running canary of ``kind``."""
+        if not self.has_deploy_permission(request):
+            raise PermissionDenied
+        changelist = reverse("admin:models_registry_modelversion_changelist")
+        canary = running_canary(kind) if kind in ModelVersion.Kind.values else None
+        if canary is None or action not in ("promote", "stop"):
+            self.message_user(request, f"No {kind} canary is running.", messages.ERROR)
+            return HttpResponseRedirect(changelist)
+        back_url = reverse("admin:models_registry_modelversion_change", args=[canary.version_id])
+        form = ReasonForm(request.POST if request.method == "POST" else None, required=action == "stop")
+        if request.method == "POST" and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            try:
+                if action == "promote":
+                    canary_promote(kind=kind, actor=request.user, reason=reason)
+                else:
+                    canary_stop(kind=kind, actor=request.user, reason=reason)
+            except RegistryError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                done = (
+                    f"Promoted the canary {canary.version.label}: it is live."
+                    if action == "promote"
+                    else f"Stopped the canary {canary.version.label}; it is approved again."
+                )
+                self.message_user(request, done, messages.SUCCESS)
+            return HttpResponseRedirect(back_url)
+        return self._confirm(
+            request,
+            title=f"{action.title()} the {kind} canary {canary.version.label}?",
+            target=canary.version,
+            current=canary.baseline,
+            form=form,
+            submit=f"Yes, {action} it",
+            back_url=back_url,
+            canary_action=action,
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        version = ModelVersion.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        extra: dict[str, Any] = {}
+        if version is not None:
+            extra = {
+                "panels": [
+                    (section.title, section.html(request, version))
+                    for section in version_sections(version)
+                    if section.html is not None
+                ],
+                "canary": running_canary(version.kind),
+                "canaries": version.canaries.select_related("baseline").order_by("-started_at")[:10],
+                "rollback_to": rollback_target(version.kind) if version.status == ModelVersion.Status.LIVE else None,
+                "can_deploy": self.has_deploy_permission(request),
+            }
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
     def _confirm(self, request: HttpRequest, **context: Any) -> HttpResponse:
         full = {**self.admin_site.each_context(request), "opts": self.opts, **context}
         return TemplateResponse(request, CONFIRM_TEMPLATE, full)
@@ -243,3 +365,13 @@ class DeploymentEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="by", ordering="actor__username")
     def actor_name(self, obj: DeploymentEvent) -> str:
         return obj.actor_label
+
+
+@admin.register(Canary)
+class CanaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Every canary, running or ended, and how it ended."""
+
+    list_display = ["__str__", "kind", "version", "baseline", "share", "outcome", "started_at", "ended_at"]
+    list_filter = ["kind", "outcome"]
+    list_select_related = ["version", "baseline"]
+    date_hierarchy = "started_at"

@@ -1,6 +1,17 @@
 from __future__ import annotations
 
+from django.db.models import QuerySet
+
 from models_registry.models import Canary, ModelVersion
+
+
+def version_list(*, kind: str | None = None, status: str | None = None) -> QuerySet[ModelVersion]:
+    versions = ModelVersion.objects.select_related("parent", "approved_by", "requested_by")
+    if kind:
+        versions = versions.filter(kind=kind)
+    if status:
+        versions = versions.filter(status=status)
+    return versions.order_by("kind", "-number")
 
 
 def live_version(kind: str) -> ModelVersion | None:

@@ -197,6 +197,13 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["rlhf_site.schema.drop_trailing_slash_twins"],
+    # One name per choice set that several components share.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelKindEnum": "models_registry.models.ModelVersion.Kind",
+        "ModelStatusEnum": "models_registry.models.ModelVersion.Status",
+        "TrainingKindEnum": "training.models.TrainingRun.Kind",
+        "TrainingStatusEnum": "training.models.TrainingRun.Status",
+    },
 }
 
 # --- Feedback ----------------------------------------------------------------------------------

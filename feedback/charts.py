@@ -1,0 +1,135 @@
+"""Charts drawn on the server as SVG: no script and nothing from a CDN.
+
+``positive_rate_chart`` draws a version's positive rate per day, its Wilson 95% band, and a marker for
+each deploy, canary, promotion, rollback and retirement of the version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from feedback.analytics import Day
+from models_registry.models import DeploymentEvent, ModelVersion
+
+WIDTH, HEIGHT = 760, 260
+LEFT, RIGHT, TOP, BOTTOM = 48, 16, 22, 44
+COLOURS = {
+    "deployed": "#2e7d32",
+    "promoted": "#2e7d32",
+    "rolled back to": "#c62828",
+    "canary": "#ef6c00",
+    "canary stopped": "#ad1457",
+    "retired": "#616161",
+}
+
+
+@dataclass(frozen=True)
+class Marker:
+    at: datetime
+    label: str  # a key of COLOURS
+    title: str  # the tooltip: who, why
+
+
+def markers_for(version: ModelVersion) -> list[Marker]:
+    """The version's deploys, canary start and stop, promotion, rollbacks and retirement."""
+    markers = []
+    events = DeploymentEvent.objects.filter(version=version).select_related("actor").order_by("created_at", "id")
+    for event in events:
+        label = _marker_label(event.from_status, event.to_status)
+        if label:
+            title = f"{label} {event.created_at:%Y-%m-%d %H:%M} by {event.actor_label}: {event.reason}"
+            markers.append(Marker(event.created_at, label, title))
+    return markers
+
+
+def _marker_label(from_status: str, to_status: str) -> str:
+    status = ModelVersion.Status
+    if to_status == status.LIVE:
+        went_live: dict[str, str] = {status.CANARY: "promoted", status.RETIRED: "rolled back to"}
+        return went_live.get(from_status, "deployed")
+    if to_status == status.CANARY:
+        return "canary"
+    if from_status == status.CANARY and to_status == status.APPROVED:
+        return "canary stopped"
+    if to_status == status.RETIRED:
+        return "retired"
+    return ""
+
+
+def positive_rate_chart(days: list[Day], markers: list[Marker]) -> SafeString:
+    rated = [day for day in days if day.positive.value is not None]
+    dates = [day.day for day in rated] + [marker.at.date() for marker in markers]
+    if not dates:
+        return mark_safe('<p class="help">No ratings yet: nothing to chart.</p>')
+    first, last = min(dates), max(dates)
+    if first == last:
+        first, last = first - timedelta(days=1), last + timedelta(days=1)
+    span = (last - first).days or 1
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(when: date | datetime) -> float:
+        if isinstance(when, datetime):
+            offset = (when.date() - first).days + (when.hour * 3600 + when.minute * 60) / 86400
+        else:
+            offset = (when - first).days
+        return LEFT + plot_w * offset / span
+
+    def y(rate: float) -> float:
+        return TOP + plot_h * (1 - rate)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}"'
+        ' role="img" aria-label="Positive rate per day, with its 95% interval and deployment markers"'
+        ' class="positive-rate-chart" font-family="sans-serif" font-size="11">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ddd"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e5e5e5"/>'
+            f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" fill="#555">{tick:.0%}</text>'
+        )
+    for label_day in _date_ticks(first, last):
+        parts.append(
+            f'<text x="{x(label_day):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" fill="#555">'
+            f"{label_day:%b %d}</text>"
+        )
+    if rated:
+        upper = " ".join(f"{x(d.day):.1f},{y(d.positive.high or 0):.1f}" for d in rated)
+        lower = " ".join(f"{x(d.day):.1f},{y(d.positive.low or 0):.1f}" for d in reversed(rated))
+        parts.append(f'<polygon points="{upper} {lower}" fill="#90caf9" fill-opacity="0.35" stroke="none"/>')
+        line = " ".join(f"{x(d.day):.1f},{y(d.positive.value or 0):.1f}" for d in rated)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>')
+        for d in rated:
+            p = d.positive
+            title = (
+                f"{d.day:%Y-%m-%d}: {p.value:.0%} positive of {p.n} ratings"
+                f" (95% interval {p.low:.0%} to {p.high:.0%}); {d.served} answers served"
+            )
+            parts.append(
+                f'<circle cx="{x(d.day):.1f}" cy="{y(p.value or 0):.1f}" r="3.5" fill="#1565c0">'
+                f"<title>{escape(title)}</title></circle>"
+            )
+    for marker in markers:
+        colour = COLOURS.get(marker.label, "#333")
+        mx = x(marker.at)
+        parts.append(
+            f'<g class="marker marker-{marker.label.replace(" ", "-")}"><title>{escape(marker.title)}</title>'
+            f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{TOP}" y2="{TOP + plot_h}" stroke="{colour}"'
+            ' stroke-width="1.5" stroke-dasharray="4 3"/>'
+            f'<text x="{mx + 3:.1f}" y="{TOP - 6}" fill="{colour}">{escape(marker.label)}</text></g>'
+        )
+    parts.append(
+        f'<text x="{LEFT}" y="{HEIGHT - 6}" fill="#555">Positive rate per day of the answer (line), its 95% Wilson'
+        " interval (band); dashed: deploys, canary, rollbacks.</text></svg>"
+    )
+    return mark_safe("".join(parts))
+
+
+def _date_ticks(first: date, last: date, most: int = 8) -> list[date]:
+    span = (last - first).days
+    step = max(1, -(-span // most))
+    return [first + timedelta(days=offset) for offset in range(0, span + 1, step)]
