@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.db import close_old_connections, connection
+from django.db.models import Count
 
 from core.idempotency import idempotent
 from core.models import IdempotencyRecord
@@ -93,3 +94,87 @@ def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():
     assert {r[1]["id"] for r in results} == {writes[0]}
     assert IdempotencyRecord.objects.filter(user=user).count() == 1
     assert UserSatisfaction.objects.get(user=user).ratings == 1
+
+
+def test_twenty_threads_changing_the_registry_at_once_keep_one_live_version_and_a_replayable_log(settings):
+    """Deploys, rollbacks, canary starts, promotions and stops from 20 threads at once: a sampler sees at
+    most one live version (and one canary) at every moment, and replaying the event log from the
+    starting statuses gives exactly the final statuses."""
+    import random
+
+    from models_registry.exceptions import RegistryError
+    from models_registry.models import DeploymentEvent, ModelVersion
+    from models_registry.services import (
+        canary_promote,
+        canary_start,
+        canary_stop,
+        model_version_deploy,
+        model_version_make_live,
+        model_version_rollback,
+    )
+    from tests.factories import ModelVersionFactory
+
+    settings.REGISTRY_FOUR_EYES = False
+    first = model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+    versions = [first, *(ModelVersionFactory(number=n, status="approved") for n in range(2, 11))]
+    start = {v.pk: v.status for v in ModelVersion.objects.all()}
+    start_event = DeploymentEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    ids = [v.pk for v in versions]
+    stop_sampling = threading.Event()
+    worst: dict[str, int] = {"live": 0, "canary": 0}
+    samples = [0]
+
+    def sampler() -> None:
+        try:
+            while not stop_sampling.is_set():
+                counts = dict(
+                    ModelVersion.objects.filter(kind="policy", status__in=["live", "canary"])
+                    .values_list("status")
+                    .annotate(n=Count("id"))
+                )
+                for status in worst:
+                    worst[status] = max(worst[status], counts.get(status, 0))
+                samples[0] += 1
+        finally:
+            connection.close()
+
+    def chaos(seed: int) -> int:
+        rng = random.Random(seed)
+        done = 0
+        for _ in range(8):
+            action = rng.choice(["deploy", "rollback", "canary", "promote", "stop"])
+            try:
+                if action == "deploy":
+                    model_version_deploy(version_id=rng.choice(ids), actor=None)
+                elif action == "rollback":
+                    model_version_rollback(kind="policy", actor=None, reason=f"chaos {seed}")
+                elif action == "canary":
+                    canary_start(version_id=rng.choice(ids), share=0.3, actor=None)
+                elif action == "promote":
+                    canary_promote(kind="policy", actor=None)
+                else:
+                    canary_stop(kind="policy", actor=None, reason=f"chaos {seed}")
+                done += 1
+            except RegistryError:
+                pass  # refused: the state had moved on; that is the point
+        return done
+
+    watcher = threading.Thread(target=sampler)
+    watcher.start()
+    try:
+        results = run_together(*[lambda seed=seed: chaos(seed) for seed in range(20)])
+    finally:
+        stop_sampling.set()
+        watcher.join(timeout=30)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(results) > 20, "the threads got some changes through"
+    assert samples[0] > 10
+    assert worst["live"] == 1
+    assert worst["canary"] <= 1
+    replayed = dict(start)
+    for event in DeploymentEvent.objects.filter(id__gt=start_event).order_by("id"):
+        assert replayed[event.version_id] == event.from_status, f"event {event.pk} starts from a wrong status"
+        replayed[event.version_id] = event.to_status
+    assert replayed == {v.pk: v.status for v in ModelVersion.objects.all()}
+    assert ModelVersion.objects.filter(status="live").count() == 1
