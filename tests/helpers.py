@@ -27,9 +27,12 @@ def database_url() -> str:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the project's service URLs, plus the test database."""
+    """This process's environment without the project's service URLs, plus the test database and this
+    process's SECRET_KEY (sessions and signatures made here must hold there)."""
+    from django.conf import settings
+
     base = {k: v for k, v in os.environ.items() if k not in PROJECT_VARIABLES}
-    return {**base, "DATABASE_URL": database_url(), **extra}
+    return {**base, "DATABASE_URL": database_url(), "SECRET_KEY": settings.SECRET_KEY, **extra}
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,98 @@
+"""Real processes for the end-to-end tests: uvicorn serving the platform, fake OpenAI-compatible model
+servers (the boundary), a chat over a real WebSocket, and a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from django.test import Client
+
+from tests.helpers import ROOT, child_env, free_port, wait_until
+
+FINAL = re.compile(r'hx-swap-oob="outerHTML"|<article[^>]*data-status="failed"')
+
+
+@contextmanager
+def fake_model_server(answer: str) -> Iterator[str]:
+    """An OpenAI-compatible server on loopback that streams ``answer`` word by word; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for word in answer.split(" "):
+                event = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def platform_server(tmp_path: Path, name: str, **env: str) -> Iterator[str]:
+    """uvicorn serving the platform against the test database; yields its base URL."""
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=child_env(VAR_DIR=str(tmp_path / f"var-{name}"), **env),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/accounts/login/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_until(up, timeout=60), log.read_text()
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def session_of(user: object) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def chat(base: str, session: str, conversation_id: object, content: str, timeout: float = 60) -> str:
+    """Send one message over the chat WebSocket and return the frame with the finished answer."""
+    from websockets.sync.client import connect
+
+    url = base.replace("http://", "ws://") + f"/ws/chat/{conversation_id}/"
+    with connect(url, origin=base, additional_headers={"Cookie": f"sessionid={session}"}, open_timeout=30) as ws:  # type: ignore[arg-type]
+        ws.send(json.dumps({"type": "send", "content": content}))
+        while True:
+            frame = ws.recv(timeout=timeout)
+            frame = frame.decode() if isinstance(frame, bytes) else frame
+            if FINAL.search(frame):
+                return frame
