@@ -66,17 +66,16 @@ def positive_rate_chart(days: list[Day], markers: list[Marker]) -> SafeString:
     if not dates:
         return mark_safe('<p class="help">No ratings yet: nothing to chart.</p>')
     first, last = min(dates), max(dates)
-    if first == last:
-        first, last = first - timedelta(days=1), last + timedelta(days=1)
-    span = (last - first).days or 1
+    span = (last - first).days  # the chart shows span + 1 days
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(when: date | datetime) -> float:
+        """A day's rate sits at its noon; an event at its time of day."""
         if isinstance(when, datetime):
             offset = (when.date() - first).days + (when.hour * 3600 + when.minute * 60) / 86400
         else:
-            offset = (when - first).days
-        return LEFT + plot_w * offset / span
+            offset = (when - first).days + 0.5
+        return LEFT + plot_w * offset / (span + 1)
 
     def y(rate: float) -> float:
         return TOP + plot_h * (1 - rate)
@@ -97,6 +96,12 @@ def positive_rate_chart(days: list[Day], markers: list[Marker]) -> SafeString:
             f'<text x="{x(label_day):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle" fill="#555">'
             f"{label_day:%b %d}</text>"
         )
+    if span <= 62:  # day boundaries, where there is room for them
+        for offset in range(1, span + 1):
+            boundary = LEFT + plot_w * offset / (span + 1)
+            parts.append(
+                f'<line x1="{boundary:.1f}" x2="{boundary:.1f}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#f0f0f0"/>'
+            )
     if rated:
         upper = " ".join(f"{x(d.day):.1f},{y(d.positive.high or 0):.1f}" for d in rated)
         lower = " ".join(f"{x(d.day):.1f},{y(d.positive.low or 0):.1f}" for d in reversed(rated))
@@ -105,6 +110,10 @@ def positive_rate_chart(days: list[Day], markers: list[Marker]) -> SafeString:
         parts.append(f'<polyline points="{line}" fill="none" stroke="#1565c0" stroke-width="2"/>')
         for d in rated:
             p = d.positive
+            parts.append(  # the day's interval as a whisker, visible where the band is a single point
+                f'<line x1="{x(d.day):.1f}" x2="{x(d.day):.1f}" y1="{y(p.low or 0):.1f}" y2="{y(p.high or 0):.1f}"'
+                ' stroke="#1565c0" stroke-opacity="0.5" stroke-width="1.5"/>'
+            )
             title = (
                 f"{d.day:%Y-%m-%d}: {p.value:.0%} positive of {p.n} ratings"
                 f" (95% interval {p.low:.0%} to {p.high:.0%}); {d.served} answers served"
