@@ -10,10 +10,12 @@ From the answers it served (``Message.model_version``) and the feedback on them:
 - ``comparisons``: side-by-side votes won, lost and tied against each other version.
 
 Proportions come with Wilson 95% intervals, means with Student's t intervals (``core.stats``). Each is
-given over a window (the version's whole life by default) and per day of the answer.
+given over a window (the version's whole life by default) and per day. Answers count on the day they
+were served, ratings on the day they were given.
 
-The queries read one version's answers through ``message_version_time`` (model_version, created_at)
-and their feedback through the feedback's message index; see ``bench/analytics.py`` for the figure on a
+A feedback row carries its answer's version (copied when it is given), so a version's ratings are one
+range of the ``feedback_version_time`` index (model_version, created_at) and its answers one range of
+``message_version_time``: no join of answers and feedback. ``bench/analytics.py`` has the figures on a
 million feedback rows.
 """
 
@@ -23,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from django.db.models import Case, Count, F, FloatField, Q, QuerySet, Sum, When
-from django.db.models.functions import Cast, TruncDate
+from django.db.models import Count, F, FloatField, Q, QuerySet, Subquery, Sum, Window
+from django.db.models.functions import Cast, RowNumber, TruncDate
 
 from core.stats import EMPTY, Estimate, mean, proportion
 from feedback.models import Comparison, Feedback, Message
@@ -97,11 +99,11 @@ def answers_of(version_id: int, *, since: datetime | None = None, until: datetim
 
 
 def _ratings(version_id: int, since: datetime | None, until: datetime | None) -> QuerySet[Feedback]:
-    ratings = Feedback.objects.filter(message__model_version_id=version_id, message__role=Message.Role.ASSISTANT)
+    ratings = Feedback.objects.filter(model_version_id=version_id)
     if since is not None:
-        ratings = ratings.filter(message__created_at__gte=since)
+        ratings = ratings.filter(created_at__gte=since)
     if until is not None:
-        ratings = ratings.filter(message__created_at__lt=until)
+        ratings = ratings.filter(created_at__lt=until)
     return ratings
 
 
@@ -109,105 +111,147 @@ def _squares(name: str, *, where: Q | None = None) -> Sum:
     return Sum(Cast(F(name), FloatField()) * Cast(F(name), FloatField()), filter=where)
 
 
-def period(version_id: int, *, since: datetime | None = None, until: datetime | None = None) -> Period:
+def _answer_sums(version_id: int, since: datetime | None, until: datetime | None) -> dict[date, dict[str, Any]]:
+    """Per day served: counts, and sums and sums of squares for the means (they add up over days)."""
     # Lengths: a failed answer has none worth averaging; a stopped one counts what it produced.
     produced = ~Q(status=Message.Status.FAILED)
-    answers = answers_of(version_id, since=since, until=until).aggregate(
-        served=Count("id"),
-        stopped_failed=Count("id", filter=Q(status__in=[Message.Status.STOPPED, Message.Status.FAILED])),
-        lengths=Count("token_count", filter=produced),
-        length_sum=Sum("token_count", filter=produced),
-        length_squares=_squares("token_count", where=produced),
-        ttfts=Count("time_to_first_token_ms"),
-        ttft_sum=Sum("time_to_first_token_ms"),
-        ttft_squares=_squares("time_to_first_token_ms"),
+    rows = (
+        answers_of(version_id, since=since, until=until)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            served=Count("id"),
+            stopped_failed=Count("id", filter=Q(status__in=[Message.Status.STOPPED, Message.Status.FAILED])),
+            lengths=Count("token_count", filter=produced),
+            length_sum=Sum("token_count", filter=produced),
+            length_squares=_squares("token_count", where=produced),
+            ttfts=Count("time_to_first_token_ms"),
+            ttft_sum=Sum("time_to_first_token_ms"),
+            ttft_squares=_squares("time_to_first_token_ms"),
+        )
+        .order_by()
     )
-    ratings = _ratings(version_id, since, until)
-    message_level = ratings.filter(step__isnull=True).aggregate(
-        scored=Count("id", filter=SCORED),
-        positive=Count("id", filter=SCORED & POSITIVE),
-        rated=Count("message_id", filter=SCORED, distinct=True),
-        stars=Count("rating"),
-        star_sum=Sum("rating"),
-        star_squares=_squares("rating"),
+    return {row.pop("day"): row for row in rows}
+
+
+def _rating_sums(version_id: int, since: datetime | None, until: datetime | None) -> dict[date, dict[str, Any]]:
+    """Per day given: message-level ratings, positive ones, and the stars' sums."""
+    rows = (
+        _ratings(version_id, since, until)
+        .filter(step__isnull=True)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(
+            # One message-level row per answer (only the conversation's owner may rate its answers), so
+            # scored rows are rated answers.
+            scored=Count("id", filter=SCORED),
+            positive=Count("id", filter=SCORED & POSITIVE),
+            stars=Count("rating"),
+            star_sum=Sum("rating"),
+            star_squares=_squares("rating"),
+        )
+        .order_by()
     )
-    steps = ratings.filter(step__isnull=False, thumbs__isnull=False).aggregate(
-        n=Count("id"), down=Count("id", filter=Q(thumbs=Feedback.Thumbs.DOWN))
-    )
+    return {row.pop("day"): row for row in rows}
+
+
+def _total(rows: dict[date, dict[str, Any]], name: str) -> Any:
+    values = [row[name] for row in rows.values() if row[name] is not None]
+    return sum(values) if values else None
+
+
+def _period(answers: dict[date, dict[str, Any]], ratings: dict[date, dict[str, Any]], steps: dict) -> Period:
+    def a(name: str) -> Any:
+        return _total(answers, name)
+
+    def r(name: str) -> Any:
+        return _total(ratings, name)
+
     return Period(
-        served=answers["served"],
-        stopped_failed=proportion(answers["stopped_failed"], answers["served"]),
-        rated=message_level["rated"],
-        positive=proportion(message_level["positive"], message_level["scored"]),
-        rating=mean(message_level["star_sum"], message_level["star_squares"], message_level["stars"]),
+        served=a("served") or 0,
+        stopped_failed=proportion(a("stopped_failed") or 0, a("served") or 0),
+        rated=r("scored") or 0,
+        positive=proportion(r("positive") or 0, r("scored") or 0),
+        rating=mean(r("star_sum"), r("star_squares"), r("stars") or 0),
         step_down=proportion(steps["down"], steps["n"]),
-        length=mean(answers["length_sum"], answers["length_squares"], answers["lengths"]),
-        ttft_ms=mean(answers["ttft_sum"], answers["ttft_squares"], answers["ttfts"]),
+        length=mean(a("length_sum"), a("length_squares"), a("lengths") or 0),
+        ttft_ms=mean(a("ttft_sum"), a("ttft_squares"), a("ttfts") or 0),
+    )
+
+
+def _step_sums(version_id: int, since: datetime | None, until: datetime | None) -> dict[str, int]:
+    return (
+        _ratings(version_id, since, until)
+        .filter(step__isnull=False, thumbs__isnull=False)
+        .aggregate(n=Count("id"), down=Count("id", filter=Q(thumbs=Feedback.Thumbs.DOWN)))
+    )
+
+
+def _days(answers: dict[date, dict[str, Any]], ratings: dict[date, dict[str, Any]]) -> list[Day]:
+    return [
+        Day(
+            day=day,
+            served=answers[day]["served"] if day in answers else 0,
+            rated=ratings[day]["scored"] if day in ratings else 0,
+            positive=proportion(ratings[day]["positive"], ratings[day]["scored"]) if day in ratings else EMPTY,
+        )
+        for day in sorted(set(answers) | set(ratings))
+    ]
+
+
+def period(version_id: int, *, since: datetime | None = None, until: datetime | None = None) -> Period:
+    return _period(
+        _answer_sums(version_id, since, until),
+        _rating_sums(version_id, since, until),
+        _step_sums(version_id, since, until),
     )
 
 
 def days(version_id: int, *, since: datetime | None = None, until: datetime | None = None) -> list[Day]:
-    served = dict(
-        answers_of(version_id, since=since, until=until)
-        .annotate(day=TruncDate("created_at"))
-        .values("day")
-        .annotate(n=Count("id"))
-        .values_list("day", "n")
-    )
-    rated = {
-        row["day"]: row
-        for row in _ratings(version_id, since, until)
-        .filter(SCORED, step__isnull=True)
-        .annotate(day=TruncDate("message__created_at"))
-        .values("day")
-        .annotate(
-            scored=Count("id"),
-            positive=Count(Case(When(POSITIVE, then=1))),
-            rated=Count("message_id", distinct=True),
-        )
-    }
-    return [
-        Day(
-            day=day,
-            served=served.get(day, 0),
-            rated=rated[day]["rated"] if day in rated else 0,
-            positive=proportion(rated[day]["positive"], rated[day]["scored"]) if day in rated else EMPTY,
-        )
-        for day in sorted(set(served) | set(rated))
-    ]
+    return _days(_answer_sums(version_id, since, until), _rating_sums(version_id, since, until))
 
 
 def comparisons(version_id: int, *, since: datetime | None = None, until: datetime | None = None) -> dict:
     """Side-by-side votes between this version's answers and another version's, by opponent:
-    ``{"policy:2": {"won": 3, "lost": 1, "tied": 0}}``."""
-    votes = Comparison.objects.filter(
-        Q(chosen__model_version_id=version_id) | Q(rejected__model_version_id=version_id)
-    ).exclude(chosen__model_version_id=F("rejected__model_version_id"))
+    ``{"policy:2": {"won": 3, "lost": 1, "tied": 0}}``. Two grouped queries, one per side the version's
+    answer was on, each reading its answers by the version index."""
+    votes = Comparison.objects.all()
     if since is not None:
         votes = votes.filter(updated_at__gte=since)
     if until is not None:
         votes = votes.filter(updated_at__lt=until)
-    rows = list(votes.values_list("chosen__model_version_id", "rejected__model_version_id", "is_tie"))
-    opponents = {rejected if chosen == version_id else chosen for chosen, rejected, _ in rows}
-    labels = {v.pk: v.label for v in ModelVersion.objects.filter(pk__in=opponents - {None})}
+    rows: list[tuple[int | None, bool, str, int]] = []
+    for side, other in (("chosen", "rejected"), ("rejected", "chosen")):
+        grouped = (
+            votes.filter(**{f"{side}_version_id": version_id})
+            .exclude(**{f"{other}_version_id": version_id})
+            .values_list(f"{other}_version_id", "is_tie")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        rows += [(opponent, is_tie, side, n) for opponent, is_tie, n in grouped]
+    labels = {v.pk: v.label for v in ModelVersion.objects.filter(pk__in={row[0] for row in rows} - {None})}
     table: dict[str, dict[str, int]] = {}
-    for chosen, rejected, is_tie in rows:
-        opponent = rejected if chosen == version_id else chosen
-        name = labels.get(opponent, "no version")
+    for opponent, is_tie, side, n in rows:
+        name = labels.get(opponent, "no version") if opponent is not None else "no version"
         counts = table.setdefault(name, {"won": 0, "lost": 0, "tied": 0})
-        counts["tied" if is_tie else "won" if chosen == version_id else "lost"] += 1
+        counts["tied" if is_tie else "won" if side == "chosen" else "lost"] += n
     return dict(sorted(table.items()))
 
 
 def version_analytics(
     version: ModelVersion, *, since: datetime | None = None, until: datetime | None = None
 ) -> VersionAnalytics:
+    """Everything above in four queries: answers per day, ratings per day, step ratings, votes (the
+    totals are the days' counts and sums added up)."""
+    answers = _answer_sums(version.pk, since, until)
+    ratings = _rating_sums(version.pk, since, until)
     return VersionAnalytics(
         version=version.label,
         since=since,
         until=until,
-        total=period(version.pk, since=since, until=until),
-        days=days(version.pk, since=since, until=until),
+        total=_period(answers, ratings, _step_sums(version.pk, since, until)),
+        days=_days(answers, ratings),
         comparisons=comparisons(version.pk, since=since, until=until),
     )
 
@@ -223,51 +267,41 @@ def rating_counts(
     per_user: int | None = None,
     last: int | None = None,
 ) -> tuple[int, int]:
-    """(positive, rated) over the message-level ratings of the version's answers served in the
-    window, newest first: each user counts at most ``per_user`` times (their newest ratings), so one
-    prolific rater cannot decide, and at most the ``last`` newest ratings count."""
-    rows = (
-        _ratings(version_id, since, until)
-        .filter(SCORED, step__isnull=True)
-        .annotate(good=Case(When(POSITIVE, then=1), default=0))
-        .order_by("-message__created_at", "-id")
-        .values_list("user_id", "good")
-    )
-    seen: dict[int, int] = {}
-    positive = rated = 0
-    for user_id, good in rows.iterator(chunk_size=2000):
-        if per_user is not None and seen.get(user_id, 0) >= per_user:
-            continue
-        seen[user_id] = seen.get(user_id, 0) + 1
-        positive += good
-        rated += 1
-        if last is not None and rated >= last:
-            break
-    return positive, rated
+    """(positive, rated) over the message-level ratings of the version's answers given in the window:
+    each user counts at most ``per_user`` times (their newest ratings), so one prolific rater cannot
+    decide, and of those at most the ``last`` newest count. Counted in the database."""
+    ratings = _ratings(version_id, since, until).filter(SCORED, step__isnull=True)
+    if per_user is not None:
+        newest_first = [F("created_at").desc(), F("id").desc()]
+        ratings = ratings.annotate(nth=Window(RowNumber(), partition_by=[F("user_id")], order_by=newest_first)).filter(
+            nth__lte=per_user
+        )
+    if last is not None:
+        kept = ratings.order_by("-created_at", "-id").values("id")[:last]
+        ratings = Feedback.objects.filter(id__in=Subquery(kept))
+    totals = ratings.aggregate(rated=Count("id"), positive=Count("id", filter=POSITIVE))
+    return totals["positive"], totals["rated"]
 
 
 def vote_counts(
     version_id: int, other_id: int, *, since: datetime | None = None, per_user: int | None = None
 ) -> tuple[int, int, int]:
     """(won, lost, tied) of ``version_id``'s answers in side-by-side votes against ``other_id``'s,
-    newest first, each user counted at most ``per_user`` times."""
-    pair = Q(chosen__model_version_id=version_id, rejected__model_version_id=other_id) | Q(
-        chosen__model_version_id=other_id, rejected__model_version_id=version_id
+    each user counted at most ``per_user`` times (their newest votes). Counted in the database."""
+    pair = Q(chosen_version_id=version_id, rejected_version_id=other_id) | Q(
+        chosen_version_id=other_id, rejected_version_id=version_id
     )
     votes = Comparison.objects.filter(pair)
     if since is not None:
         votes = votes.filter(updated_at__gte=since)
-    seen: dict[int, int] = {}
-    won = lost = tied = 0
-    rows = votes.order_by("-updated_at", "-id").values_list("user_id", "chosen__model_version_id", "is_tie")
-    for user_id, chosen, is_tie in rows.iterator(chunk_size=2000):
-        if per_user is not None and seen.get(user_id, 0) >= per_user:
-            continue
-        seen[user_id] = seen.get(user_id, 0) + 1
-        if is_tie:
-            tied += 1
-        elif chosen == version_id:
-            won += 1
-        else:
-            lost += 1
-    return won, lost, tied
+    if per_user is not None:
+        newest_first = [F("updated_at").desc(), F("id").desc()]
+        votes = votes.annotate(nth=Window(RowNumber(), partition_by=[F("user_id")], order_by=newest_first)).filter(
+            nth__lte=per_user
+        )
+    totals = votes.aggregate(
+        won=Count("id", filter=Q(is_tie=False, chosen_version_id=version_id)),
+        lost=Count("id", filter=Q(is_tie=False, rejected_version_id=version_id)),
+        tied=Count("id", filter=Q(is_tie=True)),
+    )
+    return totals["won"], totals["lost"], totals["tied"]

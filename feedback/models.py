@@ -28,7 +28,7 @@ class Conversation(models.Model):
     # Which arm of a canary answers this conversation: drawn once, stored, so every server process
     # and every reload gives the same one (feedback.arms).
     canary = models.ForeignKey(Canary, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
-    arm = models.CharField(max_length=8, choices=Arm.choices, blank=True)
+    arm = models.CharField(max_length=8, choices=Arm.choices, blank=True, default="", db_default="")
     arm_assigned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -112,6 +112,12 @@ class Feedback(models.Model):
     rating = models.PositiveSmallIntegerField(null=True, blank=True)
     comment = models.TextField(blank=True, default="")
     tags = models.JSONField(default=list, blank=True)
+    # The version that wrote the rated answer, copied from it when the feedback is first given (an
+    # answer's version never changes): per-version analytics and the monitor read one index range
+    # instead of joining a million answers.
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -137,7 +143,10 @@ class Feedback(models.Model):
                 name="feedback_says_something",
             ),
         ]
-        indexes = [models.Index(fields=["user", "-updated_at"], name="feedback_user_recent")]
+        indexes = [
+            models.Index(fields=["user", "-updated_at"], name="feedback_user_recent"),
+            models.Index(fields=["model_version", "created_at"], name="feedback_version_time"),
+        ]
 
     def __str__(self) -> str:
         parts = [self.thumbs or "", f"{self.rating}/5" if self.rating else "", "comment" if self.comment else ""]
@@ -166,6 +175,14 @@ class Comparison(models.Model):
     rejected = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="comparisons_rejected")
     is_tie = models.BooleanField(default=False)
     pair_key = models.CharField(max_length=73, editable=False, help_text="The two answer ids, sorted.")
+    # The versions that wrote the two answers, copied from them (as on Feedback): votes between
+    # versions are read by these indexes, without joining the answers.
+    chosen_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    rejected_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

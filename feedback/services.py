@@ -141,7 +141,7 @@ def feedback_upsert(
     feedback = Feedback.objects.filter(user=user, message=message, step=step).first()
     created = feedback is None
     if feedback is None:
-        feedback = Feedback(user=user, message=message, step=step)
+        feedback = Feedback(user=user, message=message, step=step, model_version_id=message.model_version_id)
     else:
         _account(satisfaction, feedback, -1)
 
@@ -232,7 +232,14 @@ def comparison_record(
     comparison, created = Comparison.objects.update_or_create(
         user=user,
         pair_key=pair_key,
-        defaults={"prompt": prompt, "chosen": chosen, "rejected": rejected, "is_tie": is_tie},
+        defaults={
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "is_tie": is_tie,
+            "chosen_version_id": chosen.model_version_id,
+            "rejected_version_id": rejected.model_version_id,
+        },
     )
     outcome = "tie" if is_tie else "preference"
     transaction.on_commit(lambda: metrics.COMPARISONS_TOTAL.labels(outcome).inc())

@@ -45,6 +45,7 @@ def rate(version, n: int, positive: float, *, per_user: int = 10, stars: bool = 
             Feedback(
                 user=answer.conversation.user,
                 message=answer,
+                model_version=version,
                 **({"rating": 5 if i < good else 2} if stars else {"thumbs": "up" if i < good else "down"}),
             )
             for i, answer in enumerate(answers)
@@ -65,4 +66,5 @@ def vote(new, baseline, *, won: int, lost: int, tied: int = 0) -> None:
         Comparison.objects.create(
             user=user, prompt=turn, chosen=chosen, rejected=rejected, is_tie=i >= won + lost,
             pair_key="-".join(sorted([str(a.id), str(b.id)])),
+            chosen_version=chosen.model_version, rejected_version=rejected.model_version,
         )  # fmt: skip

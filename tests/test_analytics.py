@@ -10,7 +10,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from feedback import services
 from feedback.analytics import version_analytics
-from feedback.models import Comparison, Message
+from feedback.models import Comparison, Feedback, Message
 from tests.factories import AssistantMessageFactory, ConversationFactory, ModelVersionFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -47,6 +47,8 @@ def world():
     services.feedback_upsert(user=alice, message_id=a4.id, comment="no score")  # not a rating
     for index, thumbs in ((0, "up"), (1, "up"), (2, "down")):
         services.feedback_upsert(user=alice, message_id=a4.id, step_index=index, thumbs=thumbs)
+    # The answers served yesterday were rated yesterday too (ratings count on the day they are given).
+    Feedback.objects.filter(message__in=[a1, a2, b1]).update(created_at=timezone.now() - timedelta(days=1))
     # Side by side against v2: v1 wins twice, loses once, one tie.
     for chosen_v1, tie in ((True, False), (True, False), (False, False), (True, True)):
         mine = answer(v1, alice)
@@ -109,3 +111,13 @@ def test_a_version_with_nothing_served_has_empty_estimates(db):
     assert result["total"]["served"] == 0
     assert result["total"]["positive"] == {"value": None, "low": None, "high": None, "n": 0}
     assert result["days"] == []
+
+
+def test_feedback_carries_the_version_of_the_answer_it_rates(api, answer):
+    answer.model_version = ModelVersionFactory(number=9)
+    answer.save()
+    api.post("/api/assistant/feedback", {"message_id": str(answer.id), "thumbs": "up"}, format="json")
+    api.post(
+        "/api/assistant/feedback", {"message_id": str(answer.id), "step_index": 0, "thumbs": "down"}, format="json"
+    )
+    assert set(Feedback.objects.values_list("model_version_id", flat=True)) == {answer.model_version_id}
