@@ -28,33 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ensure_database, setup_django
+
 GOAL_SECONDS = 2.0
 USERS = 2000
 VERSIONS = 5
-
-
-def setup_django(db_url: str) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
-        DATABASE_URL=db_url,
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"),
-    )
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-
-
-def ensure_database(pg: str, db: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(f"{pg.rstrip('/')}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
 
 
 def seeded_rows() -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
@@ -36,7 +35,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, ensure_database, setup_django
+
 GOAL_SECONDS = 60.0
 GOAL_MB = 500.0
 QUESTIONS = 2000
@@ -48,30 +49,6 @@ PII = [
     "my key is sk-proj-{n:06d}AbCdEfGhIjKlMnOpQr",
     "token ghp_{n:06d}abcdefghijklmnopqrstuvwxyz0123",
 ]
-
-
-def setup_django(db_url: str) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
-        DATABASE_URL=db_url,
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"),
-    )
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-
-
-def ensure_database(pg: str, db: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(f"{pg.rstrip('/')}/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
 
 
 def _text(rng: random.Random, base: str, n: int) -> str:

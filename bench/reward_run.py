@@ -25,31 +25,25 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, ensure_database, setup_django
+
 BENCH_DIR = ROOT / "var" / "bench-reward"
 DEFAULT_CONFIG = {"epochs": 1, "batch_size": 16, "max_length": 256, "min_train_rows": 8, "eval_prompts": 16}
 
 
-def setup_django(db: str) -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{db}"')
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
+def setup(db: str) -> None:
+    pg = "postgres://postgres@127.0.0.1:5432"
+    ensure_database(pg, db)
+    setup_django(
+        f"{pg}/{db}",
         CELERY_BROKER_URL="memory://",  # the run is executed here, as a worker would; nothing is sent
         VAR_DIR=str(BENCH_DIR),
-        LOG_LEVEL="WARNING",
         HF_HUB_OFFLINE="1",
         TRL_EXPERIMENTAL_SILENCE="1",
     )
-    sys.path.insert(0, str(ROOT))
-    import django
     from django.core.management import call_command
 
-    django.setup()
     call_command("migrate", verbosity=0)
 
 
@@ -122,7 +116,7 @@ def main() -> None:
     parser.add_argument("--config", default=json.dumps(DEFAULT_CONFIG), help="the run's config as JSON")
     options = parser.parse_args()
     config = json.loads(options.config)
-    setup_django(options.db)
+    setup(options.db)
     ensure_live_models()
     seed(options.conversations)
     import trl  # noqa: F401  (imported before timing, as in a worker that has run a task before)

@@ -181,12 +181,18 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def deploy_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+    def _deploy_target(self, request: HttpRequest, version_id: int) -> ModelVersion | None:
+        """The version a deploy-permission view acts on; None (and a message) when it does not exist."""
         if not self.has_deploy_permission(request):
             raise PermissionDenied
         target = ModelVersion.objects.filter(pk=version_id).first()
         if target is None:
             self.message_user(request, f"Model version {version_id} does not exist.", messages.ERROR)
+        return target
+
+    def deploy_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
+        target = self._deploy_target(request, version_id)
+        if target is None:
             return HttpResponseRedirect(reverse("admin:models_registry_modelversion_changelist"))
         back_url = reverse("admin:models_registry_modelversion_change", args=[target.pk])
         form = ReasonForm(request.POST if request.method == "POST" else None, required=False)
@@ -239,11 +245,8 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def canary_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
         """Start an approved version as a canary at a share of new conversations."""
-        if not self.has_deploy_permission(request):
-            raise PermissionDenied
-        target = ModelVersion.objects.filter(pk=version_id).first()
+        target = self._deploy_target(request, version_id)
         if target is None:
-            self.message_user(request, f"Model version {version_id} does not exist.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:models_registry_modelversion_changelist"))
         back_url = reverse("admin:models_registry_modelversion_change", args=[target.pk])
         form = CanaryForm(request.POST if request.method == "POST" else None)

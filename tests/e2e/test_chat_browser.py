@@ -4,8 +4,6 @@ serving the bootstrapped policy: log in, chat, rate a step and the answer, find 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from models_registry.artifacts import sha256_tree
 from models_registry.services import model_version_make_live, model_version_register
-from tests.helpers import child_env, free_port, wait_until
+from tests.e2e.servers import platform_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "screenshots"
@@ -32,29 +30,8 @@ def live_policy(bootstrapped):
 
 @pytest.fixture
 def server(tmp_path, live_policy):
-    port = free_port()
-    log = tmp_path / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=child_env(VAR_DIR=str(tmp_path / "var"), DEBUG="1", SERVING_MAX_NEW_TOKENS="120"),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/accounts/login/", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_until(up, timeout=60), log.read_text()
-        yield base, log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with platform_server(tmp_path, "server", DEBUG="1", SERVING_MAX_NEW_TOKENS="120") as base:
+        yield base, tmp_path / "server.log"
 
 
 @pytest.fixture
