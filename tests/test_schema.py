@@ -25,6 +25,17 @@ def test_the_openapi_schema_validates_and_covers_every_endpoint(db):
         "/api/training/runs",
         "/api/training/runs/{run_id}",
         "/api/training/runs/{run_id}/cancel",
+        "/api/registry/versions",
+        "/api/registry/versions/{version_id}",
+        "/api/registry/versions/{version_id}/approve",
+        "/api/registry/versions/{version_id}/reject",
+        "/api/registry/versions/{version_id}/deploy",
+        "/api/registry/versions/{version_id}/canary",
+        "/api/registry/kinds/{kind}/rollback",
+        "/api/registry/kinds/{kind}/canary/stop",
+        "/api/registry/kinds/{kind}/canary/promote",
+        "/api/registry/events",
+        "/api/registry/canaries",
     }
     post = paths["/api/assistant/feedback"]["post"]
     assert set(post["responses"]) >= {"200", "201", "400", "401", "404", "413", "429"}
@@ -35,6 +46,9 @@ def test_the_openapi_schema_validates_and_covers_every_endpoint(db):
     create = paths["/api/training/runs"]["post"]
     assert set(create["responses"]) >= {"201", "400", "401", "403"}
     assert "409" in paths["/api/training/runs/{run_id}/cancel"]["post"]["responses"]
+    deploy = paths["/api/registry/versions/{version_id}/deploy"]["post"]
+    assert set(deploy["responses"]) >= {"200", "400", "401", "403", "404", "409", "422"}
+    assert any(p["name"] == "Idempotency-Key" for p in deploy["parameters"])
 
 
 def test_swagger_ui_is_served(db):
