@@ -7,11 +7,13 @@ Kubernetes mount them as files).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -157,3 +159,45 @@ def generated_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
     return value
+
+
+def envchoice(name: str, default: str, choices: list[str], *, environ: Mapping[str, str] | None = None) -> str:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def envjson(name: str, default: Any, *, environ: Mapping[str, str] | None = None) -> Any:
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    try:
+        return json.loads(value, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+
+
+def envcrontab(name: str, *, environ: Mapping[str, str] | None = None) -> Any:
+    """A cron line, "minute hour day-of-month month day-of-week" (UTC), as a Celery ``crontab``; None if unset."""
+    value = _raw(name, environ)
+    if value is None:
+        return None
+    parts = value.split()
+    if len(parts) != 5:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron line: five fields, e.g. '0 3 * * 1'.")
+    from celery.schedules import crontab  # only when a schedule is set
+
+    try:
+        schedule = crontab(
+            minute=parts[0], hour=parts[1], day_of_month=parts[2], month_of_year=parts[3], day_of_week=parts[4]
+        )
+    except (ValueError, IndexError) as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a cron line: {exc}") from None
+    return schedule

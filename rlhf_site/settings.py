@@ -15,9 +15,12 @@ from rlhf_site.broker import filesystem_transport_options
 from rlhf_site.dbconfig import database_config, sqlite_config
 from rlhf_site.env import (
     envbool,
+    envchoice,
+    envcrontab,
     envfloat,
     envheader,
     envint,
+    envjson,
     envlist,
     envrate,
     envsecret,
@@ -316,6 +319,35 @@ if TRAINING_TIME_LIMIT_SECONDS <= TRAINING_SOFT_TIME_LIMIT_SECONDS:
 TRAINING_LOG_TAIL_LINES = envint("TRAINING_LOG_TAIL_LINES", 200, minimum=1)
 TRAINING_REAP_EVERY_SECONDS = envint("TRAINING_REAP_EVERY_SECONDS", 60, minimum=1)
 CELERY_TASK_ROUTES = {"training.tasks.training_run_execute": {"queue": "training"}}
+# --- The improvement cycle (training.cycle) ---------------------------------------------------------
+CYCLE_POLICY_KIND = envchoice("CYCLE_POLICY_KIND", "ppo", ["ppo", "dpo", "kto"])  # scheduled cycles
+CYCLE_AUTO_APPROVE = envbool("CYCLE_AUTO_APPROVE", False)  # the system approves when every gate passed
+CYCLE_CANARY_SHARE = envfloat("CYCLE_CANARY_SHARE", 0.1, minimum=0.01, maximum=0.99)
+CYCLE_SCHEDULE = envcrontab("CYCLE_SCHEDULE")  # e.g. "0 3 * * 1" (Mondays 03:00 UTC); none: off
+CYCLE_EVERY_NEW_RATINGS = envint("CYCLE_EVERY_NEW_RATINGS", 0, minimum=0)  # 0: off
+CYCLE_SWEEP_SECONDS = envint("CYCLE_SWEEP_SECONDS", 30, minimum=1)
+# The gates
+CYCLE_MIN_NEW_RATINGS = envint("CYCLE_MIN_NEW_RATINGS", 100, minimum=0)
+CYCLE_MIN_REWARD_ACCURACY = envfloat("CYCLE_MIN_REWARD_ACCURACY", 0.7, minimum=0.0, maximum=1.0)
+CYCLE_MIN_HELDOUT_PAIRS = envint("CYCLE_MIN_HELDOUT_PAIRS", 20, minimum=1)
+CYCLE_MAX_REWARD_ECE = envfloat("CYCLE_MAX_REWARD_ECE", 0.2, minimum=0.0, maximum=1.0)
+CYCLE_MIN_WIN_RATE = envfloat("CYCLE_MIN_WIN_RATE", 0.55, minimum=0.0, maximum=1.0)
+CYCLE_MIN_EVAL_PROMPTS = envint("CYCLE_MIN_EVAL_PROMPTS", 16, minimum=1)
+CYCLE_MAX_KL = envfloat("CYCLE_MAX_KL", 20.0, minimum=0.0)
+CYCLE_MIN_LENGTH_RATIO = envfloat("CYCLE_MIN_LENGTH_RATIO", 0.5, minimum=0.0)
+CYCLE_MAX_LENGTH_RATIO = envfloat("CYCLE_MAX_LENGTH_RATIO", 2.0, minimum=0.0)
+# The runs' configs in a cycle (JSON {"reward": {...}, "policy": {...}}), under what a cycle is given.
+CYCLE_RUN_DEFAULTS = envjson(
+    "CYCLE_RUN_DEFAULTS",
+    {
+        "reward": {"test_fraction": 0.25, "min_steps": 60},
+        "policy": {"min_steps": 30},
+    },
+)
+CELERY_BEAT_SCHEDULE["sweep-cycles"] = {"task": "training.tasks.cycles_sweep", "schedule": float(CYCLE_SWEEP_SECONDS)}
+if CYCLE_SCHEDULE is not None:
+    CELERY_BEAT_SCHEDULE["cycle-on-schedule"] = {"task": "training.tasks.cycle_scheduled", "schedule": CYCLE_SCHEDULE}
+
 CELERY_BEAT_SCHEDULE["monitor-versions"] = {
     "task": "training.tasks.monitor_versions",
     "schedule": float(MONITOR_EVERY_SECONDS),

@@ -96,7 +96,16 @@ class TrainingRun(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="+",
-        help_text="The reward model that scored it (PPO, and policy evaluation).",
+        help_text="The reward model that scores a policy run (PPO's rollouts).",
+    )
+    judge_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The reward model that evaluates a policy it produced: the live one, which (in a cycle) did not"
+        " train it.",
     )
     output_version = models.OneToOneField(
         ModelVersion,
@@ -192,3 +201,84 @@ class MonitorDecision(models.Model):
     @property
     def final(self) -> bool:
         return self.decision in self.FINAL
+
+
+class Cycle(models.Model):
+    """One turn of the improvement cycle: feedback -> reward model -> policy -> gates -> candidate ->
+    approval -> canary -> the monitor's decision. Its stages run as ``TrainingRun``s (claimed, with
+    progress, heartbeats, cancel and the reaper) on one dataset snapshot; ``training.cycle`` moves it
+    from stage to stage. At most one cycle is active at a time (they all produce the policy)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        CANARY = "canary", "In canary"
+        PROMOTED = "promoted", "Promoted"
+        STOPPED = "stopped", "Canary stopped"
+        NOT_DEPLOYED = "not_deployed", "Not deployed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "An operator"
+        SCHEDULE = "schedule", "The schedule"
+        FEEDBACK = "feedback", "New feedback"
+        WORKFLOW = "workflow", "A CI workflow"
+
+    class Stage(models.TextChoices):
+        FEEDBACK = "feedback", "Check for new feedback"
+        REWARD = "reward", "Train the reward model"
+        POLICY = "policy", "Train the policy"
+        GATES = "gates", "Gates"
+        APPROVAL = "approval", "Approval"
+        CANARY = "canary", "Canary, watched by the monitor"
+        DONE = "done", "Done"
+
+    ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL, Status.CANARY)
+    POLICY_KINDS = ("ppo", "dpo", "kto")
+
+    policy_kind = models.CharField(max_length=8, choices=[(k, k.upper()) for k in POLICY_KINDS], default="ppo")
+    target = models.CharField(max_length=16, default=ModelVersion.Kind.POLICY, editable=False)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.FEEDBACK)
+    config = models.JSONField(default=dict, help_text="Training configs of its runs and the gates' thresholds.")
+    stages = models.JSONField(default=list, help_text="Each stage: name, status, started_at, finished_at, detail.")
+    gates = models.JSONField(default=list, help_text="Each gate: name, figure, threshold, passed, detail.")
+    reward_run = models.OneToOneField(
+        TrainingRun, null=True, blank=True, on_delete=models.PROTECT, related_name="cycle_as_reward"
+    )
+    policy_run = models.OneToOneField(
+        TrainingRun, null=True, blank=True, on_delete=models.PROTECT, related_name="cycle_as_policy"
+    )
+    candidate = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="The policy."
+    )
+    canary = models.ForeignKey(Canary, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    new_ratings = models.PositiveIntegerField(default=0, help_text="Ratings given since the previous cycle.")
+    feedback_from = models.DateTimeField(null=True, blank=True, help_text="Where new feedback was counted from.")
+    reason = models.TextField(blank=True, help_text="How it ended, for a person.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="cycles"
+    )
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("start_cycle", "Can start and cancel improvement cycles")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target"],
+                condition=Q(status__in=["running", "awaiting_approval", "canary"]),
+                name="cycle_one_active_per_target",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"cycle {self.pk} ({self.policy_kind})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from models_registry.artifacts import resolve_artifact_path, sha256_tree, verify_checksums
@@ -33,11 +35,12 @@ from training import services
 from training.exceptions import RunCancelled, RunFailure
 from training.ml.config import DATASET_FOR_KIND, ConfigError, TrainConfig, validate_config
 from training.ml.progress import Progress, RunHooks, TrainResult
-from training.models import DatasetSnapshot, TrainingRun
+from training.models import Cycle, DatasetSnapshot, TrainingRun
 from training.processor import ProcessorOptions, snapshot_build
 
 logger = logging.getLogger(__name__)
 
+CYCLE_ADVANCE_TASK = "training.tasks.cycle_advance"  # by name: tasks.py imports this module
 # Share of the progress bar each phase fills.
 _DATASET_SHARE = 0.05
 _TRAIN_SHARE = 0.85
@@ -202,7 +205,9 @@ class _Job:
 
     @classmethod
     def start(cls, run_id: int, worker: str) -> _Job:
-        run = TrainingRun.objects.select_related("base_version", "reward_version").get(id=run_id)
+        run = TrainingRun.objects.select_related("base_version", "reward_version", "judge_version", "dataset").get(
+            id=run_id
+        )
         reporter = Reporter(
             run_id, heartbeat_seconds=settings.TRAINING_HEARTBEAT_SECONDS, log_lines=settings.TRAINING_LOG_TAIL_LINES
         )
@@ -241,6 +246,19 @@ def execute(run_id: int, *, worker: str, task_id: str = "") -> str:
         shutil.rmtree(job.staging, ignore_errors=True)
         if not registered:
             shutil.rmtree(job.target, ignore_errors=True)
+        _notify_cycle(run_id)
+
+
+def _notify_cycle(run_id: int) -> None:
+    """A stage of a cycle ended: let the cycle take its next step now (the beat sweep would later)."""
+    cycle_id = (
+        Cycle.objects.filter(Q(reward_run_id=run_id) | Q(policy_run_id=run_id)).values_list("id", flat=True).first()
+    )
+    if cycle_id is not None:
+        try:
+            current_app.send_task(CYCLE_ADVANCE_TASK, args=[cycle_id])
+        except Exception:  # the broker is away: the sweep advances it
+            logger.warning("training run %s: could not tell cycle %s; the sweep will", run_id, cycle_id, exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -248,7 +266,8 @@ class _Prepared:
     config: TrainConfig
     snapshot: DatasetSnapshot
     base: Path  # the checked folder of the version the run starts from
-    reward: Path | None  # the checked folder of the reward model that scores it (PPO, evaluation)
+    reward: Path | None  # the checked folder of the reward model that scores it (PPO's rollouts)
+    judge: Path | None  # the checked folder of the reward model that evaluates the policy it makes
 
 
 def _prepare(job: _Job) -> _Prepared:
@@ -257,15 +276,19 @@ def _prepare(job: _Job) -> _Prepared:
         config = validate_config(run.kind, run.config)
     except ConfigError as exc:
         raise RunFailure(f"The stored config is invalid: {exc}", code="invalid_config") from exc
-    reporter.phase("building dataset", 0.0)
-    snapshot = snapshot_build(
-        options=ProcessorOptions.from_config(config),
-        root=Path(settings.TRAINING_DATASETS_DIR),
-        progress=reporter.rows_read,
-    )
-    services.training_run_attach_dataset(run_id=run.id, dataset=snapshot)
-    run.dataset = snapshot
-    reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}): {snapshot.row_counts}")
+    if run.dataset is not None:  # given when the run was created (a cycle's policy run: its reward run's)
+        snapshot = run.dataset
+        reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}), given: {snapshot.row_counts}")
+    else:
+        reporter.phase("building dataset", 0.0)
+        snapshot = snapshot_build(
+            options=ProcessorOptions.from_config(config),
+            root=Path(settings.TRAINING_DATASETS_DIR),
+            progress=reporter.rows_read,
+        )
+        services.training_run_attach_dataset(run_id=run.id, dataset=snapshot)
+        run.dataset = snapshot
+        reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}): {snapshot.row_counts}")
     _check_enough_data(run, snapshot, config)
     assert run.base_version is not None  # pinned when the run was created
     return _Prepared(
@@ -273,6 +296,7 @@ def _prepare(job: _Job) -> _Prepared:
         snapshot=snapshot,
         base=_model_dir(run.base_version),
         reward=_model_dir(run.reward_version) if run.reward_version else None,
+        judge=_model_dir(run.judge_version) if run.judge_version else None,
     )
 
 
@@ -301,7 +325,9 @@ def _train(job: _Job, prepared: _Prepared) -> TrainResult:
 def _publish(job: _Job, prepared: _Prepared, result: TrainResult) -> ModelVersion | None:
     reporter, snapshot = job.reporter, prepared.snapshot
     reporter.phase("evaluating", _DATASET_SHARE + _TRAIN_SHARE)
-    evaluation = _evaluate(job.run, prepared.config, snapshot, job.staging, prepared.base, prepared.reward)
+    evaluation = _evaluate(
+        job.run, prepared.config, snapshot, job.staging, prepared.base, prepared.judge or prepared.reward
+    )
     reporter.log(f"evaluation: {evaluation.get('eval')}")
     reporter.phase("registering", 0.99)
     if job.target.exists():  # left by a crash between the move and the registration: nothing points at it

@@ -72,3 +72,38 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
     def get_requested_by(self, run: TrainingRun) -> str | None:
         return run.requested_by.get_username() if run.requested_by else None
+
+
+class CycleInputSerializer(StrictSerializer):
+    policy = serializers.ChoiceField(
+        choices=["ppo", "dpo", "kto"], required=False, help_text="How the policy is trained; default CYCLE_POLICY_KIND."
+    )
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text='Settings of its runs to override: {"reward": {...}, "policy": {...}}; the rest default.',
+    )
+    trigger = serializers.ChoiceField(choices=["manual", "workflow"], required=False, default="manual")
+
+
+class CycleSerializer(serializers.Serializer):
+    """A cycle's report (``training.cycle.service.cycle_report``)."""
+
+    id = serializers.IntegerField()
+    policy_kind = serializers.CharField()
+    trigger = serializers.CharField()
+    status = serializers.CharField()
+    stage = serializers.CharField()
+    progress = serializers.FloatField()
+    stages = serializers.ListField(child=serializers.DictField())
+    gates = serializers.ListField(child=serializers.DictField())
+    new_ratings = serializers.IntegerField()
+    reward_run = serializers.DictField(allow_null=True)
+    policy_run = serializers.DictField(allow_null=True)
+    candidate = serializers.CharField(allow_null=True)
+    canary = serializers.DictField(allow_null=True)
+    reason = serializers.CharField()
+    config = serializers.DictField()
+    requested_by = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)

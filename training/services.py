@@ -48,10 +48,11 @@ def _send_execute(run_id: int) -> None:
     TrainingRun.objects.filter(id=run_id, task_id="").update(task_id=result.id or "")
 
 
-def base_versions_for(kind: str) -> tuple[ModelVersion, ModelVersion | None]:
-    """(what the run starts from, the reward model it uses). Reward runs continue the live reward
+def base_versions_for(kind: str, *, reward_override: bool = False) -> tuple[ModelVersion, ModelVersion | None]:
+    """(what the run starts from, the live reward model). Reward runs continue the live reward
     model, or start from the live policy's body when there is none; policy runs start from the live
-    policy and are scored by the live reward model (PPO cannot run without one)."""
+    policy and are judged by the live reward model (PPO cannot run without a reward model: the live
+    one, unless ``reward_override``)."""
     policy = live_version(ModelVersion.Kind.POLICY)
     reward = live_version(ModelVersion.Kind.REWARD)
     if kind == TrainingRun.Kind.REWARD:
@@ -66,7 +67,7 @@ def base_versions_for(kind: str) -> tuple[ModelVersion, ModelVersion | None]:
         raise TrainingError(
             "No live policy to start from; run `manage.py bootstrap_models` first.", code="no_live_model"
         )
-    if kind == TrainingRun.Kind.PPO and reward is None:
+    if kind == TrainingRun.Kind.PPO and reward is None and not reward_override:
         raise TrainingError("PPO needs a live reward model; train and deploy one first.", code="no_live_reward")
     for version in (policy, reward):
         if version is not None and version.backend != ModelVersion.Backend.LOCAL:
@@ -80,21 +81,32 @@ def base_versions_for(kind: str) -> tuple[ModelVersion, ModelVersion | None]:
 
 @transaction.atomic
 def training_run_create(
-    *, kind: str, config: Any = None, requested_by: User | AnonymousUser | None = None
+    *,
+    kind: str,
+    config: Any = None,
+    requested_by: User | AnonymousUser | None = None,
+    dataset: DatasetSnapshot | None = None,
+    reward_version: ModelVersion | None = None,
 ) -> TrainingRun:
     """Validate ``config`` for ``kind``, pin the versions the run starts from, store the run, and send
-    its task to the ``training`` queue once the transaction commits."""
+    its task to the ``training`` queue once the transaction commits.
+
+    ``dataset``: train on this snapshot instead of building a new one (a cycle's policy run uses its
+    reward run's). ``reward_version``: the reward model that scores a PPO run's rollouts instead of
+    the live one (a cycle's new reward model); the live reward model still judges the result."""
     try:
         validated = validate_config(kind, config)
     except ConfigError as exc:
         raise TrainingError(str(exc), code="invalid_config", fields=exc.fields) from exc
-    base, reward = base_versions_for(kind)
+    base, live_reward = base_versions_for(kind, reward_override=reward_version is not None)
     run = TrainingRun.objects.create(
         kind=kind,
         config=validated.__dict__.copy(),
         phase="queued",
         base_version=base,
-        reward_version=reward,
+        reward_version=reward_version or live_reward if kind != TrainingRun.Kind.REWARD else None,
+        judge_version=live_reward if kind != TrainingRun.Kind.REWARD else None,
+        dataset=dataset,
         requested_by=requested_by if isinstance(requested_by, User) else None,
     )
     transaction.on_commit(lambda: _send_execute(run.id))

@@ -11,6 +11,8 @@ import socket
 from celery import Task, shared_task
 
 from training import runner, services
+from training.cycle import service as cycle_service
+from training.models import Cycle
 from training.monitor.service import monitor_pass
 
 
@@ -31,3 +33,23 @@ def training_runs_reap() -> int:
 def monitor_versions() -> list[str]:
     """One monitor pass (periodic, on the default queue): every decision taken, as ``label: decision``."""
     return [f"{d.version.label}: {d.decision}" for d in monitor_pass()]
+
+
+@shared_task(name="training.tasks.cycle_advance")
+def cycle_advance(cycle_id: int) -> str:
+    """Move a cycle to its next stage when it can (sent when a stage's run ends)."""
+    return cycle_service.cycle_advance(cycle_id).status
+
+
+@shared_task(name="training.tasks.cycles_sweep")
+def cycles_sweep() -> list[str]:
+    """Periodic: advance active cycles (approvals and canary outcomes happen outside them), and start
+    one when the schedule or the amount of new feedback says so."""
+    return cycle_service.cycles_sweep()
+
+
+@shared_task(name="training.tasks.cycle_scheduled")
+def cycle_scheduled() -> str:
+    """Start a cycle on CYCLE_SCHEDULE (beat), unless one is active."""
+    cycle = cycle_service.cycle_start_if_due(Cycle.Trigger.SCHEDULE)
+    return f"cycle {cycle.pk} started" if cycle else "not started"

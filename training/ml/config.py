@@ -6,7 +6,8 @@ anything unknown or out of range, with one message per field. No Django.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 KINDS = ("reward", "ppo", "dpo", "kto")
@@ -33,6 +34,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 256  # prompt + completion tokens
     max_steps: int = -1  # -1: as many as the epochs take
+    # With little data the epochs take few optimiser steps: train at least this many (more epochs).
+    min_steps: int = 0
     seed: int = 0
     # Dataset build
     test_fraction: float = 0.1
@@ -66,6 +69,7 @@ _BOUNDS: dict[str, tuple[type, float | None, float | None]] = {
     "gradient_accumulation_steps": (int, 1, 1024),
     "max_length": (int, 16, 32768),
     "max_steps": (int, -1, 10_000_000),
+    "min_steps": (int, 0, 10_000_000),
     "seed": (int, 0, 2**32 - 1),
     "test_fraction": (float, 0.01, 0.9),
     "min_train_rows": (int, 1, 10_000_000),
@@ -78,6 +82,18 @@ _BOUNDS: dict[str, tuple[type, float | None, float | None]] = {
     "eval_prompts": (int, 1, 100_000),
     "eval_max_new_tokens": (int, 1, 4096),
 }
+
+
+def with_min_steps(config: TrainConfig, rows: int, *, rows_per_step: int | None = None) -> TrainConfig:
+    """``config`` with ``max_steps`` raised to ``min_steps`` when the epochs over ``rows`` would take
+    fewer optimiser steps (an explicit ``max_steps`` wins)."""
+    if config.max_steps != -1 or config.min_steps <= 0:
+        return config
+    per_step = rows_per_step or config.batch_size * config.gradient_accumulation_steps
+    steps = math.ceil(rows / per_step) * config.epochs
+    if steps >= config.min_steps:
+        return config
+    return replace(config, max_steps=config.min_steps)
 
 
 def defaults_for(kind: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from trl.experimental.ppo import PPOTrainer
 
 from training.ml.callbacks import HooksCallback, TrainingStopped
-from training.ml.config import TrainConfig
+from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
 from training.ml.progress import RunHooks, TrainResult
 from training.ml.trainers.common import (
@@ -118,6 +118,7 @@ def train_ppo(
     tokenizer = load_tokenizer(base_dir)
     check_same_vocabulary(tokenizer, load_tokenizer(reward_dir), "reward model")
     dataset, rows = _rollout_prompts(config, data_dir, tokenizer, hooks)
+    config = with_min_steps(config, len(dataset))
     tokenizer.padding_side = "left"
 
     policy = load_causal_lm(base_dir)

@@ -15,7 +15,7 @@ from transformers import Trainer
 from trl import DPOTrainer, KTOTrainer, RewardTrainer
 
 from training.ml.callbacks import HooksCallback
-from training.ml.config import TrainConfig
+from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
 from training.ml.progress import RunHooks, TrainResult
 from training.ml.trainers.common import (
@@ -99,6 +99,7 @@ def train_with_trainer(
     require_rows(len(train_set), config.batch_size, spec.what)
     if spec.prepare is not None:
         train_set = spec.prepare(train_set, config)
+    config = with_min_steps(config, len(train_set))
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(base_dir)
     extra: dict[str, Any] = {}

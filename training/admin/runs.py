@@ -23,11 +23,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from core.admin import ReadOnlyAdminMixin
-from models_registry.admin import register_version_column, register_version_inline
-from models_registry.models import ModelVersion
 from training.exceptions import TrainingError
 from training.ml.config import KINDS, defaults_for
-from training.models import DatasetSnapshot, MonitorDecision, TrainingRun
+from training.models import DatasetSnapshot, TrainingRun
 from training.processor import DATASETS
 from training.services import training_run_cancel, training_run_create
 
@@ -381,97 +379,3 @@ class DatasetSnapshotAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="stats")
     def pretty_stats(self, obj: DatasetSnapshot) -> str:
         return pretty_json(obj.stats)
-
-
-@admin.register(MonitorDecision)
-class MonitorDecisionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Every decision of the monitor, with its figures; read-only (the monitor writes them)."""
-
-    list_display = [
-        "created_at",
-        "kind",
-        "version",
-        "baseline",
-        "mode",
-        "decision",
-        "acted",
-        "ratings",
-        "difference",
-        "short_reason",
-    ]
-    list_filter = ["kind", "mode", "decision", "acted", "version"]
-    list_select_related = ["version", "baseline"]
-    date_hierarchy = "created_at"
-    search_fields = ["reason"]
-    fields = [
-        "created_at", "kind", "mode", "version", "baseline", "canary", "deployed_at", "decision", "acted",
-        "error", "reason", "version_positive", "version_rated", "baseline_positive", "baseline_rated",
-        "votes_won", "votes_lost", "votes_tied", "pretty_figures",
-    ]  # fmt: skip
-    readonly_fields = fields
-
-    @admin.display(description="ratings (positive)")
-    def ratings(self, obj: MonitorDecision) -> str:
-        return f"{obj.version_rated} ({obj.version_positive}) vs {obj.baseline_rated} ({obj.baseline_positive})"
-
-    @admin.display(description="difference [always-valid interval]")
-    def difference(self, obj: MonitorDecision) -> str:
-        sequence = obj.figures.get("difference") if isinstance(obj.figures, dict) else None
-        if not sequence:
-            return "-"
-        return f"{sequence['estimate']:+.3f} [{sequence['low']:+.3f}, {sequence['high']:+.3f}]"
-
-    @admin.display(description="why")
-    def short_reason(self, obj: MonitorDecision) -> str:
-        return obj.reason[:120]
-
-    @admin.display(description="figures")
-    def pretty_figures(self, obj: MonitorDecision) -> str:
-        return pretty_json(obj.figures)
-
-
-# --- Lineage on the registry's pages (the registry does not know this app) -----------------------------
-
-
-def _dataset_link(dataset: DatasetSnapshot | None) -> str:
-    if dataset is None:
-        return "-"
-    url = reverse("admin:training_datasetsnapshot_change", args=[dataset.pk])
-    return format_html('<a href="{}" title="{}">{}</a>', url, dataset.content_hash, dataset.content_hash[:12])
-
-
-class LineageInline(ReadOnlyAdminMixin, admin.StackedInline):
-    """On a model version's page: the run that trained it and the dataset snapshot it read."""
-
-    model = TrainingRun
-    fk_name = "output_version"
-    fields = ["run_link", "dataset_link", "base_version", "reward_version", "requested_by", "finished_at"]
-    readonly_fields = fields
-    extra = 0
-    max_num = 1
-    verbose_name = "lineage"
-    verbose_name_plural = "Lineage (the training run that registered it)"
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingRun]:
-        return super().get_queryset(request).select_related("dataset", "base_version", "reward_version", "requested_by")
-
-    @admin.display(description="training run")
-    def run_link(self, obj: TrainingRun) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingrun_change", args=[obj.pk]), obj)
-
-    @admin.display(description="dataset (content hash)")
-    def dataset_link(self, obj: TrainingRun) -> str:
-        return _dataset_link(obj.dataset)
-
-
-@admin.display(description="training run")
-def trained_by(version: ModelVersion) -> str:
-    try:
-        run = version.training_run  # type: ignore[attr-defined]
-    except TrainingRun.DoesNotExist:
-        return "-"
-    return format_html('<a href="{}">{}</a>', reverse("admin:training_trainingrun_change", args=[run.pk]), run)
-
-
-register_version_inline(LineageInline)
-register_version_column(trained_by, select_related=["training_run"])

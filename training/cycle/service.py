@@ -1,0 +1,463 @@
+"""Create a cycle, move it from stage to stage, cancel it.
+
+``cycle_advance`` is idempotent and cheap: it looks at where the cycle is and does the next step when
+it can (start a run, read a finished run's evaluation and apply the gates, approve, start the
+canary, read the canary's outcome), under a lock on the cycle row and never around slow work (the
+runs train in workers). It is called when a stage's run ends, by the beat sweep, and by
+``rlhf_cycle``.
+
+Stages and what ends a cycle:
+1. ``feedback``: enough ratings since the previous cycle (gate ``new_feedback``), else not deployed.
+2. ``reward``: a reward run (it builds the dataset snapshot the whole cycle uses, with a held-out split
+   sized for judging); its evaluation is gated (accuracy, against the live reward model, calibration).
+3. ``policy``: a PPO run scored by the new reward model (or DPO / KTO on the same snapshot), evaluated
+   against the live policy by the live reward model; gated (win rate, KL, length).
+4. ``gates``: a failed gate ends the cycle "not deployed, because ..." and rejects its candidates.
+5. ``approval``: with ``CYCLE_AUTO_APPROVE`` and every gate passed, the system approves; otherwise a
+   person approves the policy candidate in the admin or the API (four-eyes applies), and the cycle
+   goes on from there. The reward candidate goes live when the policy candidate is approved.
+6. ``canary``: the candidate serves ``CYCLE_CANARY_SHARE`` of new conversations; the monitor promotes
+   or stops it, and the cycle ends promoted or stopped.
+A failed or cancelled run ends the cycle failed or cancelled with the run's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from feedback.models import Feedback
+from models_registry.exceptions import RegistryError
+from models_registry.models import Canary, ModelVersion
+from models_registry.services import (
+    canary_start,
+    canary_stop,
+    model_version_approve,
+    model_version_make_live,
+    model_version_reject,
+)
+from training import services
+from training.cycle import gates as gate_rules
+from training.exceptions import RunConflict, RunNotFound, TrainingError
+from training.ml.config import ConfigError, validate_config
+from training.models import Cycle, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+ADVANCE_TASK = "training.tasks.cycle_advance"
+Status, Stage = Cycle.Status, Cycle.Stage
+RunStatus = TrainingRun.Status
+
+
+def thresholds() -> gate_rules.Thresholds:
+    return gate_rules.Thresholds(
+        min_new_ratings=settings.CYCLE_MIN_NEW_RATINGS,
+        min_reward_accuracy=settings.CYCLE_MIN_REWARD_ACCURACY,
+        min_heldout_pairs=settings.CYCLE_MIN_HELDOUT_PAIRS,
+        max_reward_ece=settings.CYCLE_MAX_REWARD_ECE,
+        min_win_rate=settings.CYCLE_MIN_WIN_RATE,
+        min_eval_prompts=settings.CYCLE_MIN_EVAL_PROMPTS,
+        max_kl=settings.CYCLE_MAX_KL,
+        min_length_ratio=settings.CYCLE_MIN_LENGTH_RATIO,
+        max_length_ratio=settings.CYCLE_MAX_LENGTH_RATIO,
+    )
+
+
+# --- Create and cancel -----------------------------------------------------------------------------
+
+
+def _configs(policy_kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The two runs' configs: the cycle defaults (settings), then the caller's ``reward`` and
+    ``policy`` overrides, each validated for its kind."""
+    unknown = sorted(set(overrides) - {"reward", "policy"})
+    if unknown:
+        raise TrainingError(
+            "A cycle's config has two parts, 'reward' and 'policy'.",
+            code="invalid_config",
+            fields={name: ["Unknown part; use 'reward' or 'policy'."] for name in unknown},
+        )
+    configs = {}
+    for part, kind in (("reward", "reward"), ("policy", policy_kind)):
+        given = overrides.get(part) or {}
+        if not isinstance(given, dict):
+            raise TrainingError(
+                f"config.{part} must be an object.", code="invalid_config", fields={part: ["Not an object."]}
+            )
+        merged = {**settings.CYCLE_RUN_DEFAULTS.get(part, {}), **given}
+        try:
+            configs[part] = validate_config(kind, merged).__dict__.copy()
+        except ConfigError as exc:
+            fields = {f"{part}.{name}": messages for name, messages in exc.fields.items()}
+            raise TrainingError(f"config.{part}: {exc}", code="invalid_config", fields=fields) from exc
+    # The policy trains on the reward run's snapshot: one split for both.
+    configs["policy"]["test_fraction"] = configs["reward"]["test_fraction"]
+    return configs
+
+
+def cycle_create(
+    *,
+    policy_kind: str = "ppo",
+    trigger: str = Cycle.Trigger.MANUAL,
+    requested_by: User | AnonymousUser | None = None,
+    config: dict[str, Any] | None = None,
+) -> Cycle:
+    """Start a cycle (it advances on a worker once this commits). At most one is active at a time."""
+    if policy_kind not in Cycle.POLICY_KINDS:
+        raise TrainingError(
+            f"Unknown policy kind {policy_kind!r}; choose one of {', '.join(Cycle.POLICY_KINDS)}.",
+            code="invalid_config",
+            fields={"policy": [f"One of {', '.join(Cycle.POLICY_KINDS)}."]},
+        )
+    configs = _configs(policy_kind, config or {})
+    previous = Cycle.objects.exclude(stage=Stage.FEEDBACK).order_by("-created_at").first()
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            cycle = Cycle.objects.create(
+                policy_kind=policy_kind,
+                trigger=trigger,
+                config=configs,
+                requested_by=requested_by if isinstance(requested_by, User) else None,
+                feedback_from=previous.created_at if previous else None,
+                stages=[_stage(Stage.FEEDBACK, now)],
+            )
+            transaction.on_commit(lambda: send_advance(cycle.pk))
+    except IntegrityError:
+        active = active_cycle()
+        state = f"{active} is still {active.get_status_display().lower()}" if active else "A cycle is active"
+        raise RunConflict(f"{state}; one cycle runs at a time. Cancel it or wait for it to end.") from None
+    logger.info("cycle %s started (%s, by %s)", cycle.pk, policy_kind, trigger)
+    return cycle
+
+
+def send_advance(cycle_id: int) -> None:
+    current_app.send_task(ADVANCE_TASK, args=[cycle_id])
+
+
+def cycle_cancel(*, cycle_id: int, reason: str = "cancelled by an operator") -> Cycle:
+    """End an active cycle: its running stage is cancelled (a run stops at its next step, a canary
+    stops) and nothing it made is deployed."""
+    with transaction.atomic():
+        cycle = _locked(cycle_id)
+        if not cycle.is_active:
+            raise RunConflict(f"Cycle {cycle_id} already {cycle.get_status_display().lower()}; nothing to cancel.")
+        for run in (cycle.reward_run, cycle.policy_run):
+            if run is not None and run.is_active:
+                services.training_run_cancel(run_id=run.pk)
+        if cycle.canary_id and Canary.objects.filter(pk=cycle.canary_id, outcome=Canary.Outcome.RUNNING).exists():
+            canary_stop(kind=ModelVersion.Kind.POLICY, actor=None, reason=f"cycle {cycle.pk} cancelled")
+        _reject_candidates(cycle, f"cycle {cycle.pk} cancelled: {reason}")
+        _end(cycle, Status.CANCELLED, reason)
+    return cycle
+
+
+# --- Advance --------------------------------------------------------------------------------------
+
+
+def cycle_advance(cycle_id: int) -> Cycle:
+    """Do every step the cycle can take now; returns it as it is left (waiting or ended)."""
+    while True:
+        with transaction.atomic():
+            cycle = _locked(cycle_id)
+            if not cycle.is_active:
+                return cycle
+            step = {
+                Stage.FEEDBACK: _check_feedback,
+                Stage.REWARD: _after_reward,
+                Stage.POLICY: _after_policy,
+                Stage.APPROVAL: _after_approval,
+                Stage.CANARY: _after_canary,
+            }.get(Stage(cycle.stage))
+            moved = step(cycle) if step else False
+        if not moved:
+            return cycle
+
+
+def _check_feedback(cycle: Cycle) -> bool:
+    ratings = Feedback.objects.filter(Q(thumbs__isnull=False) | Q(rating__isnull=False))
+    if cycle.feedback_from is not None:
+        ratings = ratings.filter(created_at__gte=cycle.feedback_from)
+    cycle.new_ratings = ratings.count()
+    gate = gate_rules.new_feedback(cycle.new_ratings, thresholds())
+    cycle.gates = [gate.as_dict()]
+    if not gate.passed:
+        _end(cycle, Status.NOT_DEPLOYED, gate_rules.failed_summary([gate]), stage_detail=gate.detail)
+        return False
+    run = _start_run(cycle, "reward", reward_version=None, dataset=None)
+    cycle.reward_run = run
+    _next(cycle, Stage.REWARD, f"{gate.detail}; reward run {run.pk} queued")
+    return True
+
+
+def _run_outcome(cycle: Cycle, run: TrainingRun) -> bool | None:
+    """None while the run goes on; False (cycle ended) if it failed or was cancelled; True if it succeeded."""
+    run.refresh_from_db()
+    if run.is_active:
+        return None
+    if run.status == RunStatus.SUCCEEDED:
+        return True
+    status = Status.CANCELLED if run.status == RunStatus.CANCELLED else Status.FAILED
+    _end(cycle, status, f"{run} {run.status}: {run.error_message or 'no reason recorded'}")
+    return False
+
+
+def _after_reward(cycle: Cycle) -> bool:
+    assert cycle.reward_run is not None
+    outcome = _run_outcome(cycle, cycle.reward_run)
+    if not outcome:
+        return False
+    run = cycle.reward_run
+    gates = gate_rules.reward_gates(run.metrics.get("eval") or {}, run.metrics.get("baseline"), thresholds())
+    cycle.gates = [*cycle.gates, *(gate.as_dict() for gate in gates)]
+    if not all(gate.passed for gate in gates):
+        _end(cycle, Status.NOT_DEPLOYED, gate_rules.failed_summary(gates), stage_detail="reward gates failed")
+        _reject_candidates(cycle, gate_rules.failed_summary(gates))
+        return False
+    policy = _start_run(
+        cycle,
+        "policy",
+        reward_version=run.output_version if cycle.policy_kind == "ppo" else None,
+        dataset=run.dataset,
+    )
+    cycle.policy_run = policy
+    label = run.output_version.label if run.output_version else "-"
+    _next(cycle, Stage.POLICY, f"{label} passed its gates; {policy} queued")
+    return True
+
+
+def _after_policy(cycle: Cycle) -> bool:
+    assert cycle.policy_run is not None
+    outcome = _run_outcome(cycle, cycle.policy_run)
+    if not outcome:
+        return False
+    run = cycle.policy_run
+    cycle.candidate = run.output_version
+    gates = gate_rules.policy_gates(run.metrics.get("eval") or {}, thresholds())
+    cycle.gates = [*cycle.gates, *(gate.as_dict() for gate in gates)]
+    _next(cycle, Stage.GATES, "")
+    failed = [gate for gate in gates if not gate.passed]
+    if failed:
+        summary = gate_rules.failed_summary(gates)
+        _end(cycle, Status.NOT_DEPLOYED, summary, stage_detail="policy gates failed")
+        _reject_candidates(cycle, summary)
+        return False
+    if settings.CYCLE_AUTO_APPROVE:
+        why = f"cycle {cycle.pk}: every gate passed (CYCLE_AUTO_APPROVE)"
+        assert cycle.candidate is not None
+        model_version_approve(version_id=cycle.candidate.pk, actor=None, reason=why)
+    else:
+        cycle.status = Status.AWAITING_APPROVAL
+    _next(cycle, Stage.APPROVAL, "every gate passed")
+    return True
+
+
+def _after_approval(cycle: Cycle) -> bool:
+    assert cycle.candidate is not None
+    candidate = ModelVersion.objects.get(pk=cycle.candidate.pk)
+    if candidate.status == ModelVersion.Status.REJECTED:
+        _end(cycle, Status.NOT_DEPLOYED, f"not deployed, because {candidate.label} was rejected")
+        return False
+    if candidate.status != ModelVersion.Status.APPROVED:
+        return False  # waiting for a person
+    reward = cycle.reward_run.output_version if cycle.reward_run else None
+    if reward is not None and reward.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.APPROVED):
+        if reward.status == ModelVersion.Status.CANDIDATE:
+            model_version_approve(version_id=reward.pk, actor=None, reason=f"cycle {cycle.pk}: its policy was approved")
+        model_version_make_live(version=reward, reason=f"cycle {cycle.pk}: the reward model its policy passed with")
+    try:
+        canary = canary_start(
+            version_id=candidate.pk,
+            share=settings.CYCLE_CANARY_SHARE,
+            actor=None,
+            reason=f"cycle {cycle.pk}",
+        )
+    except RegistryError as exc:
+        _end(cycle, Status.FAILED, f"the canary could not start: {exc.message}")
+        return False
+    cycle.canary = canary
+    cycle.status = Status.CANARY  # saved by _next
+    share = f"{canary.share:.0%}"
+    _next(cycle, Stage.CANARY, f"{candidate.label} answers {share} of new conversations; the monitor decides")
+    return True
+
+
+def _after_canary(cycle: Cycle) -> bool:
+    assert cycle.canary is not None
+    canary = Canary.objects.get(pk=cycle.canary.pk)
+    if canary.outcome == Canary.Outcome.RUNNING:
+        return False
+    status = Status.PROMOTED if canary.outcome == Canary.Outcome.PROMOTED else Status.STOPPED
+    _next(cycle, Stage.DONE, canary.reason.splitlines()[-1] if canary.reason else canary.outcome)
+    _end(cycle, status, f"{canary.version.label} {canary.get_outcome_display().lower()}: {canary.reason}")
+    return False
+
+
+# --- Helpers --------------------------------------------------------------------------------------
+
+
+def _locked(cycle_id: int) -> Cycle:
+    cycle = (
+        Cycle.objects.select_for_update(of=("self",))
+        .select_related("reward_run", "policy_run", "candidate", "canary")
+        .filter(pk=cycle_id)
+        .first()
+    )
+    if cycle is None:
+        raise RunNotFound(f"Cycle {cycle_id} does not exist.")
+    return cycle
+
+
+def _start_run(cycle: Cycle, part: str, *, reward_version: ModelVersion | None, dataset: Any) -> TrainingRun:
+    kind = "reward" if part == "reward" else cycle.policy_kind
+    return services.training_run_create(
+        kind=kind,
+        config=cycle.config[part],
+        requested_by=cycle.requested_by,
+        dataset=dataset,
+        reward_version=reward_version,
+    )
+
+
+def _stage(name: str, at: Any) -> dict[str, Any]:
+    return {"name": name, "status": "running", "started_at": at.isoformat(), "finished_at": None, "detail": ""}
+
+
+def _next(cycle: Cycle, stage: str, detail: str) -> None:
+    now = timezone.now()
+    stages = list(cycle.stages)
+    if stages and stages[-1]["status"] == "running":
+        stages[-1] = {**stages[-1], "status": "done", "finished_at": now.isoformat(), "detail": detail}
+    if stage != Stage.DONE:
+        stages.append(_stage(stage, now))
+    cycle.stages = stages
+    cycle.stage = stage
+    cycle.save()
+
+
+def _end(cycle: Cycle, status: str, reason: str, *, stage_detail: str = "") -> None:
+    now = timezone.now()
+    stages = list(cycle.stages)
+    if stages and stages[-1]["status"] == "running":
+        ended = "failed" if status in (Status.FAILED, Status.NOT_DEPLOYED) else "ended"
+        if status == Status.CANCELLED:
+            ended = "cancelled"
+        stages[-1] = {**stages[-1], "status": ended, "finished_at": now.isoformat(), "detail": stage_detail or reason}
+    cycle.stages = stages
+    cycle.status = status
+    cycle.reason = reason
+    cycle.finished_at = now
+    cycle.save()
+    logger.info("cycle %s ended %s: %s", cycle.pk, status, reason)
+
+
+def _reject_candidates(cycle: Cycle, reason: str) -> None:
+    """Versions the cycle made and did not deploy are rejected, so no one deploys them by mistake."""
+    for run in (cycle.reward_run, cycle.policy_run):
+        version = run.output_version if run is not None else None
+        if version is not None and version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.APPROVED):
+            model_version_reject(version_id=version.pk, actor=None, reason=reason[:2000])
+
+
+def active_cycle() -> Cycle | None:
+    return Cycle.objects.filter(status__in=Cycle.ACTIVE).first()
+
+
+def new_ratings_since_last_cycle() -> int:
+    previous = Cycle.objects.exclude(stage=Stage.FEEDBACK).order_by("-created_at").first()
+    ratings = Feedback.objects.filter(Q(thumbs__isnull=False) | Q(rating__isnull=False))
+    if previous is not None:
+        ratings = ratings.filter(created_at__gte=previous.created_at)
+    return ratings.count()
+
+
+def cycle_start_if_due(trigger: str) -> Cycle | None:
+    """Start a cycle for the schedule or for new feedback, unless one is active (or none may start:
+    no live models); the reason goes to the log."""
+    if active_cycle() is not None:
+        return None
+    try:
+        return cycle_create(policy_kind=settings.CYCLE_POLICY_KIND, trigger=trigger)
+    except TrainingError as exc:
+        logger.warning("a %s cycle did not start: %s", trigger, exc.message)
+        return None
+
+
+def cycles_sweep() -> list[str]:
+    """Advance every active cycle; with CYCLE_EVERY_NEW_RATINGS set, start one once that many ratings
+    arrived since the previous cycle. Returns what it did, one line each."""
+    done = []
+    for cycle_id in Cycle.objects.filter(status__in=Cycle.ACTIVE).values_list("id", flat=True):
+        done.append(f"cycle {cycle_id}: {cycle_advance(cycle_id).status}")
+    threshold = settings.CYCLE_EVERY_NEW_RATINGS
+    if threshold and not done and new_ratings_since_last_cycle() >= threshold:
+        cycle = cycle_start_if_due(Cycle.Trigger.FEEDBACK)
+        if cycle is not None:
+            done.append(f"cycle {cycle.pk}: started ({threshold}+ new ratings)")
+    return done
+
+
+# Share of the progress bar: the two runs fill most of it.
+_PROGRESS = {Stage.FEEDBACK: 0.0, Stage.REWARD: 0.02, Stage.POLICY: 0.45, Stage.GATES: 0.95, Stage.APPROVAL: 0.96}
+
+
+def cycle_progress(cycle: Cycle) -> float:
+    """0 to 1: where the cycle is in its training stages (1 from the canary on, and once ended)."""
+    if not cycle.is_active or cycle.stage in (Stage.CANARY, Stage.DONE):
+        return 1.0
+    start = _PROGRESS.get(Stage(cycle.stage), 0.0)
+    if cycle.stage == Stage.REWARD and cycle.reward_run is not None:
+        return start + 0.43 * cycle.reward_run.progress
+    if cycle.stage == Stage.POLICY and cycle.policy_run is not None:
+        return start + 0.5 * cycle.policy_run.progress
+    return start
+
+
+def cycle_report(cycle: Cycle) -> dict[str, Any]:
+    """Everything a person or a CI job wants to know about a cycle, JSON-ready."""
+
+    def run(run: TrainingRun | None) -> dict[str, Any] | None:
+        if run is None:
+            return None
+        return {
+            "id": run.pk,
+            "kind": run.kind,
+            "status": run.status,
+            "progress": run.progress,
+            "error_message": run.error_message,
+            "dataset": run.dataset_id,
+            "output_version": run.output_version.label if run.output_version else None,
+            "eval": run.metrics.get("eval"),
+            "baseline": run.metrics.get("baseline"),
+        }
+
+    return {
+        "id": cycle.pk,
+        "policy_kind": cycle.policy_kind,
+        "trigger": cycle.trigger,
+        "status": cycle.status,
+        "stage": cycle.stage,
+        "progress": round(cycle_progress(cycle), 4),
+        "stages": cycle.stages,
+        "gates": cycle.gates,
+        "new_ratings": cycle.new_ratings,
+        "reward_run": run(cycle.reward_run),
+        "policy_run": run(cycle.policy_run),
+        "candidate": cycle.candidate.label if cycle.candidate else None,
+        "canary": (
+            {"share": cycle.canary.share, "outcome": cycle.canary.outcome, "version": cycle.canary.version.label}
+            if cycle.canary
+            else None
+        ),
+        "reason": cycle.reason,
+        "config": cycle.config,
+        "requested_by": cycle.requested_by.get_username() if cycle.requested_by else None,
+        "created_at": cycle.created_at,
+        "finished_at": cycle.finished_at,
+    }
