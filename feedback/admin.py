@@ -3,14 +3,23 @@ only through the services, so satisfaction scores stay in step with them."""
 
 from __future__ import annotations
 
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from core.admin import ReadOnlyAdminMixin
+from feedback import charts, insights
 from feedback.models import Comparison, Conversation, Feedback, Message, MessageStep, UserSatisfaction
+from models_registry.models import ModelVersion
 
 
 class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -72,6 +81,7 @@ class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Feedback)
 class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    change_list_template = "admin/feedback/feedback/change_list.html"
     list_display = ["id", "user", "message_link", "step_index", "thumbs", "rating", "short_comment", "updated_at"]
     list_select_related = ["user", "step", "message__model_version"]
     list_filter = ["thumbs", "rating", "message__model_version", "updated_at"]
@@ -90,6 +100,74 @@ class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="comment")
     def short_comment(self, obj: Feedback) -> str:
         return obj.comment[:80]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.insights_view)
+        return [path("insights/", view, name="feedback_feedback_insights"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra = {"can_view_insights": request.user.has_perm("feedback.view_insights")}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def insights_view(self, request: HttpRequest) -> HttpResponse:
+        """Where users are unhappy (``feedback.insights``), with charts; the same data as
+        ``GET /api/assistant/insights``, whose CSV links are on the page."""
+        if not request.user.has_perm("feedback.view_insights"):
+            raise PermissionDenied
+        form = InsightsFilterForm(request.GET or None)
+        filters = form.filters() if form.is_valid() else insights.Filters.last_days()
+        data = insights.insights(filters)
+        query = request.GET.urlencode()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Feedback insights",
+            "form": form,
+            "data": data,
+            "filters": filters,
+            "csv_query": f"&{query}" if query else "",
+            "satisfaction_chart": charts.rate_lines_chart(
+                data["satisfaction"], label="Positive rate per day, per version"
+            ),
+            "tags_chart": charts.bars_chart(
+                [(t["tag"], t["share"], f"{t['count']} times; trend {t['trend']:+.1%}") for t in data["tags"][:15]],
+                label="Share of tagged feedback giving each reason",
+            ),
+            "steps_chart": charts.bars_chart(
+                [
+                    (f"step {s['position']}", s["rate_value"] or 0.0, f"{s['down']} ✗ of {s['ratings']}")
+                    for s in data["steps"][:12]
+                ],
+                label="Step ✗ rate by step position",
+            ),
+        }
+        return TemplateResponse(request, "admin/feedback/insights.html", context)
+
+
+class InsightsFilterForm(forms.Form):
+    since = forms.DateField(required=False, help_text="default: 30 days ago")
+    until = forms.DateField(required=False, help_text="default: today (whole day)")
+    version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY).order_by("-number"),
+        required=False,
+        empty_label="every version",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            raise forms.ValidationError("since must not be after until.")
+        return data
+
+    def filters(self) -> insights.Filters:
+        now = timezone.now()
+        until = self.cleaned_data.get("until")
+        end = timezone.make_aware(datetime.combine(until + timedelta(days=1), time.min)) if until else now
+        since = self.cleaned_data.get("since")
+        start = timezone.make_aware(datetime.combine(since, time.min)) if since else end - timedelta(days=30)
+        version = self.cleaned_data.get("version")
+        return insights.Filters(since=start, until=end, version_id=version.pk if version else None)
 
 
 @admin.register(Comparison)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -142,3 +143,79 @@ def _date_ticks(first: date, last: date, most: int = 8) -> list[date]:
     span = (last - first).days
     step = max(1, -(-span // most))
     return [first + timedelta(days=offset) for offset in range(0, span + 1, step)]
+
+
+PALETTE = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#c62828", "#00838f", "#5d4037", "#ad1457"]
+
+
+def rate_lines_chart(rows: list[dict[str, Any]], *, label: str) -> SafeString:
+    """One line per version of a daily rate (rows: version, day, rate_value, ratings), 0-100%."""
+    series: dict[str, list[tuple[date, float, int]]] = {}
+    for row in rows:
+        if row["rate_value"] is not None:
+            series.setdefault(row["version"], []).append(
+                (date.fromisoformat(row["day"]), row["rate_value"], row["ratings"])
+            )
+    if not series:
+        return mark_safe('<p class="help">No ratings in this window.</p>')
+    days = sorted({day for points in series.values() for day, _, _ in points})
+    first, span = days[0], (days[-1] - days[0]).days
+    plot_w, plot_h = WIDTH - LEFT - RIGHT - 90, HEIGHT - TOP - BOTTOM
+
+    def x(day: date) -> float:
+        return LEFT + plot_w * ((day - first).days + 0.5) / (span + 1)
+
+    def y(rate: float) -> float:
+        return TOP + plot_h * (1 - rate)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}"'
+        f' role="img" aria-label="{escape(label)}" class="rate-lines-chart" font-family="sans-serif" font-size="11">',
+        f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ddd"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e5e5e5"/>'
+            f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" fill="#555">{tick:.0%}</text>'
+        )
+    for tick_day in _date_ticks(first, days[-1]):
+        at = f'x="{x(tick_day):.1f}" y="{TOP + plot_h + 16}"'
+        parts.append(f'<text {at} text-anchor="middle" fill="#555">{tick_day:%b %d}</text>')
+    for n, (version, points) in enumerate(sorted(series.items())):
+        colour = PALETTE[n % len(PALETTE)]
+        line = " ".join(f"{x(day):.1f},{y(rate):.1f}" for day, rate, _ in points)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for day, rate, ratings in points:
+            title = f"{version} {day:%Y-%m-%d}: {rate:.0%} positive of {ratings} ratings"
+            at = f'cx="{x(day):.1f}" cy="{y(rate):.1f}"'
+            parts.append(f'<circle {at} r="3" fill="{colour}"><title>{escape(title)}</title></circle>')
+        parts.append(f'<text x="{LEFT + plot_w + 8}" y="{TOP + 14 + 16 * n}" fill="{colour}">{escape(version)}</text>')
+    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" fill="#555">{escape(label)}</text></svg>')
+    return mark_safe("".join(parts))
+
+
+def bars_chart(rows: list[tuple[str, float, str]], *, label: str, percent: bool = True) -> SafeString:
+    """Horizontal bars: (name, value, tooltip) rows; values in 0-1 when ``percent``."""
+    if not rows:
+        return mark_safe('<p class="help">Nothing in this window.</p>')
+    bar, gap, name_w = 18, 6, 150
+    height = TOP + len(rows) * (bar + gap) + 28
+    top = max((value for _, value, _ in rows), default=1.0) or 1.0
+    scale = 1.0 if percent else top
+    plot_w = WIDTH - name_w - RIGHT - 60
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}"'
+        f' role="img" aria-label="{escape(label)}" class="bars-chart" font-family="sans-serif" font-size="11">'
+    ]
+    for n, (name, value, tooltip) in enumerate(rows):
+        y = TOP + n * (bar + gap)
+        width = plot_w * value / scale if scale else 0
+        shown = f"{value:.0%}" if percent else f"{value:g}"
+        parts.append(
+            f"<g><title>{escape(tooltip)}</title>"
+            f'<text x="{name_w - 6}" y="{y + bar - 5}" text-anchor="end" fill="#333">{escape(name)}</text>'
+            f'<rect x="{name_w}" y="{y}" width="{width:.1f}" height="{bar}" fill="#1565c0" fill-opacity="0.75"/>'
+            f'<text x="{name_w + width + 4:.1f}" y="{y + bar - 5}" fill="#333">{shown}</text></g>'
+        )
+    parts.append(f'<text x="{name_w}" y="{height - 8}" fill="#555">{escape(label)}</text></svg>')
+    return mark_safe("".join(parts))

@@ -124,6 +124,7 @@ class Feedback(models.Model):
     class Meta:
         ordering = ["-updated_at"]
         verbose_name_plural = "feedback"
+        permissions = [("view_insights", "Can view feedback insights (across all users)")]
         constraints = [
             # NULL steps are distinct in a plain unique index, hence two partial ones.
             models.UniqueConstraint(

@@ -1,5 +1,5 @@
 from core.urls import slash_optional
-from feedback import api
+from feedback import api, insights_api
 
 urlpatterns = slash_optional(
     [
@@ -10,5 +10,6 @@ urlpatterns = slash_optional(
         ("conversations/<uuid:conversation_id>", api.ConversationDetailApi, "conversation-detail"),
         ("conversations/<uuid:conversation_id>/messages", api.ConversationMessagesApi, "conversation-messages"),
         ("satisfaction", api.SatisfactionApi, "satisfaction"),
+        ("insights", insights_api.InsightsApi, "insights"),
     ]
 )

@@ -228,6 +228,10 @@ FEEDBACK_TAGS = envlist(
 )
 FEEDBACK_COMMENT_MAX_LENGTH = envint("FEEDBACK_COMMENT_MAX_LENGTH", 2000, minimum=1)
 IDEMPOTENCY_KEY_TTL_HOURS = envint("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
+# Insights (feedback.insights): topics of unhappy conversations are clustered from this many newest
+# rated answers into this many topics.
+INSIGHTS_TOPICS = envint("INSIGHTS_TOPICS", 6, minimum=2, maximum=50)
+INSIGHTS_TOPIC_SAMPLE = envint("INSIGHTS_TOPIC_SAMPLE", 5000, minimum=100)
 
 # --- Metrics -----------------------------------------------------------------------------------
 # /metrics answers a request bearing METRICS_TOKEN; with DEBUG on, also one from METRICS_ALLOWED_IPS
