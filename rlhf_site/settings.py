@@ -343,10 +343,8 @@ CYCLE_MAX_LENGTH_RATIO = envfloat("CYCLE_MAX_LENGTH_RATIO", 2.0, minimum=0.0)
 # The runs' configs in a cycle (JSON {"reward": {...}, "policy": {...}}), under what a cycle is given.
 CYCLE_RUN_DEFAULTS = envjson(
     "CYCLE_RUN_DEFAULTS",
-    {
-        "reward": {"test_fraction": 0.25, "min_steps": 60},
-        "policy": {"min_steps": 30},
-    },
+    # A quarter of the pairs held out: enough for CYCLE_MIN_HELDOUT_PAIRS from a hundred pairs.
+    {"reward": {"test_fraction": 0.25}, "policy": {}},
 )
 CELERY_BEAT_SCHEDULE["sweep-cycles"] = {"task": "training.tasks.cycles_sweep", "schedule": float(CYCLE_SWEEP_SECONDS)}
 if CYCLE_SCHEDULE is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db import connection
+from core.processes import database_url, free_port  # noqa: F401  (tests import them from here)
 
 PROJECT_VARIABLES = {"REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL"}
-
-
-def database_url() -> str:
-    """A DATABASE_URL for the test database, for a child process."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    password = db["PASSWORD"] or ""
-    return f"postgres://{db['USER']}:{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -62,12 +52,6 @@ def start_worker(queues: str, env: dict[str, str], log: Path, *, cwd: Path = ROO
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 60, interval: float = 0.25) -> bool:

@@ -1,5 +1,5 @@
 """The improvement cycle's stages, gates and endings, with its runs' outcomes crafted (the runs
-themselves are tested in test_training_pipeline; a real cycle in test_cycle_pipeline)."""
+themselves are tested in test_training_pipeline; real cycles, trained, in e2e/test_simulation)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from training.models import Cycle, TrainingRun
 pytestmark = pytest.mark.django_db
 
 GOOD_REWARD = {"pairs": 60, "accuracy": 0.92, "mean_margin": 2.0, "calibration_ece": 0.05, "brier": 0.1}
-LIVE_REWARD = {"pairs": 60, "accuracy": 0.60, "mean_margin": 0.1, "calibration_ece": 0.1, "brier": 0.2}
+LIVE_REWARD = {"pairs": 60, "accuracy": 0.75, "mean_margin": 0.1, "calibration_ece": 0.1, "brier": 0.2}
 GOOD_POLICY = {
     "prompts": 64, "mean_reward": 1.0, "reference_mean_reward": 0.2, "win_rate": 0.8, "kl": 4.0,
     "mean_length": 60.0, "reference_mean_length": 55.0,
@@ -89,6 +89,7 @@ def test_a_cycle_goes_from_feedback_to_a_canary_once_a_person_approves(rated, dj
     assert (cycle.stage, policy_run.kind) == ("policy", "ppo")
     assert policy_run.reward_version == cycle.reward_run.output_version  # PPO scored by the new reward model
     assert policy_run.judge_version == rated[1]  # judged by the live one, which did not train it
+    assert "the live reward model judges it" in cycle.stages[-2]["detail"]
     assert policy_run.dataset == cycle.reward_run.dataset  # one snapshot for the whole cycle
     finish(policy_run, evaluation=GOOD_POLICY)
     cycle = advance(cycle, capture)
@@ -113,6 +114,28 @@ def test_a_cycle_goes_from_feedback_to_a_canary_once_a_person_approves(rated, dj
     assert (cycle.status, cycle.stage) == ("promoted", "done")
     assert [s["name"] for s in cycle.stages] == ["feedback", "reward", "policy", "gates", "approval", "canary"]
     assert all(s["status"] == "done" for s in cycle.stages)
+
+
+@pytest.mark.parametrize(("kind", "trained_by_judge"), [("ppo", True), ("dpo", False)])
+def test_a_live_reward_model_that_disagrees_with_users_does_not_judge(
+    rated, kind, trained_by_judge, django_capture_on_commit_callbacks
+):
+    """The first cycle on a new preference: the live reward model ranks the held-out pairs no better
+    than chance, so it cannot tell a better policy from a worse one; the cycle's reward model judges,
+    and the gate and the stage say so."""
+    capture = django_capture_on_commit_callbacks
+    cycle = advance(start(capture, policy_kind=kind), capture)
+    finish(cycle.reward_run, evaluation=GOOD_REWARD, baseline={**LIVE_REWARD, "accuracy": 0.52})
+    cycle = advance(cycle, capture)
+
+    new_reward = cycle.reward_run.output_version
+    assert cycle.policy_run.judge_version == new_reward
+    assert "agrees with the users on only 52% of the held-out pairs" in cycle.stages[-2]["detail"]
+    finish(cycle.policy_run, evaluation=GOOD_POLICY)
+    cycle = advance(cycle, capture)
+    win_rate = next(g for g in cycle.gates if g["name"] == "policy_win_rate")
+    assert f"judged by the cycle's reward model {new_reward.label}" in win_rate["detail"]
+    assert ("which also trained it" in win_rate["detail"]) is trained_by_judge
 
 
 def test_with_auto_approve_every_gate_passed_is_enough(rated, settings, django_capture_on_commit_callbacks):
@@ -246,6 +269,60 @@ def test_the_command_and_its_report(rated, django_capture_on_commit_callbacks):
         call_command("rlhf_cycle", stdout=io.StringIO())
     call_command("rlhf_cycle", "--cancel", str(report["id"]), stdout=io.StringIO())
     assert Cycle.objects.get().status == "cancelled"
+
+
+def test_a_cycle_trained_here_never_sends_its_runs_to_the_workers(rated, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        cycle = service.cycle_create(policy_kind="dpo", trained_by="gpu-runner:42")
+        cycle = service.cycle_advance(cycle.pk)
+    assert cycle.reward_run.status == "queued"
+    assert sent == []  # neither the cycle's advance nor its reward run: the runner trains them
+    finish(cycle.reward_run, evaluation=GOOD_REWARD, baseline=LIVE_REWARD)
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        cycle = service.cycle_advance(cycle.pk)
+    assert (cycle.stage, cycle.policy_run.status, sent) == ("policy", "queued", [])
+
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        service.cycle_cancel(cycle_id=cycle.pk)
+        service.cycle_create(policy_kind="dpo")
+    assert len(sent) == 1  # a workers' cycle: its advance is sent to them
+
+
+def test_the_command_resumes_only_a_cycle_it_trains(rated, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False):
+        workers = service.cycle_create(policy_kind="dpo")
+    with pytest.raises(CommandError, match="trained by the workers"):
+        call_command("rlhf_cycle", "--resume", str(workers.pk), "--here", stdout=io.StringIO())
+    service.cycle_cancel(cycle_id=workers.pk)
+    with pytest.raises(CommandError, match="has ended"):
+        call_command("rlhf_cycle", "--resume", str(workers.pk), "--wait", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("rlhf_cycle", "--resume", "999", "--here", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="not valid JSON"):
+        call_command("rlhf_cycle", "--config", "{reward", stdout=io.StringIO())
+
+
+def test_a_workflow_starts_the_cycle_as_its_api_tokens_user(
+    rated, alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.contrib.auth.models import Permission
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=alice)
+    monkeypatch.setenv("RLHF_API_TOKEN", token.key)
+    with pytest.raises(CommandError, match="may not start improvement cycles"):
+        call_command("rlhf_cycle", "--token-env", "RLHF_API_TOKEN", stdout=io.StringIO())
+    alice.user_permissions.add(Permission.objects.get(codename="start_cycle"))
+    with django_capture_on_commit_callbacks(execute=False):
+        call_command("rlhf_cycle", "--token-env", "RLHF_API_TOKEN", "--trigger", "workflow", stdout=io.StringIO())
+    cycle = Cycle.objects.get()
+    assert (cycle.requested_by, cycle.trigger) == (alice, "workflow")
+    monkeypatch.setenv("RLHF_API_TOKEN", "not-a-token")
+    with pytest.raises(CommandError, match="not a valid token"):
+        call_command("rlhf_cycle", "--token-env", "RLHF_API_TOKEN", stdout=io.StringIO())
+    monkeypatch.setenv("RLHF_API_TOKEN", "")
+    with pytest.raises(CommandError, match="is empty"):
+        call_command("rlhf_cycle", "--token-env", "RLHF_API_TOKEN", stdout=io.StringIO())
 
 
 def test_a_bad_config_is_refused_per_field(rated):

@@ -22,6 +22,7 @@ def test_the_openapi_schema_validates_and_covers_every_endpoint(db):
         "/api/assistant/conversations/{conversation_id}",
         "/api/assistant/conversations/{conversation_id}/messages",
         "/api/assistant/satisfaction",
+        "/api/assistant/insights",
         "/api/training/runs",
         "/api/training/runs/{run_id}",
         "/api/training/runs/{run_id}/cancel",

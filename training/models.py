@@ -262,6 +262,12 @@ class Cycle(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="cycles"
     )
     cancel_requested = models.BooleanField(default=False)
+    trained_by = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The process that trains its runs (manage.py rlhf_cycle --here, e.g. a GPU runner); empty: the"
+        " training workers.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -87,13 +87,17 @@ def training_run_create(
     requested_by: User | AnonymousUser | None = None,
     dataset: DatasetSnapshot | None = None,
     reward_version: ModelVersion | None = None,
+    judge_version: ModelVersion | None = None,
+    dispatch: bool = True,
 ) -> TrainingRun:
     """Validate ``config`` for ``kind``, pin the versions the run starts from, store the run, and send
     its task to the ``training`` queue once the transaction commits.
 
     ``dataset``: train on this snapshot instead of building a new one (a cycle's policy run uses its
     reward run's). ``reward_version``: the reward model that scores a PPO run's rollouts instead of
-    the live one (a cycle's new reward model); the live reward model still judges the result."""
+    the live one (a cycle's new reward model). ``judge_version``: the reward model that judges the
+    policy it makes instead of the live one (a cycle's, when the live one no longer agrees with users).
+    ``dispatch`` False: no task is sent; the process that made it trains it (``runner.execute``)."""
     try:
         validated = validate_config(kind, config)
     except ConfigError as exc:
@@ -105,11 +109,12 @@ def training_run_create(
         phase="queued",
         base_version=base,
         reward_version=reward_version or live_reward if kind != TrainingRun.Kind.REWARD else None,
-        judge_version=live_reward if kind != TrainingRun.Kind.REWARD else None,
+        judge_version=judge_version or live_reward if kind != TrainingRun.Kind.REWARD else None,
         dataset=dataset,
         requested_by=requested_by if isinstance(requested_by, User) else None,
     )
-    transaction.on_commit(lambda: _send_execute(run.id))
+    if dispatch:
+        transaction.on_commit(lambda: _send_execute(run.id))
     return run
 
 

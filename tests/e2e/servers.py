@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 from django.test import Client
 
-from tests.helpers import ROOT, child_env, free_port, wait_until
+from core.processes import serve_platform
+from tests.helpers import child_env
 
 FINAL = re.compile(r'hx-swap-oob="outerHTML"|<article[^>]*data-status="failed"')
 
@@ -53,29 +51,8 @@ def fake_model_server(answer: str) -> Iterator[str]:
 @contextmanager
 def platform_server(tmp_path: Path, name: str, **env: str) -> Iterator[str]:
     """uvicorn serving the platform against the test database; yields its base URL."""
-    port = free_port()
-    log = tmp_path / f"{name}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=child_env(VAR_DIR=str(tmp_path / f"var-{name}"), **env),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/accounts/login/", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_until(up, timeout=60), log.read_text()
+    with serve_platform(tmp_path / f"{name}.log", env=child_env(VAR_DIR=str(tmp_path / f"var-{name}"), **env)) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def session_of(user: object) -> str:

@@ -9,7 +9,8 @@ gate fails ends "not deployed, because ..." with the failing gates' details.
 - ``reward_vs_live``: and not below the live reward model's on the same pairs;
 - ``reward_calibration``: its expected calibration error is under a ceiling;
 - ``policy_win_rate``: the new policy beats the live policy on held-out prompts at least this often,
-  judged by the live reward model (which did not train it);
+  judged by the live reward model (which did not train it), or by the cycle's new one when the live
+  one no longer agrees with users (the service decides; the gate names the judge);
 - ``policy_kl``, ``policy_length``: it has not drifted too far (KL to the live policy, and its mean
   answer length against the live policy's): the guards against over-optimising the reward model.
 """
@@ -106,7 +107,7 @@ def reward_gates(evaluation: dict[str, Any], baseline: dict[str, Any] | None, t:
     return gates
 
 
-def policy_gates(evaluation: dict[str, Any], t: Thresholds) -> list[Gate]:
+def policy_gates(evaluation: dict[str, Any], t: Thresholds, *, judge: str = "the live reward model") -> list[Gate]:
     prompts = int(evaluation.get("prompts") or 0)
     if prompts < t.min_eval_prompts:
         why = evaluation.get("skipped") or f"only {prompts} held-out prompts (at least {t.min_eval_prompts})"
@@ -120,7 +121,7 @@ def policy_gates(evaluation: dict[str, Any], t: Thresholds) -> list[Gate]:
             win_rate >= t.min_win_rate,
             round(win_rate, 4),
             f">= {t.min_win_rate}",
-            f"beats the live policy on {win_rate:.0%} of {prompts} held-out prompts, judged by the live reward model",
+            f"beats the live policy on {win_rate:.0%} of {prompts} held-out prompts, judged by {judge}",
         ),
         Gate(
             "policy_kl",

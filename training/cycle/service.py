@@ -24,6 +24,7 @@ A failed or cancelled run ends the cycle failed or cancelled with the run's reas
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app
@@ -107,8 +108,11 @@ def cycle_create(
     trigger: str = Cycle.Trigger.MANUAL,
     requested_by: User | AnonymousUser | None = None,
     config: dict[str, Any] | None = None,
+    trained_by: str = "",
 ) -> Cycle:
-    """Start a cycle (it advances on a worker once this commits). At most one is active at a time."""
+    """Start a cycle (it advances on a worker once this commits). At most one is active at a time.
+    ``trained_by``: the process that will train its runs (``cycle_run_here``); no run of it is ever
+    sent to the training workers."""
     if policy_kind not in Cycle.POLICY_KINDS:
         raise TrainingError(
             f"Unknown policy kind {policy_kind!r}; choose one of {', '.join(Cycle.POLICY_KINDS)}.",
@@ -127,8 +131,10 @@ def cycle_create(
                 requested_by=requested_by if isinstance(requested_by, User) else None,
                 feedback_from=previous.created_at if previous else None,
                 stages=[_stage(Stage.FEEDBACK, now)],
+                trained_by=trained_by[:200],
             )
-            transaction.on_commit(lambda: send_advance(cycle.pk))
+            if not trained_by:
+                transaction.on_commit(lambda: send_advance(cycle.pk))
     except IntegrityError:
         active = active_cycle()
         state = f"{active} is still {active.get_status_display().lower()}" if active else "A cycle is active"
@@ -220,16 +226,36 @@ def _after_reward(cycle: Cycle) -> bool:
         _end(cycle, Status.NOT_DEPLOYED, gate_rules.failed_summary(gates), stage_detail="reward gates failed")
         _reject_candidates(cycle, gate_rules.failed_summary(gates))
         return False
+    judge, why = _judge(cycle, run)
     policy = _start_run(
         cycle,
         "policy",
         reward_version=run.output_version if cycle.policy_kind == "ppo" else None,
+        judge_version=judge,
         dataset=run.dataset,
     )
     cycle.policy_run = policy
     label = run.output_version.label if run.output_version else "-"
-    _next(cycle, Stage.POLICY, f"{label} passed its gates; {policy} queued")
+    _next(cycle, Stage.POLICY, f"{label} passed its gates; {policy} queued; {why}")
     return True
+
+
+def _judge(cycle: Cycle, reward_run: TrainingRun) -> tuple[ModelVersion | None, str]:
+    """The reward model that judges the cycle's policy, and why. The live one (it did not train the
+    policy), unless it no longer agrees with the users: its accuracy on this cycle's held-out pairs
+    under ``CYCLE_MIN_REWARD_ACCURACY`` (a new preference, or the first cycle after bootstrapping).
+    Then it could not tell a better policy from a worse one, and the new reward model judges: it did
+    not train a DPO or KTO policy; it did train a PPO one, so for PPO the KL and length gates and the
+    canary are what stand between its blind spots and users (the gate says so)."""
+    baseline = (reward_run.metrics.get("baseline") or {}).get("accuracy")
+    if baseline is None or baseline >= settings.CYCLE_MIN_REWARD_ACCURACY:
+        return None, "the live reward model judges it"
+    new = reward_run.output_version
+    trained = " (which also trains it)" if cycle.policy_kind == "ppo" else ""
+    return new, (
+        f"{new.label if new else 'the new reward model'}{trained} judges it: the live reward model agrees with"
+        f" the users on only {baseline:.0%} of the held-out pairs"
+    )
 
 
 def _after_policy(cycle: Cycle) -> bool:
@@ -239,7 +265,7 @@ def _after_policy(cycle: Cycle) -> bool:
         return False
     run = cycle.policy_run
     cycle.candidate = run.output_version
-    gates = gate_rules.policy_gates(run.metrics.get("eval") or {}, thresholds())
+    gates = gate_rules.policy_gates(run.metrics.get("eval") or {}, thresholds(), judge=_judge_label(cycle, run))
     cycle.gates = [*cycle.gates, *(gate.as_dict() for gate in gates)]
     _next(cycle, Stage.GATES, "")
     failed = [gate for gate in gates if not gate.passed]
@@ -314,7 +340,25 @@ def _locked(cycle_id: int) -> Cycle:
     return cycle
 
 
-def _start_run(cycle: Cycle, part: str, *, reward_version: ModelVersion | None, dataset: Any) -> TrainingRun:
+def _judge_label(cycle: Cycle, run: TrainingRun) -> str:
+    judge = run.judge_version
+    if judge is None:
+        return "no reward model"
+    new = cycle.reward_run.output_version_id if cycle.reward_run else None
+    if judge.pk != new:
+        return f"the live reward model {judge.label}"
+    trained = ", which also trained it" if run.reward_version_id == judge.pk else ""
+    return f"the cycle's reward model {judge.label}{trained}"
+
+
+def _start_run(
+    cycle: Cycle,
+    part: str,
+    *,
+    reward_version: ModelVersion | None,
+    dataset: Any,
+    judge_version: ModelVersion | None = None,
+) -> TrainingRun:
     kind = "reward" if part == "reward" else cycle.policy_kind
     return services.training_run_create(
         kind=kind,
@@ -322,6 +366,8 @@ def _start_run(cycle: Cycle, part: str, *, reward_version: ModelVersion | None, 
         requested_by=cycle.requested_by,
         dataset=dataset,
         reward_version=reward_version,
+        judge_version=judge_version,
+        dispatch=not cycle.trained_by,
     )
 
 
@@ -401,6 +447,23 @@ def cycles_sweep() -> list[str]:
         if cycle is not None:
             done.append(f"cycle {cycle.pk}: started ({threshold}+ new ratings)")
     return done
+
+
+def cycle_run_here(cycle_id: int, *, on_step: Callable[[Cycle], None] | None = None) -> Cycle:
+    """Drive a cycle made with ``trained_by`` in this process: each stage's run is trained here
+    (``runner.execute``) and the cycle advanced, until it waits for a person or for its canary, or
+    ends. Runs again (``rlhf_cycle --resume ID --here``) after this process died: a queued run is
+    trained, a run left running is the reaper's."""
+    from training import runner  # the worker's code path (and, lazily, torch): only where runs train here
+
+    while True:
+        cycle = cycle_advance(cycle_id)
+        if on_step is not None:
+            on_step(cycle)
+        queued = [run for run in (cycle.reward_run, cycle.policy_run) if run and run.status == RunStatus.QUEUED]
+        if not cycle.is_active or not queued:
+            return cycle
+        runner.execute(queued[0].pk, worker=cycle.trained_by or "cycle_run_here")
 
 
 # Share of the progress bar: the two runs fill most of it.

@@ -45,20 +45,26 @@ class TrainConfig:
     # DPO / KTO
     beta: float = 0.1
     # PPO
-    max_new_tokens: int = 48
-    kl_coef: float = 0.05
+    # Long enough for a whole answer of the bootstrapped policy (median 51 tokens, longest 65): a
+    # preference about how answers end can only be learnt from answers that are not cut short.
+    max_new_tokens: int = 96
+    kl_coef: float = 0.3
     ppo_epochs: int = 1
     # Evaluation
     eval_prompts: int = 64  # held-out prompts sampled for policy evaluation
-    eval_max_new_tokens: int = 48
+    eval_max_new_tokens: int = 96
 
 
 # kind -> overrides of the defaults above
+# (README "Why these defaults" has the experiments behind them.)
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "reward": {"learning_rate": 1e-4, "epochs": 1.0},
-    "dpo": {"learning_rate": 5e-5, "epochs": 1.0},
-    "kto": {"learning_rate": 5e-5, "epochs": 1.0},
-    "ppo": {"learning_rate": 1e-5, "epochs": 1.0, "batch_size": 8},
+    # 60 steps turn ~100 pairs into a confident, calibrated reward model (margin 6.7, ECE 0.002)
+    # where one epoch's 9 steps ranks them but barely separates them (margin 0.03).
+    "reward": {"learning_rate": 1e-4, "epochs": 1.0, "min_steps": 60},
+    "dpo": {"learning_rate": 5e-5, "epochs": 1.0, "min_steps": 30},
+    "kto": {"learning_rate": 5e-5, "epochs": 1.0, "min_steps": 30},
+    # 1e-5 left the small policy where it was; 5e-5 with kl_coef 0.3 moves it without reward hacking.
+    "ppo": {"learning_rate": 5e-5, "epochs": 1.0, "batch_size": 8, "min_steps": 40},
 }
 
 # field -> (type, minimum, maximum); None means unbounded on that side.

@@ -144,8 +144,14 @@ def _generate(
     *,
     max_new_tokens: int,
     batch_size: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[list[int]]:
-    """Greedy completions (token ids up to and including EOS) for each tokenized prompt."""
+    """Completions (token ids up to and including EOS) for each tokenized prompt: greedy, or sampled
+    when ``temperature`` > 0."""
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out: list[list[int]] = []
@@ -158,9 +164,9 @@ def _generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             eos_token_id=eos,
             pad_token_id=pad,
+            **sampling,
         )
         for row in generated[:, width:].tolist():
             completion: list[int] = []
@@ -223,6 +229,35 @@ def _with_answers(tokenizer: Any, prompts: list[Messages], completions: list[lis
     return [[*m, {"role": "assistant", "content": t}] for m, t in zip(prompts, texts, strict=True)]
 
 
+def sample_answers(
+    model_dir: Path | str,
+    prompts: list[Messages],
+    *,
+    seed: int,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 160,
+    batch_size: int = 32,
+) -> list[str]:
+    """The policy at ``model_dir``'s answers to ``prompts``, sampled as the chat samples them (seeded)."""
+    folder = Path(model_dir)
+    tokenizer = _tokenizer(folder)
+    model = _causal_lm(folder)
+    limit = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0))
+    prompt_ids = _encode_prompts(tokenizer, prompts, room=(limit - max_new_tokens) if limit else None)
+    torch.manual_seed(seed)
+    completions = _generate(
+        model,
+        tokenizer,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    return [str(tokenizer.decode(c, skip_special_tokens=True)) for c in completions]
+
+
 def evaluate_policy(
     *,
     model_dir: Path,
@@ -230,7 +265,7 @@ def evaluate_policy(
     reward_dir: Path,
     prompts_path: Path,
     max_prompts: int = 64,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 96,
     seed: int = 0,
     batch_size: int = 16,
 ) -> dict:

@@ -4,8 +4,11 @@ Starts one improvement cycle through the same service as the admin and the API (
 model -> policy -> gates -> candidate -> approval -> canary -> the monitor). ``--wait`` follows it with
 a progress bar until it reaches approval, its canary, or its end, and exits non-zero if it ended
 without a deployable candidate (a gate failed, a run failed, it was cancelled). ``--here`` trains its
-runs in this process (no worker needed). ``--json`` prints the cycle's report; ``--report FILE``
-writes it (the GitHub workflow uploads it). ``--cancel ID`` cancels a cycle.
+runs in this process and never on the workers (a GPU runner: the GitHub workflow); ``--resume ID``
+goes on with such a cycle after this process died. ``--json`` prints the cycle's report; ``--report
+FILE`` writes it (the workflow uploads it). ``--cancel ID`` cancels a cycle. ``--token-env NAME``: the
+environment variable holding an API token; the cycle is requested by the token's user (recorded,
+four-eyes applies to its candidate), who needs the permission to start cycles, as in the API.
 """
 
 from __future__ import annotations
@@ -21,10 +24,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 
-from training import runner
 from training.cycle import service
 from training.exceptions import TrainingError
-from training.models import Cycle, TrainingRun
+from training.models import Cycle
 
 BAR_WIDTH = 30
 SETTLED = (Cycle.Status.AWAITING_APPROVAL, Cycle.Status.CANARY)
@@ -42,6 +44,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print its report as JSON at the end.")
         parser.add_argument("--report", type=Path, help="Write its report (JSON) to this file at the end.")
         parser.add_argument("--cancel", type=int, metavar="ID", help="Cancel cycle ID instead.")
+        parser.add_argument("--resume", type=int, metavar="ID", help="Go on with cycle ID (made with --here).")
+        parser.add_argument(
+            "--token-env", metavar="NAME", help="Environment variable with an API token: the cycle's requester."
+        )
         parser.add_argument("--poll", type=float, default=2.0, help="Seconds between checks with --wait.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -54,15 +60,28 @@ class Command(BaseCommand):
                 raise CommandError(exc.message) from exc
             self.stdout.write(f"Cancelled {cycle}.")
             return
-        config = json.loads(options["config"]) if options["config"] else {}
-        try:
-            cycle = service.cycle_create(
-                policy_kind=options["policy"] or settings.CYCLE_POLICY_KIND, trigger=options["trigger"], config=config
-            )
-        except TrainingError as exc:
-            details = "".join(f"\n  {name}: {' '.join(msgs)}" for name, msgs in exc.fields.items())
-            raise CommandError(f"{exc.message}{details}") from exc
-        self.stdout.write(f"Started {cycle}.")
+        here = options["here"]
+        if options["resume"]:
+            cycle = self.resumed(options["resume"], here=here)
+        else:
+            try:
+                config = json.loads(options["config"]) if options["config"] else {}
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"--config is not valid JSON: {exc}") from exc
+            trained_by = f"{socket.gethostname()}:{os.getpid()} (manage.py rlhf_cycle --here)" if here else ""
+            requested_by = self.token_user(options["token_env"]) if options["token_env"] else None
+            try:
+                cycle = service.cycle_create(
+                    policy_kind=options["policy"] or settings.CYCLE_POLICY_KIND,
+                    trigger=options["trigger"],
+                    config=config,
+                    trained_by=trained_by,
+                    requested_by=requested_by,
+                )
+            except TrainingError as exc:
+                details = "".join(f"\n  {name}: {' '.join(msgs)}" for name, msgs in exc.fields.items())
+                raise CommandError(f"{exc.message}{details}") from exc
+            self.stdout.write(f"Started {cycle}.")
         if options["wait"] or options["here"]:
             cycle = self.follow(cycle.pk, here=options["here"], poll=options["poll"])
         report = service.cycle_report(cycle)
@@ -73,27 +92,49 @@ class Command(BaseCommand):
         if options["wait"] or options["here"]:
             self.summarise(cycle)
 
+    def token_user(self, name: str) -> Any:
+        from rest_framework.authtoken.models import Token
+
+        key = os.environ.get(name, "")
+        if not key:
+            raise CommandError(f"${name} is empty: set it to an API token (Admin > Tokens).")
+        token = Token.objects.select_related("user").filter(key=key).first()
+        if token is None or not token.user.is_active:
+            raise CommandError(f"The API token in ${name} is not a valid token of an active user.")
+        if not token.user.has_perm("training.start_cycle"):
+            raise CommandError(f"{token.user.get_username()} may not start improvement cycles (training.start_cycle).")
+        return token.user
+
+    def resumed(self, cycle_id: int, *, here: bool) -> Cycle:
+        cycle = Cycle.objects.filter(pk=cycle_id).first()
+        if cycle is None:
+            raise CommandError(f"Cycle {cycle_id} does not exist.")
+        if here and not cycle.trained_by:
+            raise CommandError(f"{cycle}'s runs are trained by the workers; follow it with --resume {cycle_id} --wait.")
+        if not cycle.is_active:
+            raise CommandError(f"{cycle} has ended: {cycle.get_status_display().lower()}.")
+        self.stdout.write(f"Resuming {cycle}.")
+        return cycle
+
     def follow(self, cycle_id: int, *, here: bool, poll: float) -> Cycle:
-        worker = f"{socket.gethostname()}:{os.getpid()} (manage.py rlhf_cycle --here)"
-        last = ""
+        self.last = ""
         while True:
-            cycle = service.cycle_advance(cycle_id)
             if here:
-                for run in (cycle.reward_run, cycle.policy_run):
-                    if run is not None and run.status == TrainingRun.Status.QUEUED:
-                        runner.execute(run.pk, worker=worker)
-                        cycle = service.cycle_advance(cycle_id)
-            cycle = Cycle.objects.select_related("reward_run", "policy_run", "candidate", "canary").get(pk=cycle_id)
-            progress = service.cycle_progress(cycle)
-            filled = int(progress * BAR_WIDTH)
-            line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {progress:4.0%} {cycle.status} {cycle.stage}"
-            if line != last:
-                self.stdout.write(line)
-                sys.stdout.flush()
-                last = line
+                service.cycle_run_here(cycle_id, on_step=self.show)
+            cycle = service.cycle_advance(cycle_id)
+            self.show(cycle)
             if not cycle.is_active or cycle.status in SETTLED:
                 return cycle
             time.sleep(poll)
+
+    def show(self, cycle: Cycle) -> None:
+        progress = service.cycle_progress(cycle)
+        filled = int(progress * BAR_WIDTH)
+        line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {progress:4.0%} {cycle.status} {cycle.stage}"
+        if line != self.last:
+            self.stdout.write(line)
+            sys.stdout.flush()
+            self.last = line
 
     def summarise(self, cycle: Cycle) -> None:
         label = cycle.candidate.label if cycle.candidate else "-"
