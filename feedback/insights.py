@@ -181,7 +181,7 @@ def topics(filters: Filters, *, clusters: int | None = None, sample: int | None 
         result.append(
             {
                 "topic": cluster,
-                "terms": [str(vocabulary[j]) for j in terms[cluster, :6]],
+                "terms": [str(vocabulary[j]) for j in terms[cluster, :6] if model.cluster_centers_[cluster, j] > 0],
                 "size": len(members),
                 **{f"positive_{k}": v for k, v in proportion(good, len(members)).as_dict().items() if k != "n"},
                 "examples": [

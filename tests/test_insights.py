@@ -81,6 +81,17 @@ def test_topics_find_the_unhappy_one_first(world, settings):
     assert "car" in unhappy["terms"]
     assert unhappy["positive_value"] == 0.0
     assert "cook" in happy["terms"]
+
+
+def test_a_topics_terms_are_words_of_its_own_prompts(settings):
+    user, version = UserFactory(), ModelVersionFactory(number=1)
+    for _ in range(3):
+        answer_to(user, version, "Why does my car engine stall?", thumbs="down")
+        answer_to(user, version, "How do I cook rice?", thumbs="up")
+    unhappy, happy = insights.topics(insights.Filters.last_days(), clusters=2)
+    # Four words each: the other topic's words (weight 0 in this centre) are not listed after them.
+    assert sorted(unhappy["terms"]) == ["car", "does", "engine", "stall"]
+    assert sorted(happy["terms"]) == ["cook", "rice"]
     assert happy["positive_value"] > 0.9
     assert not unhappy["examples"][0]["positive"]
 

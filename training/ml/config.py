@@ -61,7 +61,8 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     # 60 steps turn ~100 pairs into a confident, calibrated reward model (margin 6.7, ECE 0.002)
     # where one epoch's 9 steps ranks them but barely separates them (margin 0.03).
     "reward": {"learning_rate": 1e-4, "epochs": 1.0, "min_steps": 60},
-    "dpo": {"learning_rate": 5e-5, "epochs": 1.0, "min_steps": 30},
+    # beta 0.5 over 0.1: as many answers meet the preference once, far fewer repeat it (0.15 vs 0.31).
+    "dpo": {"learning_rate": 5e-5, "epochs": 1.0, "min_steps": 30, "beta": 0.5},
     "kto": {"learning_rate": 5e-5, "epochs": 1.0, "min_steps": 30},
     # 1e-5 left the small policy where it was; 5e-5 with kl_coef 0.3 moves it without reward hacking.
     "ppo": {"learning_rate": 5e-5, "epochs": 1.0, "batch_size": 8, "min_steps": 40},
