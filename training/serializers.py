@@ -26,7 +26,7 @@ class DatasetSnapshotSerializer(serializers.ModelSerializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
-    dataset = DatasetSnapshotSerializer(read_only=True)
+    dataset = DatasetSnapshotSerializer(read_only=True, allow_null=True)
     base_version = serializers.SerializerMethodField()
     reward_version = serializers.SerializerMethodField()
     output_version = serializers.SerializerMethodField()
