@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 # Deeper than any request of the API needs (a cycle's config is three levels), far below the
@@ -67,6 +68,26 @@ def check(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
                 stack.extend((child, depth + 1) for child in item.values())
             else:
                 stack.extend((child, depth + 1) for child in item)
+
+
+def strings(value: Any) -> Iterator[str]:
+    """Every key and string inside decoded JSON ``value``, at any depth (iterative)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a key or string in ``value`` holds NUL (\\u0000), which PostgreSQL cannot store in
+    text or jsonb. Not refused by ``loads``: a text field says so itself, with its name."""
+    return any("\x00" in text for text in strings(value))
 
 
 def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:

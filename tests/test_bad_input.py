@@ -109,6 +109,18 @@ def test_a_lone_surrogate_anywhere_in_the_body_is_a_400(api, answer, body):
     assert not Feedback.objects.exists()
 
 
+@pytest.mark.parametrize("metrics", [{"accuracy\u0000": 1}, {"note": "a\u0000b"}, {"nested": [{"x": "\u0000"}]}])
+def test_a_nul_in_a_stored_json_object_is_a_field_error(operator, settings, metrics):
+    # PostgreSQL's jsonb cannot hold \u0000: this was a 500 from the insert.
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["models.example.com"]
+    client = APIClient()
+    client.force_authenticate(operator)
+    body = {"base_url": "https://models.example.com/v1", "model_name": "m", "metrics": metrics}
+    error = assert_error(client.post("/api/registry/versions", body, format="json"), 400, field="metrics")
+    assert error["fields"]["metrics"] == ["Must not contain NUL characters (\\u0000); they cannot be stored."]
+    assert not ModelVersion.objects.exists()
+
+
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
 def test_a_non_finite_number_in_a_training_config_is_refused(trainer, live_models, number):
     response = raw_post(trainer, "/api/training/runs", f'{{"kind": "dpo", "config": {{"beta": {number}}}}}')
