@@ -6,6 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core import jsonsafe
+
 
 class StrictSerializer(serializers.Serializer):
     """Rejects fields it does not know, so a typo is an error rather than silently ignored."""
@@ -34,3 +36,16 @@ class TextField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class JSONObjectField(serializers.DictField):
+    """A JSON object kept as it is (a jsonb column, a run's config): PostgreSQL refuses NUL in the
+    keys and strings of jsonb, so it is a field error here rather than a failed insert later."""
+
+    default_error_messages = {"nul": "Must not contain NUL characters (\\u0000); they cannot be stored."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if jsonsafe.holds_nul(value):
+            self.fail("nul")
+        return value

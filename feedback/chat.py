@@ -18,11 +18,10 @@ from typing import Literal
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Prefetch
 
-from core import prompts
+from core import prompts, ratelimit
 from feedback import arms, metrics
 from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
@@ -102,14 +101,19 @@ def history_for(*, prompt: Message) -> list[dict[str, str]]:
 
 def generation_allow(*, user: User) -> None:
     """Per-user limit on answers started (send and regenerate), CHAT_RATE_PER_MINUTE a minute.
-    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes."""
-    now = time.time()
-    window = int(now // 60)
-    key = f"chat-rate:{user.pk}:{window}"
-    cache.add(key, 0, timeout=90)
-    if cache.incr(key) > settings.CHAT_RATE_PER_MINUTE:
-        wait = int(60 - now % 60) + 1
-        raise FeedbackError(f"You are sending messages too fast; try again in {wait} s.", code="throttled")
+    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes;
+    with the cache down it allows (``core.ratelimit``)."""
+    verdict = ratelimit.hit(f"chat-rate:{user.pk}", ratelimit.Rate(settings.CHAT_RATE_PER_MINUTE, 60))
+    if not verdict.allowed:
+        raise FeedbackError(
+            f"You are sending messages too fast; try again in {verdict.retry_after} s.", code="throttled"
+        )
+
+
+def socket_frame_allow(*, user: User) -> bool:
+    """Per-user limit on feedback and compare frames on the chat socket (CHAT_SOCKET_RATE), across
+    all the user's sockets and processes: the REST API's throttle, for the socket."""
+    return ratelimit.hit(f"chat-socket:{user.pk}", settings.CHAT_SOCKET_RATE).allowed
 
 
 def user_turn_clean(content: object) -> str:

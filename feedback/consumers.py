@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from typing import Any
@@ -21,6 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from rest_framework.exceptions import ValidationError
 
+from core import jsonsafe
 from feedback import chat, selectors, services
 from feedback.exceptions import FeedbackError
 from feedback.models import Message
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_RATE_LIMITED = 4429
+# Frames that write a row each; limited per user by CHAT_SOCKET_RATE (sends have CHAT_RATE_PER_MINUTE).
+RATE_LIMITED = frozenset({"feedback", "compare"})
 MAX_FRAME_BYTES = 64 * 1024
 
 
@@ -86,9 +89,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("Messages must be JSON text of at most 64 KiB.")
             return
         try:
-            payload = json.loads(text_data)
-        except ValueError:
-            await self.send_error("That was not valid JSON.")
+            payload = jsonsafe.loads(text_data)
+        except jsonsafe.UnsafeJSON as exc:
+            # Also a lone surrogate ("\ud800"), NaN or deep nesting: refused here, the socket stays open.
+            invalid = str(exc).startswith("is not valid JSON")
+            await self.send_error("That was not valid JSON." if invalid else f"That message {exc}.")
             return
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             await self.send_error("Each message must be a JSON object with a 'type'.")
@@ -102,6 +107,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         }.get(payload["type"])
         if handler is None:
             await self.send_error(f"Unknown message type {payload['type'][:40]!r}.")
+            return
+        allow = database_sync_to_async(chat.socket_frame_allow)
+        if payload["type"] in RATE_LIMITED and not await allow(user=self.user):
+            await self.send_error("You are sending feedback too fast, so this connection is closed. Reload the page.")
+            await self.close(code=CLOSE_RATE_LIMITED)
             return
         try:
             await handler(payload)
@@ -232,7 +242,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=render_to_string(template, context))
 
     async def send_error(self, message: str) -> None:
-        await self.send_html("chat/_error.html", {"message": message})
+        """Show ``message`` in the page's error box. Never raises: it is what every failure path
+        calls, so a failure here would close the socket (and stop an answer being streamed)."""
+        try:
+            await self.send_html("chat/_error.html", {"message": jsonsafe.without_surrogates(str(message))})
+        except Exception:
+            logger.exception("could not send an error frame")
 
     @staticmethod
     def _uuid(payload: dict[str, Any], name: str) -> uuid.UUID:

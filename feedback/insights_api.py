@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import error_responses
+from core.params import is_whole_number
 from feedback import insights
 from models_registry.models import ModelVersion
 
@@ -82,7 +83,7 @@ def filters_from(request: Request) -> insights.Filters:
         kind, _, number = label.partition(":")
         version = (
             ModelVersion.objects.filter(kind=kind or "policy", number=number or -1).first()
-            if number.isdigit()
+            if is_whole_number(number)
             else None
         )
         if version is None:

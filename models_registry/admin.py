@@ -28,6 +28,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
 from core.admin import ReadOnlyAdminMixin
+from core.params import is_whole_number
 from models_registry.exceptions import RegistryError
 from models_registry.extensions import version_sections
 from models_registry.models import Canary, DeploymentEvent, ModelVersion
@@ -320,7 +321,7 @@ class ModelVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        version = ModelVersion.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        version = ModelVersion.objects.filter(pk=object_id).first() if is_whole_number(object_id) else None
         extra: dict[str, Any] = {}
         if version is not None:
             extra = {

@@ -14,7 +14,6 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -24,6 +23,7 @@ from rest_framework.views import APIView
 
 from core.errors import IDEMPOTENCY_HEADER, error_responses
 from core.idempotency import idempotent
+from core.params import choice_param, integer_param
 from models_registry import selectors, services
 from models_registry.exceptions import VersionNotFound
 from models_registry.models import Canary, DeploymentEvent, ModelVersion
@@ -93,8 +93,8 @@ class VersionCollectionApi(GenericAPIView):
     )
     def get(self, request: Request) -> Response:
         versions = selectors.version_list(
-            kind=_choice(request, "kind", ModelVersion.Kind.values),
-            status=_choice(request, "status", ModelVersion.Status.values),
+            kind=choice_param(request, "kind", ModelVersion.Kind.values),
+            status=choice_param(request, "status", ModelVersion.Status.values),
         )
         page = self.paginate_queryset(versions)
         return self.get_paginated_response(VersionSerializer(page, many=True).data)
@@ -206,9 +206,9 @@ class EventListApi(GenericAPIView):
     )
     def get(self, request: Request) -> Response:
         events = DeploymentEvent.objects.select_related("version", "actor").order_by("-created_at", "-id")
-        if kind := _choice(request, "kind", ModelVersion.Kind.values):
+        if kind := choice_param(request, "kind", ModelVersion.Kind.values):
             events = events.filter(version__kind=kind)
-        if (version := _integer(request, "version")) is not None:
+        if (version := integer_param(request, "version")) is not None:
             events = events.filter(version_id=version)
         page = self.paginate_queryset(events)
         return self.get_paginated_response(DeploymentEventSerializer(page, many=True).data)
@@ -223,19 +223,3 @@ class CanaryListApi(GenericAPIView):
         canaries = Canary.objects.select_related("version", "baseline", "started_by", "ended_by")
         page = self.paginate_queryset(canaries.order_by("-started_at", "-id"))
         return self.get_paginated_response(CanarySerializer(page, many=True).data)
-
-
-def _choice(request: Request, name: str, allowed: list[str]) -> str | None:
-    value = request.query_params.get(name) or None
-    if value is not None and value not in allowed:
-        raise ValidationError({name: [f"Must be one of {', '.join(allowed)}."]})
-    return value
-
-
-def _integer(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name) or None
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise ValidationError({name: ["Must be a whole number."]})
-    return int(value)

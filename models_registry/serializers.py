@@ -8,7 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer, TextField
+from core.serializers import JSONObjectField, StrictSerializer, TextField
 from models_registry.extensions import version_sections
 from models_registry.models import Canary, DeploymentEvent, ModelVersion
 
@@ -35,7 +35,7 @@ class RegisterInputSerializer(StrictSerializer):
     kind = serializers.ChoiceField(choices=ModelVersion.Kind.choices, default=ModelVersion.Kind.POLICY)
     base_url = TextField(max_length=500, help_text="OpenAI-compatible server; its host must be allowed.")
     model_name = TextField(max_length=200)
-    metrics = serializers.DictField(required=False, default=dict)
+    metrics = JSONObjectField(required=False, default=dict)
     reason = TextField(required=False, allow_blank=True, default="", max_length=2000)
 
 

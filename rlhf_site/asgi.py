@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth, origin
-check against ALLOWED_HOSTS)."""
+"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth, an origin
+check of scheme, host and port: ``rlhf_site.websocket``)."""
 
 import os
 
@@ -12,13 +12,13 @@ django_asgi_app = get_asgi_application()
 # Imported after Django is set up: they load models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from feedback.routing import websocket_urlpatterns  # noqa: E402
+from rlhf_site.websocket import SameOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -1,17 +1,19 @@
-"""JSON parser with a body size limit.
+"""JSON parser with a body size limit, refusing what would fail later (``core.jsonsafe``).
 
 DRF parsers read the request stream directly, which bypasses Django's DATA_UPLOAD_MAX_MEMORY_SIZE,
-so the limit is enforced here before anything is decoded.
+so the limit is enforced here before anything is decoded. The charset was vetted by
+``rlhf_site.middleware.CharsetMiddleware`` before the view ran.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.conf import settings
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
+
+from core import jsonsafe
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -33,10 +35,8 @@ class LimitedJSONParser(JSONParser):
             raise too_large
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            return json.loads(raw.decode(encoding), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise exceptions.ParseError(f"The request body is not valid JSON: {exc}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+            return jsonsafe.loads(raw.decode(encoding))
+        except (UnicodeError, LookupError):
+            raise exceptions.ParseError(f"The request body is not valid {encoding} text.") from None
+        except jsonsafe.UnsafeJSON as exc:
+            raise exceptions.ParseError(f"The request body {exc}.") from None

@@ -81,6 +81,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything decodes a body or query string with the charset a client declared.
+    "rlhf_site.middleware.CharsetMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -178,6 +180,13 @@ _authentication_classes = [
 ]
 
 API_THROTTLE_RATE = envrate("API_THROTTLE_RATE", "600/min")
+# Abuse limits (README "Abuse limits"); fixed windows in the cache, allowing everything while it is down.
+# Failed sign-ins (/accounts/login/, /admin/login/) per username and per client address.
+LOGIN_RATE_PER_USERNAME = envrate("LOGIN_RATE_PER_USERNAME", "10/h")
+LOGIN_RATE_PER_ADDRESS = envrate("LOGIN_RATE_PER_ADDRESS", "50/h")
+# How many proxies in front of the app append to X-Forwarded-For; 0: the client is REMOTE_ADDR (a
+# client-sent X-Forwarded-For is ignored, so it cannot dodge the per-address limit).
+NUM_PROXIES = envint("NUM_PROXIES", 0, minimum=0)
 API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", 64 * 1024, minimum=1024)
 
 REST_FRAMEWORK = {
@@ -192,6 +201,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "rlhf_site.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RLHF platform API",
@@ -270,6 +280,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 CHAT_SIGNUP_ENABLED = envbool("CHAT_SIGNUP_ENABLED", False)
 CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 4000, minimum=1)
 CHAT_RATE_PER_MINUTE = envint("CHAT_RATE_PER_MINUTE", 20, minimum=1)
+# Feedback and compare frames per user on the chat socket (all their sockets together); past it the
+# socket gets an error frame and is closed (code 4429).
+CHAT_SOCKET_RATE = envrate("CHAT_SOCKET_RATE", "600/min")
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 

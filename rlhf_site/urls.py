@@ -2,11 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from rlhf_site.login import admin_login_view, login_view
 from rlhf_site.metrics import metrics_view
 from rlhf_site.schema import SupabaseJWTScheme  # noqa: F401  (registers the scheme with drf-spectacular)
 
 urlpatterns = [
     path("", include("feedback.page_urls")),
+    # Before the stock views at the same paths: throttled sign-in (rlhf_site.login).
+    path("accounts/login/", login_view, name="login"),
+    path("admin/login/", admin_login_view),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/assistant/", include("feedback.urls")),

@@ -78,7 +78,7 @@ def test_the_start_form_refuses_a_config_that_is_not_an_object(admin_client_, li
 def test_the_start_form_refuses_invalid_json(admin_client_, live_models):
     response = admin_client_.post(f"{RUNS}start/", {"kind": "dpo", "config": '{"epochs": 2,}'})
     assert response.status_code == 200
-    assert response.context["form"].errors["config"][0].startswith("Not valid JSON: ")
+    assert response.context["form"].errors["config"][0].startswith("The config is not valid JSON: ")
     assert not TrainingRun.objects.exists()
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -16,6 +15,7 @@ from rest_framework.views import APIView
 
 from core.errors import IDEMPOTENCY_HEADER, error_responses
 from core.idempotency import idempotent
+from core.params import choice_param
 from training import selectors, services
 from training.cycle import service as cycle_service
 from training.exceptions import RunNotFound
@@ -60,7 +60,8 @@ class TrainingRunCollectionApi(GenericAPIView):
     )
     def get(self, request: Request) -> Response:
         runs = selectors.training_run_list(
-            kind=request.query_params.get("kind") or None, status=request.query_params.get("status") or None
+            kind=choice_param(request, "kind", TrainingRun.Kind.values),
+            status=choice_param(request, "status", TrainingRun.Status.values),
         )
         page = self.paginate_queryset(runs)
         return self.get_paginated_response(TrainingRunSerializer(page, many=True).data)
@@ -159,9 +160,7 @@ class CycleCollectionApi(GenericAPIView):
         cycles = Cycle.objects.select_related(
             "reward_run__output_version", "policy_run__output_version", "candidate", "canary__version", "requested_by"
         ).order_by("-created_at", "-id")
-        if status := request.query_params.get("status"):
-            if status not in Cycle.Status.values:
-                raise ValidationError({"status": [f"Must be one of {', '.join(Cycle.Status.values)}."]})
+        if status := choice_param(request, "status", Cycle.Status.values):
             cycles = cycles.filter(status=status)
         page = self.paginate_queryset(cycles)
         return self.get_paginated_response(

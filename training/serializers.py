@@ -6,13 +6,13 @@ from typing import Any
 
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer
+from core.serializers import JSONObjectField, StrictSerializer
 from training.models import DatasetSnapshot, TrainingRun
 
 
 class TrainingRunInputSerializer(StrictSerializer):
     kind = serializers.ChoiceField(choices=TrainingRun.Kind.choices)
-    config = serializers.DictField(
+    config = JSONObjectField(
         required=False,
         default=dict,
         help_text="Settings to override (epochs, learning_rate, batch_size, max_length, seed, ...); the rest default.",
@@ -26,7 +26,7 @@ class DatasetSnapshotSerializer(serializers.ModelSerializer):
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
-    dataset = DatasetSnapshotSerializer(read_only=True)
+    dataset = DatasetSnapshotSerializer(read_only=True, allow_null=True)
     base_version = serializers.SerializerMethodField()
     reward_version = serializers.SerializerMethodField()
     output_version = serializers.SerializerMethodField()
@@ -78,7 +78,7 @@ class CycleInputSerializer(StrictSerializer):
     policy = serializers.ChoiceField(
         choices=["ppo", "dpo", "kto"], required=False, help_text="How the policy is trained; default CYCLE_POLICY_KIND."
     )
-    config = serializers.DictField(
+    config = JSONObjectField(
         required=False,
         default=dict,
         help_text='Settings of its runs to override: {"reward": {...}, "policy": {...}}; the rest default.',

@@ -3,7 +3,6 @@ cancel it. Rows are read-only: a cycle changes only through ``training.cycle.ser
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -16,7 +15,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from core import jsonsafe
 from core.admin import ReadOnlyAdminMixin
+from core.params import is_whole_number
 from training.cycle import service
 from training.exceptions import TrainingError
 from training.models import Cycle
@@ -57,9 +58,9 @@ class StartCycleForm(forms.Form):
         if not raw:
             return {}
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+            value = jsonsafe.loads(raw)
+        except jsonsafe.UnsafeJSON as exc:  # also NaN, Infinity: the runs' rows could not store them
+            raise forms.ValidationError(f"The config {exc}.", code="invalid_json") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('A JSON object, e.g. {"reward": {"epochs": 2}}.')
         return value
@@ -96,7 +97,7 @@ class CycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ) -> HttpResponse:
         cycle = (
             Cycle.objects.select_related("reward_run", "policy_run", "candidate", "canary").filter(pk=object_id).first()
-            if object_id.isdigit()
+            if is_whole_number(object_id)
             else None
         )
         extra: dict[str, Any] = {}

@@ -22,6 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from core import jsonsafe
 from core.admin import ReadOnlyAdminMixin
 from training.exceptions import TrainingError
 from training.ml.config import KINDS, defaults_for
@@ -95,11 +96,9 @@ class StartTrainingRunForm(forms.Form):
         if not raw:
             return {}
         try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(
-                f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).", code="invalid_json"
-            ) from exc
+            return jsonsafe.loads(raw)
+        except jsonsafe.UnsafeJSON as exc:  # also NaN, Infinity: the run's row could not store them
+            raise forms.ValidationError(f"The config {exc}.", code="invalid_json") from None
 
     def add_training_error(self, exc: TrainingError) -> None:
         """The service's per-field messages on the form's fields (unknown names are config keys), and

@@ -128,6 +128,10 @@ def validate_config(kind: str, raw: Any) -> TrainConfig:
         if isinstance(value, bool) or not isinstance(value, int | float):
             errors[name] = [f"Must be a number, not {type(value).__name__}."]
             continue
+        # NaN passes every comparison below, and neither it nor Infinity can be stored as JSON.
+        if not math.isfinite(value):
+            errors[name] = [f"Must be a finite number; got {value}."]
+            continue
         if kind_of is int and not float(value).is_integer():
             errors[name] = ["Must be a whole number."]
             continue

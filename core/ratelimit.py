@@ -1,0 +1,76 @@
+"""Fixed-window rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
+
+A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key in each calendar minute. The
+counter is one cache key per window (``INCR``, expiring with the window), so a check is one round
+trip. Limits **degrade open**: when the cache cannot be reached the hit is allowed (and logged),
+because refusing every chat message and sign-in while Redis is down would turn a cache outage into a
+full one. README "Abuse limits" says so to operators.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"600/min"``, ``"10/h"``, ``"5/s"``, ``"1000/day"`` (the period's first letter counts)."""
+        count, _, period = text.strip().partition("/")
+        if not (count.isascii() and count.isdigit()) or int(count) < 1 or not period or period[0] not in _PERIODS:
+            raise ValueError(f"{text!r} is not a rate: use e.g. 600/min, 10/h, 5/s or 1000/day.")
+        return cls(int(count), _PERIODS[period[0]])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    count: int  # hits in this window so far, this one included (0 when the cache was unreachable)
+    retry_after: int  # seconds until the window ends
+
+
+def _window(rate: Rate, now: float) -> tuple[int, int]:
+    window = int(now // rate.seconds)
+    return window, int((window + 1) * rate.seconds - now) + 1
+
+
+def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:
+    """Count one hit on ``key`` and say whether it is within ``rate`` (None: no limit)."""
+    if rate is None:
+        return Verdict(True, 0, 0)
+    rate = Rate.parse(rate) if isinstance(rate, str) else rate
+    window, retry_after = _window(rate, time.time() if now is None else now)
+    cache_key = f"ratelimit:{key}:{window}"
+    try:
+        cache.add(cache_key, 0, timeout=rate.seconds + 1)
+        count = int(cache.incr(cache_key))
+    except Exception:  # the cache is down or the key expired between add and incr: degrade open
+        logger.warning("rate limit %s not checked: the cache is unreachable", key, exc_info=True)
+        return Verdict(True, 0, 0)
+    return Verdict(count <= rate.count, count, retry_after)
+
+
+def peek(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:
+    """Whether ``key`` has already used up ``rate`` in this window, without counting a hit."""
+    if rate is None:
+        return Verdict(True, 0, 0)
+    rate = Rate.parse(rate) if isinstance(rate, str) else rate
+    window, retry_after = _window(rate, time.time() if now is None else now)
+    try:
+        count = int(cache.get(f"ratelimit:{key}:{window}", 0))
+    except Exception:
+        logger.warning("rate limit %s not checked: the cache is unreachable", key, exc_info=True)
+        return Verdict(True, 0, 0)
+    return Verdict(count < rate.count, count, retry_after)
