@@ -10,13 +10,15 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from feedback.models import Feedback
+from feedback.models import Conversation, Feedback
 from models_registry.models import Canary, ModelVersion
 from models_registry.services import canary_promote, canary_stop, model_version_approve, model_version_register
 from tests.monitoring_data import rate
 from training.cycle import service
+from training.erasure import user_forget
 from training.exceptions import RunConflict
 from training.models import Cycle, TrainingRun
+from training.processor import ProcessorOptions, snapshot_build
 
 pytestmark = pytest.mark.django_db
 
@@ -215,6 +217,31 @@ def test_a_failed_policy_gate_ends_it_not_deployed(rated, django_capture_on_comm
     assert failing in cycle.reason
     assert ModelVersion.objects.get(pk=cycle.candidate_id).status == "rejected"
     assert not Canary.objects.exists()
+
+
+def test_a_snapshot_invalidated_by_an_erasure_after_the_reward_run_fails_the_cycle_clearly(
+    rated, tmp_path, django_capture_on_commit_callbacks
+):
+    capture = django_capture_on_commit_callbacks
+    cycle = advance(start(capture), capture)
+    snapshot = snapshot_build(options=ProcessorOptions(), root=tmp_path)
+    TrainingRun.objects.filter(pk=cycle.reward_run.pk).update(dataset=snapshot)
+    finish(cycle.reward_run, evaluation=GOOD_REWARD, baseline=LIVE_REWARD)
+    user = Conversation.objects.order_by("created_at").first().user
+    with capture(execute=True):
+        user_forget(user=user)
+
+    cycle = advance(cycle, capture)
+
+    assert cycle.status == "failed"
+    assert cycle.policy_run is None  # no run on the invalidated snapshot
+    assert cycle.reason.startswith(f"dataset snapshot {snapshot.pk} was invalidated by a user erasure after")
+    assert "Start a new cycle: it builds a fresh snapshot." in cycle.reason
+    assert cycle.stages[-1]["detail"] == "dataset invalidated"
+    reward = cycle.reward_run.output_version
+    reward.refresh_from_db()
+    assert reward.status == "rejected"
+    assert TrainingRun.objects.count() == 1
 
 
 def test_a_failed_run_ends_the_cycle_with_its_reason(rated, django_capture_on_commit_callbacks):

@@ -18,7 +18,7 @@ from feedback.models import Comparison, Conversation, Feedback, Message, Message
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory, UserMessageFactory
 from training.ml.config import TrainConfig
 from training.models import DatasetSnapshot
-from training.processor import DATASETS, ProcessorOptions, scrub, snapshot_build, split_of
+from training.processor import DATASETS, ProcessorOptions, Scrubber, scrub, snapshot_build, split_of
 
 ALL_TRAIN = ProcessorOptions(test_fraction=0.0)
 
@@ -366,6 +366,53 @@ def test_scrub_replaces_personal_data(text, expected):
 )
 def test_scrub_keeps_ordinary_numbers_and_text(text):
     assert scrub(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Payment cards: Luhn-valid numbers, unbroken or grouped by spaces or dashes (Visa, Mastercard, Amex).
+        ("Pay with 4111 1111 1111 1111 please", "Pay with [CARD] please"),
+        ("card 5555-5555-5555-4444.", "card [CARD]."),
+        ("Amex 3782 822463 10005 or 4012888888881881", "Amex [CARD] or [CARD]"),
+        ("Card 4111 1111 1111 1111 123 (the 123 is the CVV)", "Card [CARD] 123 (the 123 is the CVV)"),
+        # IBANs: country code, check digits, BBAN; grouped or not, any case; the mod-97 check passes.
+        ("IBAN DE89 3704 0044 0532 0130 00, thanks", "IBAN [IBAN], thanks"),
+        ("Send it to GB82WEST12345698765432.", "Send it to [IBAN]."),
+        ("mine is nl91abna0417164300 ok", "mine is [IBAN] ok"),
+        ("BE68 5390 0754 7034 then", "[IBAN] then"),
+        # Password phrases: the secret after the keyword goes, the keyword stays.
+        ("my password is hunter2.", "my password is [SECRET]."),
+        ("Password: 'correct horse battery'", "Password: [SECRET]"),
+        ("login with user=bob pwd=s3cr3t&next=/", "login with user=bob pwd=[SECRET]"),
+        ("The passphrase was: Tr0ub4dor&3!", "The passphrase was: [SECRET]!"),
+        ("my passwd = sunshine", "my passwd = [SECRET]"),
+    ],
+)
+def test_scrub_replaces_cards_ibans_and_passwords(text, expected):
+    assert scrub(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order 1234 5678 9012 3456 ships today.",  # 16 digits in card shape, but the Luhn check fails
+        "Tracking number 4111111111111112 is on its way.",  # one digit off a valid card
+        "Wire to DE89 3704 0044 0532 0130 01 instead.",  # the IBAN's check digits do not match
+        "GB82WEST12345698765431 is not an account.",
+        "We sold 100 000 000 000 000 eggs.",  # thousands, not a card
+        "A strong password is long and random. Password: required. The password was changed.",
+        "Compass: north; the bypass is closed; passport number on page 2.",
+    ],
+)
+def test_scrub_keeps_failed_checks_and_prose(text):
+    assert scrub(text) == text
+
+
+def test_scrub_counts_cards_ibans_and_passwords_by_kind():
+    scrubber = Scrubber()
+    scrubber("card 4111 1111 1111 1111, IBAN DE89370400440532013000, password: hunter2, order 1234 5678 9012 3456")
+    assert scrubber.counts == {"card": 1, "iban": 1, "password": 1}
 
 
 def test_personal_data_is_scrubbed_in_prompts_answers_and_steps(tmp_path, alice, conversation):

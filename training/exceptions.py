@@ -22,6 +22,13 @@ class RunConflict(TrainingError):
     code = "conflict"
 
 
+class DatasetInvalidated(TrainingError):
+    """The dataset snapshot was invalidated (a user whose rows it held was erased): no run trains on it."""
+
+    http_status = 409
+    code = "dataset_invalidated"
+
+
 class RunCancelled(Exception):
     """Raised inside a worker when an operator cancelled the run; unwinds to the task, which records it."""
 

@@ -34,12 +34,20 @@ class DatasetSnapshot(models.Model):
     size_bytes = models.PositiveBigIntegerField(default=0)
     build_seconds = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when a user whose rows it holds is erased (training.erasure): its files are removed and no
+    # run trains on it again. The row stays, so the runs and versions made from it keep their lineage.
+    invalidated_at = models.DateTimeField(null=True, blank=True)
+    invalidated_reason = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"dataset {self.pk} ({self.content_hash[:12]})"
+
+    @property
+    def is_invalidated(self) -> bool:
+        return self.invalidated_at is not None
 
     def rows(self, dataset: str, split: str) -> int:
         return int(self.row_counts.get(dataset, {}).get(split, 0))
@@ -288,3 +296,36 @@ class Cycle(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class UserErasure(models.Model):
+    """The proof that a user was erased (``manage.py forget_user``, the admin's delete, or any delete of
+    the user), without personal data: a keyed hash of the user id (``training.erasure.erasure_subject``),
+    how many rows of each kind went, and the dataset snapshots that held their rows. Append-only."""
+
+    class Source(models.TextChoices):
+        COMMAND = "command", "manage.py forget_user"
+        ADMIN = "admin", "Admin"
+        DELETE = "delete", "A delete of the user elsewhere (ORM, shell)"
+
+    subject = models.CharField(max_length=64, db_index=True, help_text="HMAC-SHA256 of the user id (SECRET_KEY).")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The operator who erased them (admin).",
+    )
+    counts = models.JSONField(default=dict, help_text="Rows removed (or unlinked) by kind.")
+    snapshots = models.ManyToManyField(
+        DatasetSnapshot, blank=True, related_name="erasures", help_text="Dataset snapshots that held their rows."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"erasure {self.pk} ({self.subject[:12]})"

@@ -32,7 +32,7 @@ from models_registry.artifacts import resolve_artifact_path, sha256_tree, verify
 from models_registry.exceptions import RegistryError
 from models_registry.models import ModelVersion
 from training import services
-from training.exceptions import RunCancelled, RunFailure
+from training.exceptions import DatasetInvalidated, RunCancelled, RunFailure
 from training.ml.config import DATASET_FOR_KIND, ConfigError, TrainConfig, validate_config
 from training.ml.progress import Progress, RunHooks, TrainResult
 from training.models import Cycle, DatasetSnapshot, TrainingRun
@@ -278,6 +278,7 @@ def _prepare(job: _Job) -> _Prepared:
         raise RunFailure(f"The stored config is invalid: {exc}", code="invalid_config") from exc
     if run.dataset is not None:  # given when the run was created (a cycle's policy run: its reward run's)
         snapshot = run.dataset
+        _check_usable(snapshot)
         reporter.log(f"dataset {snapshot.pk} ({snapshot.content_hash[:12]}), given: {snapshot.row_counts}")
     else:
         reporter.phase("building dataset", 0.0)
@@ -322,8 +323,18 @@ def _train(job: _Job, prepared: _Prepared) -> TrainResult:
     return result
 
 
+def _check_usable(snapshot: DatasetSnapshot, *, when: str = "") -> None:
+    try:
+        services.dataset_check_usable(snapshot)
+    except DatasetInvalidated as exc:
+        raise RunFailure(f"{exc.message}{when}", code=exc.code) from None
+
+
 def _publish(job: _Job, prepared: _Prepared, result: TrainResult) -> ModelVersion | None:
     reporter, snapshot = job.reporter, prepared.snapshot
+    # A user whose rows it trained on may have been erased while it trained: then nothing it made is
+    # evaluated or registered.
+    _check_usable(snapshot, when=" (invalidated while the run trained; nothing was registered)")
     reporter.phase("evaluating", _DATASET_SHARE + _TRAIN_SHARE)
     evaluation = _evaluate(
         job.run, prepared.config, snapshot, job.staging, prepared.base, prepared.judge or prepared.reward

@@ -22,7 +22,18 @@ class TrainingRunInputSerializer(StrictSerializer):
 class DatasetSnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetSnapshot
-        fields = ["id", "content_hash", "row_counts", "split", "source", "stats", "size_bytes", "created_at"]
+        fields = [
+            "id",
+            "content_hash",
+            "row_counts",
+            "split",
+            "source",
+            "stats",
+            "size_bytes",
+            "created_at",
+            "invalidated_at",
+            "invalidated_reason",
+        ]
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):

@@ -23,7 +23,7 @@ from django.utils import timezone
 from models_registry.models import ModelVersion
 from models_registry.selectors import live_version
 from models_registry.services import model_version_register
-from training.exceptions import RunConflict, RunNotFound, TrainingError
+from training.exceptions import DatasetInvalidated, RunConflict, RunNotFound, TrainingError
 from training.ml.config import ConfigError, validate_config
 from training.models import DatasetSnapshot, TrainingRun
 
@@ -97,7 +97,10 @@ def training_run_create(
     reward run's). ``reward_version``: the reward model that scores a PPO run's rollouts instead of
     the live one (a cycle's new reward model). ``judge_version``: the reward model that judges the
     policy it makes instead of the live one (a cycle's, when the live one no longer agrees with users).
-    ``dispatch`` False: no task is sent; the process that made it trains it (``runner.execute``)."""
+    ``dispatch`` False: no task is sent; the process that made it trains it (``runner.execute``).
+    Refused for an invalidated ``dataset`` (``DatasetInvalidated``)."""
+    if dataset is not None:
+        dataset_check_usable(dataset)
     try:
         validated = validate_config(kind, config)
     except ConfigError as exc:
@@ -116,6 +119,15 @@ def training_run_create(
     if dispatch:
         transaction.on_commit(lambda: _send_execute(run.id))
     return run
+
+
+def dataset_check_usable(dataset: DatasetSnapshot) -> None:
+    """Raise ``DatasetInvalidated`` if the snapshot was invalidated (read from the database, not the
+    instance: an erasure may have happened since it was loaded)."""
+    found = DatasetSnapshot.objects.filter(pk=dataset.pk).values_list("invalidated_at", "invalidated_reason").first()
+    if found is None or found[0] is not None:
+        reason = found[1] if found else "it no longer exists."
+        raise DatasetInvalidated(f"Dataset snapshot {dataset.pk} cannot be trained on: {reason}")
 
 
 def _transition(run_id: int, to: str, *, only_if: dict[str, Any] | None = None, **fields: Any) -> bool:

@@ -1,4 +1,4 @@
 """Admin of the training app: runs and dataset snapshots, improvement cycles, the monitor's decisions,
-and the lineage it adds to the registry's version pages."""
+the lineage it adds to the registry's version pages, and the user admin whose deletes are erasures."""
 
-from training.admin import cycles, lineage, monitor, runs  # noqa: F401  (each registers its admin classes)
+from training.admin import cycles, lineage, monitor, runs, users  # noqa: F401  (each registers its admin classes)

@@ -318,7 +318,8 @@ class TrainingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(DatasetSnapshot)
 class DatasetSnapshotAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "short_hash", "rows_summary", "size", "build_seconds", "created_at"]
+    list_display = ["id", "short_hash", "rows_summary", "size", "build_seconds", "created_at", "invalidated_at"]
+    list_filter = [("invalidated_at", admin.EmptyFieldListFilter)]
     date_hierarchy = "created_at"
     search_fields = ["content_hash", "path"]
     fields = [
@@ -327,6 +328,8 @@ class DatasetSnapshotAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "size",
         "build_seconds",
         "created_at",
+        "invalidated_at",
+        "invalidated_reason",
         "training_runs_links",
         "pretty_row_counts",
         "pretty_split",

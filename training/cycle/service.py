@@ -18,7 +18,9 @@ Stages and what ends a cycle:
    goes on from there. The reward candidate goes live when the policy candidate is approved.
 6. ``canary``: the candidate serves ``CYCLE_CANARY_SHARE`` of new conversations; the monitor promotes
    or stops it, and the cycle ends promoted or stopped.
-A failed or cancelled run ends the cycle failed or cancelled with the run's reason.
+A failed or cancelled run ends the cycle failed or cancelled with the run's reason. A snapshot
+invalidated by a user erasure (``training.erasure``) after the reward run trained on it ends the cycle
+failed, its candidates rejected; the next cycle builds a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from training import services
 from training.cycle import gates as gate_rules
 from training.exceptions import RunConflict, RunNotFound, TrainingError
 from training.ml.config import ConfigError, validate_config
-from training.models import Cycle, TrainingRun
+from training.models import Cycle, DatasetSnapshot, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +222,20 @@ def _after_reward(cycle: Cycle) -> bool:
     if not outcome:
         return False
     run = cycle.reward_run
+    if (
+        run.dataset_id is not None
+        and DatasetSnapshot.objects.filter(pk=run.dataset_id, invalidated_at__isnull=False).exists()
+    ):
+        # An erasure invalidated the snapshot after the reward model trained on it: the reward model
+        # holds the erased rows and the policy cannot train on the snapshot. The next cycle builds a
+        # fresh one.
+        reason = (
+            f"dataset snapshot {run.dataset_id} was invalidated by a user erasure after {run} trained on it; the"
+            " cycle ends and its candidates are rejected. Start a new cycle: it builds a fresh snapshot."
+        )
+        _end(cycle, Status.FAILED, reason, stage_detail="dataset invalidated")
+        _reject_candidates(cycle, reason)
+        return False
     gates = gate_rules.reward_gates(run.metrics.get("eval") or {}, run.metrics.get("baseline"), thresholds())
     cycle.gates = [*cycle.gates, *(gate.as_dict() for gate in gates)]
     if not all(gate.passed for gate in gates):

@@ -45,8 +45,9 @@ Rules:
   contiguous from the first; an answer whose first step is unlabelled gives no row, and one whose
   labelled steps had a gap is truncated at the gap (``steps_truncated``).
 - **Scrubbing**: every text (prompts, answers, steps) goes through ``scrub.Scrubber`` before it is
-  written: e-mail addresses, phone numbers and key-like secrets become ``[EMAIL]``, ``[PHONE]``,
-  ``[SECRET]`` (counts by kind in ``stats.scrubbed``).
+  written: e-mail addresses, phone numbers, key-like secrets and what follows "password:" (or "is",
+  "pwd=", ...), Luhn-valid card numbers and mod-97-valid IBANs become ``[EMAIL]``, ``[PHONE]``,
+  ``[SECRET]``, ``[CARD]``, ``[IBAN]`` (counts by kind in ``stats.scrubbed``).
 - **Duplicates**: identical rows (after scrubbing) are written once per dataset and split. The
   16-byte digests of the rows written are kept in the on-disk SQLite table, O(distinct rows) of
   disk, not memory.
