@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import time
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -663,9 +662,8 @@ def test_memory_stays_flat_as_feedback_grows(tmp_path):
     _seed_feedback(20_000)
     small = _peak_bytes(tmp_path / "small")
     _seed_feedback(180_000)  # 200k in all
-    started = time.monotonic()
     large = _peak_bytes(tmp_path / "large")
 
     assert Feedback.objects.count() == 200_000
     assert large <= 1.5 * small, f"peak {large / 2**20:.1f} MiB at 200k rows vs {small / 2**20:.1f} MiB at 20k"
-    assert time.monotonic() - started < 60
+    # Speed is bench/dataset_build.py's to measure (README), not a timed assertion here.
