@@ -122,6 +122,10 @@ DATABASES = {
             pool=envbool("DATABASE_POOL", True),
             pool_min_size=envint("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
             pool_max_size=envint("DATABASE_POOL_MAX_SIZE", 10, minimum=1),
+            # A request waits at most this long for a pooled connection, then gets 503 + Retry-After.
+            pool_timeout=envfloat("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
+            # libpq counts anything under 2 s as 2 s.
+            connect_timeout=envint("DATABASE_CONNECT_TIMEOUT", 3, minimum=2),
         )
         if _database_url
         else sqlite_config(VAR_DIR / "db.sqlite3")

@@ -1,0 +1,184 @@
+"""Fault drills against real processes: PostgreSQL cut for 10 s under feedback load, Redis cut while
+chatting, a training worker killed mid-run. Each cut is a TCP proxy (tests/faults.py) between the
+platform's server process and the service, or a SIGKILL.
+
+The figures (time to a 503, recovery after the database returns) are printed: run with ``-s`` to see
+them (README, "Fault drills"). The assertions are about what users see and what is stored, not about
+times: a request that hangs fails on the client's timeout."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from rest_framework.authtoken.models import Token
+
+from feedback.models import Feedback
+from tests.e2e.servers import platform_server
+from tests.factories import AssistantMessageFactory, ConversationFactory
+from tests.faults import tcp_proxy
+from tests.helpers import database_url, wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the figures
+
+OUTAGE_SECONDS = 10.0
+CLIENTS = 3
+# A request still unanswered after this long counts as hung: far above the pool timeout (2 s) that
+# bounds a request while the database is gone.
+CLIENT_TIMEOUT = 8.0
+
+
+def through(proxy_port: int, url: str) -> str:
+    """``url`` (a DATABASE_URL or REDIS_URL) with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{auth + '@' if auth else ''}127.0.0.1:{proxy_port}"))
+
+
+def report(title: str, figures: dict[str, str]) -> None:
+    print(f"\nDRILL {title}: " + "; ".join(f"{name} {value}" for name, value in figures.items()))
+
+
+# --- (a) PostgreSQL unreachable for 10 s during feedback load ---------------------------------------
+
+
+@dataclass
+class Answer:
+    client: int
+    target: tuple[str, int | None]
+    comment: str
+    sent: float
+    done: float
+    status: int  # 0: no answer (the client gave up or could not connect)
+    body: dict | None
+    retry_after: str | None
+
+
+def feedback_load(base: str, token: str, targets: list[tuple[str, int | None]], client: int, stop: threading.Event,
+                  answers: list[Answer]) -> None:  # fmt: skip
+    """One client: rate its own targets in turn, each time with a new comment, until ``stop``."""
+    headers = {"Authorization": f"Token {token}"}
+    with httpx.Client(base_url=base, timeout=CLIENT_TIMEOUT, headers=headers) as http:
+        n = 0
+        while not stop.is_set():
+            target = targets[n % len(targets)]
+            comment = f"client {client} request {n}"
+            body: dict = {"message_id": target[0], "comment": comment}
+            if target[1] is not None:
+                body["step_index"] = target[1]
+            sent = time.monotonic()
+            try:
+                response = http.post("/api/assistant/feedback", json=body)
+                status, payload, retry = response.status_code, response.json(), response.headers.get("Retry-After")
+            except (httpx.HTTPError, ValueError):
+                status, payload, retry = 0, None, None
+            answers.append(Answer(client, target, comment, sent, time.monotonic(), status, payload, retry))
+            n += 1
+
+
+def test_drill_postgres_cut_for_ten_seconds_under_feedback_load(alice, tmp_path):
+    token = Token.objects.create(user=alice).key
+    conversation = ConversationFactory(user=alice)
+    targets = [
+        (str(answer.id), step)
+        for answer in AssistantMessageFactory.create_batch(30, conversation=conversation)
+        for step in (None, 0, 1, 2)
+    ]
+    db = urlsplit(database_url())
+    answers: list[Answer] = []
+    stop = threading.Event()
+    with (
+        tcp_proxy(db.hostname or "127.0.0.1", db.port or 5432) as proxy,
+        platform_server(
+            tmp_path,
+            "db-drill",
+            database=through(proxy.port, database_url()),
+            API_THROTTLE_RATE="off",
+            DATABASE_POOL_TIMEOUT="2",
+            LOG_LEVEL="WARNING",
+        ) as base,  # fmt: skip
+    ):
+        clients = [
+            threading.Thread(target=feedback_load, args=(base, token, targets[i::CLIENTS], i, stop, answers))
+            for i in range(CLIENTS)
+        ]
+        for thread in clients:
+            thread.start()
+        try:
+            assert wait_until(lambda: sum(a.status in (200, 201) for a in answers) >= 30, timeout=60)
+            cut_at = time.monotonic()
+            proxy.cut()
+            time.sleep(OUTAGE_SECONDS)
+            restored_at = time.monotonic()
+            proxy.restore()
+
+            def recovered() -> bool:
+                return sum(a.status in (200, 201) and a.sent > restored_at for a in list(answers)) >= 30
+
+            assert wait_until(recovered, timeout=60, interval=0.1), "no recovery; statuses after the restore: " + str(
+                sorted({a.status for a in answers if a.sent > restored_at})
+            )
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=30)
+
+    # What users saw: an answer every time, a 503 in the one error shape with Retry-After while
+    # the database was gone, and nothing else.
+    assert {a.status for a in answers} <= {200, 201, 503}, sorted({a.status for a in answers})
+    unavailable = [a for a in answers if a.status == 503]
+    assert unavailable, "no request noticed the outage"
+    for answer in unavailable:
+        assert answer.body == {
+            "error": {
+                "status": 503,
+                "code": "database_unavailable",
+                "message": "The database cannot be reached right now; nothing was changed. Try again shortly.",
+                "fields": {},
+            }
+        }
+        assert answer.retry_after == "5"
+    # Recovered: from the first success after the restore on, every request succeeds (broken pooled
+    # connections were replaced, not handed out); and no 503 before the cut.
+    first_back = min((a for a in answers if a.status in (200, 201) and a.done > restored_at), key=lambda a: a.done)
+    assert all(a.status in (200, 201) for a in answers if a.sent >= first_back.done)
+    assert all(a.done >= cut_at for a in unavailable)
+
+    # What was stored: every acknowledged write. Per target (each client owns its targets and
+    # writes them one at a time), the stored comment is the last acknowledged one, or one written
+    # later by a request whose 503 came after its commit (the database may have it or not).
+    ok = [a for a in answers if a.status in (200, 201)]
+    ids = {a.body["id"] for a in ok}  # type: ignore[index]
+    assert Feedback.objects.filter(id__in=ids).count() == len(ids)
+    stored = {
+        (str(f.message_id), f.step.index if f.step else None): f.comment
+        for f in Feedback.objects.filter(user=alice).select_related("step")
+    }
+    for target in {a.target for a in ok}:
+        on_target = [a for a in answers if a.target == target]
+        last_ok = max(i for i, a in enumerate(on_target) if a.status in (200, 201))
+        allowed = {a.comment for a in on_target[last_ok:]}
+        assert stored[target] in allowed, (target, stored[target], on_target[last_ok].comment)
+
+    latencies = [a.done - a.sent for a in unavailable]
+    first_503 = min(a.done for a in unavailable) - cut_at
+    report(
+        "postgres cut 10 s",
+        {
+            "requests": str(len(answers)),
+            "2xx": str(len(ok)),
+            "503": str(len(unavailable)),
+            "other": str(len(answers) - len(ok) - len(unavailable)),
+            "first 503 after the cut": f"{first_503:.2f} s",
+            "503 latency p50/max": f"{statistics.median(latencies):.2f}/{max(latencies):.2f} s",
+            "recovery (restore to first 2xx)": f"{first_back.done - restored_at:.2f} s",
+            "2xx rows missing": "0",
+        },
+    )
