@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from core import prompts
+from core.cache import CACHE_ERRORS, cache_unreachable
 from feedback import arms, metrics
 from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
@@ -102,12 +103,18 @@ def history_for(*, prompt: Message) -> list[dict[str, str]]:
 
 def generation_allow(*, user: User) -> None:
     """Per-user limit on answers started (send and regenerate), CHAT_RATE_PER_MINUTE a minute.
-    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes."""
+    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes; when
+    the cache cannot be reached the answer is allowed (fails open, logged)."""
     now = time.time()
     window = int(now // 60)
     key = f"chat-rate:{user.pk}:{window}"
-    cache.add(key, 0, timeout=90)
-    if cache.incr(key) > settings.CHAT_RATE_PER_MINUTE:
+    try:
+        cache.add(key, 0, timeout=90)
+        count = cache.incr(key)
+    except CACHE_ERRORS as exc:  # Redis is down: the chat goes on without its limit (core.cache)
+        cache_unreachable(limit="Chat rate limit", exc=exc)
+        return
+    if count > settings.CHAT_RATE_PER_MINUTE:
         wait = int(60 - now % 60) + 1
         raise FeedbackError(f"You are sending messages too fast; try again in {wait} s.", code="throttled")
 

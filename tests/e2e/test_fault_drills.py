@@ -182,3 +182,86 @@ def test_drill_postgres_cut_for_ten_seconds_under_feedback_load(alice, tmp_path)
             "2xx rows missing": "0",
         },
     )
+
+
+# --- (b) Redis gone while chatting -----------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_db():
+    """The test's Redis database (REDIS_URL), reached directly, not through the proxy."""
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def chat_rate_keys(client, user_id: int) -> list[bytes]:
+    return list(client.scan_iter(match=f"*chat-rate:{user_id}:*"))
+
+
+@pytest.mark.redis
+def test_drill_redis_cut_while_chatting(alice, tmp_path, settings, redis_db):
+    from django.conf import settings as live_settings
+
+    from feedback.models import Message
+    from models_registry.services import model_version_make_live, model_version_register
+    from tests.e2e.servers import chat, fake_model_server, session_of
+
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+    redis_url = urlsplit(live_settings.REDIS_URL)
+    for key in chat_rate_keys(redis_db, alice.pk):
+        redis_db.delete(key)
+    conversation = ConversationFactory(user=alice)
+    session = session_of(alice)
+    replies: list[tuple[str, str, float]] = []  # (phase, final frame, seconds to the final frame)
+    with (
+        fake_model_server("1. Still answering.") as model_url,
+        tcp_proxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379) as proxy,
+    ):
+        model_version_make_live(
+            version=model_version_register(
+                kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="fake"
+            )
+        )
+        # Two answers a minute: the three sent during the outage pass only because the limit fails open.
+        with platform_server(tmp_path, "redis-drill", REDIS_URL=through(proxy.port, live_settings.REDIS_URL),
+                             SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1", CHAT_RATE_PER_MINUTE="2") as base:  # fmt: skip
+
+            def ask(phase: str, text: str) -> None:
+                started = time.monotonic()
+                replies.append((phase, chat(base, session, conversation.id, text), time.monotonic() - started))
+
+            ask("before", "Hello while Redis is up")
+            assert chat_rate_keys(redis_db, alice.pk), "the limit did not count in Redis"
+            proxy.cut()
+            for n in range(3):
+                ask("during", f"Hello while Redis is down ({n})")
+            for key in chat_rate_keys(redis_db, alice.pk):
+                redis_db.delete(key)
+            proxy.restore()
+            ask("after", "Hello again")
+            counted_again = chat_rate_keys(redis_db, alice.pk)
+
+    # What the user saw: every message answered, in full; what was stored: every answer, complete.
+    for phase, frame, _ in replies:
+        assert "Still answering." in frame, (phase, frame[-500:])
+        assert 'data-status="failed"' not in frame
+        assert "went wrong" not in frame
+    answers = Message.objects.filter(conversation=conversation, role="assistant").order_by("created_at")
+    assert [(a.status, a.content.strip()) for a in answers] == [("complete", "1. Still answering.")] * 5
+    assert Message.objects.filter(conversation=conversation, role="user").count() == 5
+    # The limit counts in Redis again once it is back (the three answers during the outage went uncounted).
+    assert counted_again
+    assert proxy.refused > 0, "the platform never tried Redis during the outage"
+    report(
+        "redis cut while chatting",
+        {
+            "answers": f"{len(replies)}/{len(replies)} complete",
+            "during the outage": f"{sum(p == 'during' for p, _, _ in replies)} answered",
+            "seconds to a full answer before/during/after": "/".join(
+                f"{max(s for p, _, s in replies if p == phase):.2f}" for phase in ("before", "during", "after")
+            ),
+            "connections refused by the cut": str(proxy.refused),
+        },
+    )
