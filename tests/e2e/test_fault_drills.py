@@ -285,7 +285,7 @@ def queues():
     client.delete(*keys)
 
 
-STEPS = 30
+STEPS = 12
 
 
 @pytest.mark.redis
