@@ -49,6 +49,7 @@ def error_responses(extra: dict[int, str] | None = None) -> dict[int, OpenApiRes
         415: "Not JSON.",
         422: "Idempotency-Key reused with another body.",
         429: "Throttled; see Retry-After.",
+        503: "The database cannot be reached; nothing was changed. See Retry-After.",
     }
     common.update(extra or {})
     return {code: OpenApiResponse(ErrorSerializer, description=text) for code, text in sorted(common.items())}

@@ -9,13 +9,15 @@ full one. README "Abuse limits" says so to operators.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 from django.core.cache import cache
 
-logger = logging.getLogger(__name__)
+from core.cache import CACHE_ERRORS, cache_unreachable
+
+# A hit also fails when its key expires between ADD and INCR (ValueError): counted as unreachable.
+_HIT_ERRORS: tuple[type[Exception], ...] = (*CACHE_ERRORS, ValueError)
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -56,8 +58,8 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdi
     try:
         cache.add(cache_key, 0, timeout=rate.seconds + 1)
         count = int(cache.incr(cache_key))
-    except Exception:  # the cache is down or the key expired between add and incr: degrade open
-        logger.warning("rate limit %s not checked: the cache is unreachable", key, exc_info=True)
+    except _HIT_ERRORS as exc:  # degrade open
+        cache_unreachable(limit=f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
     return Verdict(count <= rate.count, count, retry_after)
 
@@ -70,7 +72,7 @@ def peek(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verd
     window, retry_after = _window(rate, time.time() if now is None else now)
     try:
         count = int(cache.get(f"ratelimit:{key}:{window}", 0))
-    except Exception:
-        logger.warning("rate limit %s not checked: the cache is unreachable", key, exc_info=True)
+    except CACHE_ERRORS as exc:
+        cache_unreachable(limit=f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
     return Verdict(count < rate.count, count, retry_after)

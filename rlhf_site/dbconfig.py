@@ -9,6 +9,16 @@ Under ASGI, Django runs each sync view in a fresh thread and connections belong 
 persistent connections (CONN_MAX_AGE > 0) are never reused: they pile up until PostgreSQL refuses
 new clients (measured in bench/feedback_load.py). Hence, for PostgreSQL, a psycopg connection pool
 per process with CONN_MAX_AGE 0, as Django's docs advise for ASGI.
+
+When the database is unreachable a request must fail fast (503 with ``Retry-After``, see
+``rlhf_site.errors``) and the service must come back on its own within seconds of the database
+returning (the fault drills in ``tests/e2e/test_fault_drills.py``). Hence: a ``connect_timeout``
+(a blackholed server otherwise holds a connect for minutes); a pool timeout of seconds, the longest
+a request waits for a connection; health checks (``CONN_HEALTH_CHECKS``, which Django turns into the
+pool's ``check``), so a pooled connection broken by the outage is replaced instead of failing a
+request after the database is back; and a short ``reconnect_timeout``: the pool's reconnection
+backs off exponentially (1, 2, 4, 8 s, ...), so after an outage of 10 s its next try could be 5-15 s
+away; giving up after a few seconds instead lets the next request start a fresh attempt at once.
 """
 
 from __future__ import annotations
@@ -23,6 +33,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
 POOLER_MODES = ("auto", "transaction", "session", "none")
+# Seconds the pool keeps retrying one reconnection (with backoff) before it gives up; the next request
+# that finds no connection starts a new attempt straight away.
+POOL_RECONNECT_TIMEOUT = 5.0
 
 
 def sqlite_config(path: Path) -> dict[str, Any]:
@@ -37,7 +50,14 @@ def sqlite_config(path: Path) -> dict[str, Any]:
 
 
 def database_config(
-    url: str, *, pooler: str = "auto", pool_min_size: int = 2, pool_max_size: int = 10, pool: bool = True
+    url: str,
+    *,
+    pooler: str = "auto",
+    pool_min_size: int = 2,
+    pool_max_size: int = 10,
+    pool: bool = True,
+    pool_timeout: float = 2.0,
+    connect_timeout: int = 3,
 ) -> dict[str, Any]:
     if pooler not in POOLER_MODES:
         raise ImproperlyConfigured(f"DATABASE_POOLER={pooler!r} is not one of {', '.join(POOLER_MODES)}.")
@@ -53,10 +73,17 @@ def database_config(
     port = urlsplit(url).port
     transaction_pooler = pooler == "transaction" or (pooler == "auto" and port == SUPABASE_TRANSACTION_POOLER_PORT)
     options = config.setdefault("OPTIONS", {})
+    options.setdefault("connect_timeout", connect_timeout)  # one given in the URL wins
+    config["CONN_HEALTH_CHECKS"] = True
     if transaction_pooler:
         config["DISABLE_SERVER_SIDE_CURSORS"] = True
         options["prepare_threshold"] = None
     elif pool:
         # The external pooler, where there is one, is the pool; otherwise each process keeps its own.
-        options["pool"] = {"min_size": pool_min_size, "max_size": pool_max_size, "timeout": 10}
+        options["pool"] = {
+            "min_size": pool_min_size,
+            "max_size": pool_max_size,
+            "timeout": pool_timeout,
+            "reconnect_timeout": POOL_RECONNECT_TIMEOUT,
+        }
     return config

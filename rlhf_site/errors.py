@@ -3,16 +3,22 @@
 Apps never import this module: they raise exceptions derived from ``core.exceptions.ServiceError``
 (``code``, ``message``, ``fields``, ``http_status``), Django's ``ValidationError``, ``Http404`` or DRF
 exceptions.
+
+A database that cannot be reached (Django's ``OperationalError`` or ``InterfaceError``: no connection
+within the pool timeout, a connection cut mid-request) is a 503 with ``Retry-After``, not a 500: the
+request changed nothing it answered for, and trying again shortly is the right thing to do.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.debug import SafeExceptionReporterFilter
 from rest_framework import exceptions, status
@@ -65,7 +71,24 @@ def _from_validation(detail: Any) -> tuple[str, str, dict[str, list[str]]]:
     return _first_code(detail, "invalid"), " ".join(messages) or "Invalid input.", {}
 
 
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+# What a 503 tells the client to wait: the pool gives up one reconnection after a few seconds and
+# the next request tries again (rlhf_site.dbconfig).
+RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE = "The database cannot be reached right now; nothing was changed. Try again shortly."
+
+
+def database_unavailable(exc: BaseException) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body and headers of the 503 for a database error ``exc`` (logged as a warning, without
+    the traceback an outage would repeat for every request)."""
+    logger.warning("Database unavailable: %s: %s", type(exc).__name__, str(exc).strip()[:300])
+    return error_body(503, "database_unavailable", DATABASE_UNAVAILABLE), {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DATABASE_ERRORS):
+        body, headers = database_unavailable(exc)
+        return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(detail)
@@ -95,6 +118,11 @@ def json_not_found(request: HttpRequest) -> JsonResponse:
 
 
 def json_server_error(request: HttpRequest) -> JsonResponse:
+    # Django calls the 500 handler inside its ``except`` block, so the error is still at hand: one
+    # raised outside DRF (a middleware's query, a page) gets the same 503 as one raised inside it.
+    if isinstance(exc := sys.exc_info()[1], DATABASE_ERRORS):
+        body, headers = database_unavailable(exc)
+        return JsonResponse(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
     return JsonResponse(
         error_body(500, "server_error", "Something went wrong on our side; it has been logged."),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,

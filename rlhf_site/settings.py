@@ -124,6 +124,10 @@ DATABASES = {
             pool=envbool("DATABASE_POOL", True),
             pool_min_size=envint("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
             pool_max_size=envint("DATABASE_POOL_MAX_SIZE", 10, minimum=1),
+            # A request waits at most this long for a pooled connection, then gets 503 + Retry-After.
+            pool_timeout=envfloat("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
+            # libpq counts anything under 2 s as 2 s.
+            connect_timeout=envint("DATABASE_CONNECT_TIMEOUT", 3, minimum=2),
         )
         if _database_url
         else sqlite_config(VAR_DIR / "db.sqlite3")
@@ -138,7 +142,15 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Rate limits live in the cache and fail open when Redis is down (core.cache); short socket
+    # timeouts keep a Redis that does not answer from holding each request for redis-py's default 5 s.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -194,7 +206,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["rlhf_site.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"] if API_THROTTLE_RATE else [],
+    # Fails open when the cache (Redis) is unreachable: rlhf_site.throttles.
+    "DEFAULT_THROTTLE_CLASSES": ["rlhf_site.throttles.UserRateThrottle"] if API_THROTTLE_RATE else [],
     "DEFAULT_THROTTLE_RATES": {"user": API_THROTTLE_RATE},
     "DEFAULT_PAGINATION_CLASS": "rlhf_site.pagination.Pagination",
     "PAGE_SIZE": 50,

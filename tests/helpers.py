@@ -28,9 +28,11 @@ def child_env(**extra: str) -> dict[str, str]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(queues: str, env: dict[str, str], log: Path, *, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+def start_worker(
+    queues: str, env: dict[str, str], log: Path, *, cwd: Path = ROOT, args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """A real Celery worker process (solo pool) on ``queues``, against the test database, logging to
-    ``log``, started in ``cwd`` (the checkout by default)."""
+    ``log``, started in ``cwd`` (the checkout by default); ``args`` go to ``celery worker``."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -46,6 +48,7 @@ def start_worker(queues: str, env: dict[str, str], log: Path, *, cwd: Path = ROO
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",
+            *args,
         ],
         cwd=cwd,
         env=child_env(PYTHONPATH=str(ROOT), **env),

@@ -61,7 +61,7 @@ def test_limits_degrade_open_when_the_cache_is_unreachable(settings, caplog):
     rate = ratelimit.Rate(1, 60)
     assert all(ratelimit.hit("k", rate).allowed for _ in range(3))
     assert ratelimit.peek("k", rate).allowed
-    assert "rate limit k not checked: the cache is unreachable" in caplog.text
+    assert "Rate limit k not applied: the cache is unreachable" in caplog.text
 
 
 # --- Sign-in ---------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def test_the_supabase_transaction_pooler_turns_server_side_cursors_and_prepares_
 
 def test_postgres_gets_a_connection_pool_and_no_persistent_connections():
     config = database_config("postgres://u@127.0.0.1:5432/db", pool_min_size=1, pool_max_size=7)
-    assert config["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 7, "timeout": 10}
+    assert config["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 7, "timeout": 2.0, "reconnect_timeout": 5.0}
     assert config["CONN_MAX_AGE"] == 0
     assert "pool" not in database_config("postgres://u@127.0.0.1:5432/db", pool=False)["OPTIONS"]
 

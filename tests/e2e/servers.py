@@ -49,9 +49,11 @@ def fake_model_server(answer: str) -> Iterator[str]:
 
 
 @contextmanager
-def platform_server(tmp_path: Path, name: str, **env: str) -> Iterator[str]:
-    """uvicorn serving the platform against the test database; yields its base URL."""
-    with serve_platform(tmp_path / f"{name}.log", env=child_env(VAR_DIR=str(tmp_path / f"var-{name}"), **env)) as base:
+def platform_server(tmp_path: Path, name: str, *, database: str | None = None, **env: str) -> Iterator[str]:
+    """uvicorn serving the platform against the test database (or ``database``, a DATABASE_URL to
+    it through a proxy); yields its base URL."""
+    child = child_env(VAR_DIR=str(tmp_path / f"var-{name}"), **env)
+    with serve_platform(tmp_path / f"{name}.log", env=child, database=database) as base:
         yield base
 
 
