@@ -174,11 +174,24 @@ def test_feedback_counts_only_since_the_previous_cycle(rated, django_capture_on_
     capture = django_capture_on_commit_callbacks
     first = advance(start(capture), capture)
     service.cycle_cancel(cycle_id=first.pk)
+    Cycle.objects.filter(pk=first.pk).update(status=Cycle.Status.NOT_DEPLOYED)  # it ran its gates
     Feedback.objects.update(created_at=timezone.now() - timezone.timedelta(days=1))
     rate(rated[0], 5, 0.5)
     second = advance(start(capture), capture)
     assert second.new_ratings == 5
     assert second.status == "not_deployed"
+
+
+def test_a_cancelled_cycle_leaves_its_feedback_to_the_next(rated, django_capture_on_commit_callbacks):
+    capture = django_capture_on_commit_callbacks
+    first = advance(start(capture), capture)
+    service.cycle_cancel(cycle_id=first.pk)
+    before = Feedback.objects.exclude(thumbs__isnull=True, rating__isnull=True).count()
+    rate(rated[0], 5, 0.5)
+    second = advance(start(capture), capture)
+    assert second.feedback_from is None
+    assert second.new_ratings == before + 5
+    assert second.status == "running"
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def cycle_create(
             fields={"policy": [f"One of {', '.join(Cycle.POLICY_KINDS)}."]},
         )
     configs = _configs(policy_kind, config or {})
-    previous = Cycle.objects.exclude(stage=Stage.FEEDBACK).order_by("-created_at").first()
+    previous = _previous_cycle()
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -431,8 +431,15 @@ def active_cycle() -> Cycle | None:
     return Cycle.objects.filter(status__in=Cycle.ACTIVE).first()
 
 
+def _previous_cycle() -> Cycle | None:
+    """The cycle whose feedback a new one must not count again: the newest that got past the feedback
+    stage and was not cancelled or failed (those learnt nothing from it that went anywhere)."""
+    tried = Cycle.objects.exclude(stage=Stage.FEEDBACK).exclude(status__in=[Status.CANCELLED, Status.FAILED])
+    return tried.order_by("-created_at").first()
+
+
 def new_ratings_since_last_cycle() -> int:
-    previous = Cycle.objects.exclude(stage=Stage.FEEDBACK).order_by("-created_at").first()
+    previous = _previous_cycle()
     ratings = Feedback.objects.filter(Q(thumbs__isnull=False) | Q(rating__isnull=False))
     if previous is not None:
         ratings = ratings.filter(created_at__gte=previous.created_at)

@@ -57,7 +57,9 @@ class Command(BaseCommand):
         parser.add_argument("--report", type=Path, help="Also write the report (JSON) to this file.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for name in ("users", "before", "during", "monitor_every"):
+        if options["before"] < 0:
+            raise CommandError("--before must be at least 0.")
+        for name in ("users", "during", "monitor_every"):
             if options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1.")
         if not 0 < options["canary_share"] < 1:
