@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth, origin
-check against ALLOWED_HOSTS)."""
+"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth with the
+origin checked against ALLOWED_HOSTS, or a single-use ticket: ``feedback.ws_tickets``)."""
 
 import os
 
@@ -10,15 +10,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_site.settings")
 django_asgi_app = get_asgi_application()
 
 # Imported after Django is set up: they load models.
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from feedback.routing import websocket_urlpatterns  # noqa: E402
+from feedback.ws_tickets import chat_socket_stack  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": chat_socket_stack(URLRouter(websocket_urlpatterns)),
     }
 )
