@@ -152,6 +152,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             template,
             {
                 "answer_id": result.feedback.message_id,
+                "answer_text": result.feedback.message.content,
                 "step": result.feedback.step,
                 "feedback": result.feedback,
                 "satisfaction": result.satisfaction,
