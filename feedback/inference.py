@@ -406,6 +406,20 @@ def slot_release(*, user: User) -> None:
         cache.decr(_slots_key(user))
 
 
+def completion_prepare(*, user: User, key: str, request: CompletionRequest) -> tuple[int | None, Message]:
+    """Everything between the request and the model, in one trip to the database thread: the rate
+    limit, the model, a generation slot (released again if the turn cannot be stored), the user turn.
+    Returns the version asked for by name (or None) and the stored user turn."""
+    rate_allow(key=key)
+    version_id = model_resolve(user=user, model=request.model)
+    slot_acquire(user=user)
+    try:
+        return version_id, completion_prompt_store(user=user, request=request)
+    except BaseException:
+        slot_release(user=user)
+        raise
+
+
 # --- The answer in OpenAI's shapes -----------------------------------------------------------------
 
 

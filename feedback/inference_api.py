@@ -70,12 +70,12 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     except ValueError:
         raise InferenceError("The body is not valid JSON.", code="invalid_json") from None
     parsed = inference.completion_request_parse(body)
-    await database_sync_to_async(inference.rate_allow)(key=inference.credential_key(user, auth))
-    version_id = await database_sync_to_async(inference.model_resolve)(user=user, model=parsed.model)
+    version_id, prompt = await database_sync_to_async(inference.completion_prepare)(
+        user=user, key=inference.credential_key(user, auth), request=parsed
+    )
     generation = chat.Generation(
         sampling=parsed.generation.sampling, stop=parsed.generation.stop, version_id=version_id
     )
-    await database_sync_to_async(inference.slot_acquire)(user=user)
     released = False
 
     async def release() -> None:
@@ -85,7 +85,6 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
             await database_sync_to_async(inference.slot_release)(user=user)
 
     try:
-        prompt = await database_sync_to_async(inference.completion_prompt_store)(user=user, request=parsed)
         events = chat.answer_stream(prompt=prompt, generation=generation)
         first = await anext(events)
         if first.kind == "end":  # no answer could be started (the model cannot load): nothing streamed yet
