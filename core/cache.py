@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 # What Django's Redis cache raises when Redis is down or slow (connection refused or reset, socket
 # timeouts). The in-memory cache raises nothing.
 CACHE_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+# A counter (ADD then INCR) also fails when its key expires in between (ValueError): counted the same.
+COUNTER_ERRORS: tuple[type[Exception], ...] = (*CACHE_ERRORS, ValueError)
 
 
 def cache_unreachable(*, limit: str, exc: Exception) -> None:

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
-from core.cache import CACHE_ERRORS, cache_unreachable
-
-# A hit also fails when its key expires between ADD and INCR (ValueError): counted as unreachable.
-_HIT_ERRORS: tuple[type[Exception], ...] = (*CACHE_ERRORS, ValueError)
+from core.cache import CACHE_ERRORS, COUNTER_ERRORS, cache_unreachable
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -58,7 +55,7 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdi
     try:
         cache.add(cache_key, 0, timeout=rate.seconds + 1)
         count = int(cache.incr(cache_key))
-    except _HIT_ERRORS as exc:  # degrade open
+    except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
     return Verdict(count <= rate.count, count, retry_after)

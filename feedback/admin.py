@@ -24,7 +24,17 @@ from models_registry.models import ModelVersion
 
 class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Message
-    fields = ["link", "role", "short_content", "status", "model_version", "token_count", "created_at"]
+    fields = [
+        "link",
+        "role",
+        "short_content",
+        "status",
+        "model_version",
+        "source",
+        "external_model",
+        "token_count",
+        "created_at",
+    ]
     readonly_fields = fields
     show_change_link = False
     extra = 0
@@ -68,9 +78,19 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "role", "short_content", "conversation", "status", "model_version", "created_at"]
+    list_display = [
+        "id",
+        "role",
+        "short_content",
+        "conversation",
+        "status",
+        "model_version",
+        "source",
+        "external_model",
+        "created_at",
+    ]
     list_select_related = ["conversation", "model_version"]
-    list_filter = ["role", "status", "model_version"]
+    list_filter = ["role", "status", "model_version", "source"]
     search_fields = ["id", "content", "conversation__user__username"]
     inlines = [StepInline]
 

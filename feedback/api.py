@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -14,11 +15,14 @@ from rest_framework.response import Response
 
 from core.errors import ERRORS, IDEMPOTENCY_HEADER
 from core.idempotency import idempotent
-from feedback import selectors, services
+from feedback import selectors, services, ws_tickets
 from feedback.serializers import (
     ComparisonInputSerializer,
     ComparisonOutputSerializer,
     ConversationSerializer,
+    ExternalConversationInputSerializer,
+    ExternalTurnInputSerializer,
+    ExternalTurnOutputSerializer,
     FeedbackInputSerializer,
     FeedbackOutputSerializer,
     FeedbackWriteOutputSerializer,
@@ -74,7 +78,7 @@ class FeedbackCollectionApi(GenericAPIView):
                 user=request.user,
                 message_id=data["message_id"],
                 step_index=data.get("step_index"),
-                **{name: data[name] for name in ("thumbs", "rating", "comment", "tags") if name in data},
+                **{name: data[name] for name in ("thumbs", "rating", "comment", "tags", "correction") if name in data},
             )
             result.feedback.satisfaction = result.satisfaction  # type: ignore[attr-defined]
             body = dict(FeedbackWriteOutputSerializer(result.feedback).data)
@@ -158,6 +162,60 @@ class ConversationListApi(GenericAPIView):
         page = self.paginate_queryset(selectors.conversation_list(user=request.user))
         return self.get_paginated_response(ConversationSerializer(page, many=True).data)
 
+    @extend_schema(
+        operation_id="conversation_log_external",
+        request=ExternalConversationInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: ExternalTurnOutputSerializer, **ERRORS},
+        description=(
+            "Log a conversation whose answer your own model generated: a new conversation with the user's "
+            "`prompt` and your model's `answer` (cut into steps, marked external with `model`). Rate the answer "
+            "with `POST /api/assistant/feedback` like any other."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ExternalConversationInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _log_external(request, serializer.validated_data, conversation_id=None)
+
+
+class ConversationTurnsApi(GenericAPIView):
+    serializer_class = ExternalTurnOutputSerializer
+
+    @extend_schema(
+        operation_id="conversation_turn_log_external",
+        request=ExternalTurnInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: ExternalTurnOutputSerializer, **ERRORS},
+        description="Log one more turn (the user's `prompt`, your model's `answer`) in one of your conversations.",
+    )
+    def post(self, request: Request, conversation_id: uuid.UUID) -> Response:
+        serializer = ExternalTurnInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _log_external(request, serializer.validated_data, conversation_id=conversation_id)
+
+
+def _log_external(request: Request, data: dict[str, Any], *, conversation_id: uuid.UUID | None) -> Response:
+    def call() -> tuple[int, dict[str, Any]]:
+        turn = services.external_turn_record(
+            user=request.user,
+            conversation_id=conversation_id,
+            title=data.get("title", ""),
+            prompt=data["prompt"],
+            answer=data["answer"],
+            model=data["model"],
+        )
+        return status.HTTP_201_CREATED, dict(ExternalTurnOutputSerializer(turn).data)
+
+    code, body = idempotent(
+        user=request.user,
+        scope=f"external-turn:{conversation_id or 'new'}",
+        key=request.headers.get("Idempotency-Key"),
+        payload=request.data,
+        call=call,
+    )
+    return Response(body, status=code)
+
 
 class ConversationDetailApi(GenericAPIView):
     serializer_class = ConversationSerializer
@@ -184,3 +242,31 @@ class SatisfactionApi(GenericAPIView):
     @extend_schema(operation_id="satisfaction_retrieve", responses={200: SatisfactionSerializer, **ERRORS})
     def get(self, request: Request) -> Response:
         return Response(SatisfactionSerializer(selectors.satisfaction_get(user=request.user)).data)
+
+
+class WsTicketApi(GenericAPIView):
+    serializer_class = None
+
+    @extend_schema(
+        operation_id="ws_ticket_create",
+        request=None,
+        responses={
+            201: inline_serializer(
+                "WsTicket",
+                fields={
+                    "ticket": serializers.CharField(),
+                    "expires_in": serializers.IntegerField(help_text="Seconds (WS_TICKET_SECONDS)."),
+                },
+            ),
+            **ERRORS,
+        },
+        description=(
+            "A short-lived, single-use ticket that opens the chat socket for you without a session cookie "
+            "(for API-token and Supabase-JWT users): connect to `/ws/chat/<conversation id>/?ticket=<ticket>`."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        ticket = ws_tickets.ticket_issue(user=request.user)
+        return Response(
+            {"ticket": ticket.ticket, "expires_in": settings.WS_TICKET_SECONDS}, status=status.HTTP_201_CREATED
+        )

@@ -8,10 +8,11 @@ transaction is held open while the model streams: each write is its own short tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,11 +28,11 @@ from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
 from feedback.steps import split_steps
-from models_registry.serving import ServedPolicy, ServingError, get_policy, get_policy_for
+from models_registry.serving import Sampling, ServedPolicy, ServingError, Usage, get_policy, get_policy_for
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal["start", "token", "step"]
+EventKind = Literal["start", "token", "step", "end"]
 
 
 @dataclass
@@ -168,9 +169,14 @@ def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Mess
     return answer
 
 
-def generation_plan(*, prompt: Message, regenerate_of: Message | None = None) -> tuple[list[dict[str, str]], Route]:
-    """What the model is sent, and which version answers (the conversation's canary arm, or for a
-    regeneration the other arm): one trip to the database thread before the model is called."""
+def generation_plan(
+    *, prompt: Message, regenerate_of: Message | None = None, version_id: int | None = None
+) -> tuple[list[dict[str, str]], Route]:
+    """What the model is sent, and which version answers (``version_id`` when given, else the
+    conversation's canary arm, or for a regeneration the other arm): one trip to the database thread
+    before the model is called."""
+    if version_id is not None:
+        return history_for(prompt=prompt), Route(version_id, "")
     return history_for(prompt=prompt), arms.route(conversation=prompt.conversation, regenerate_of=regenerate_of)
 
 
@@ -202,6 +208,18 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) 
 # --- The streamed answer ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Generation:
+    """How one answer is generated, beyond the chat's defaults (the inference API sets these).
+
+    ``version_id``: a version asked for by name answers, instead of the conversation's arm, with no
+    fallback to the live one. ``stop``: the answer ends before the first of these strings."""
+
+    sampling: Sampling = field(default_factory=Sampling)
+    stop: tuple[str, ...] = ()
+    version_id: int | None = None
+
+
 @dataclass
 class _Stream:
     """How far an answer has streamed."""
@@ -211,45 +229,77 @@ class _Stream:
     text: str = ""
     tokens: int = 0
     stored_steps: int = 0  # steps already stored (all but the one being written)
+    usage: Usage = field(default_factory=Usage)
+    stopped_by: str = ""  # the stop string that ended the answer, if one did
 
 
-async def _policy_for(route: Route) -> ServedPolicy:
+async def _policy_for(route: Route, *, strict: bool = False) -> ServedPolicy:
     if route.version_id is None:
         return await get_policy()
     try:
         return await get_policy_for(route.version_id)
     except ServingError as exc:  # a canary that cannot load: the live version answers instead
+        if strict:
+            raise
         logger.warning("the %s arm cannot answer (%s); the live version answers", route.arm, exc.message)
         return await get_policy()
 
 
 async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None) -> Message:
-    """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm),
-    calling ``on_event`` for each token and each finished step. Cancelling the task stops generation
-    and stores what was produced, marked ``stopped``; a serving failure stores the answer as
-    ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of."""
-    history, route = await database_sync_to_async(generation_plan)(prompt=prompt, regenerate_of=regenerate_of)
+    """``answer_stream`` with a callback: ``on_event`` is awaited for each event but the last, and
+    the stored answer is returned."""
+    answer: Message | None = None
+    async with contextlib.aclosing(answer_stream(prompt=prompt, regenerate_of=regenerate_of)) as events:
+        async for event in events:
+            if event.kind == "end":
+                answer = event.answer
+            else:
+                await on_event(event)
+    assert answer is not None  # answer_stream always ends with "end"
+    return answer
+
+
+async def answer_stream(
+    *, prompt: Message, regenerate_of: Message | None = None, generation: Generation | None = None
+) -> AsyncGenerator[ChatEvent, None]:
+    """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm, or the
+    version ``generation`` names): a ``start`` event once the answer is stored, a ``token`` event per
+    chunk, a ``step`` event per finished step, and last an ``end`` event with the stored answer (its
+    ``usage`` attribute: the token counts). Cancelling the consuming task, or closing this generator,
+    stops generation and stores what was produced, marked ``stopped``; a serving failure stores the
+    answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of."""
+    generation = generation or Generation()
+    history, route = await database_sync_to_async(generation_plan)(
+        prompt=prompt, regenerate_of=regenerate_of, version_id=generation.version_id
+    )
     try:
-        policy = await _policy_for(route)
+        policy = await _policy_for(route, strict=generation.version_id is not None)
     except ServingError as exc:
         logger.warning("no policy to answer with: %s", exc.message)
-        return await database_sync_to_async(_answer_create)(
+        failed = await database_sync_to_async(_answer_create)(
             prompt=prompt, model_version_id=None, status=Message.Status.FAILED, error=exc.message
         )
+        failed.usage = Usage()
+        yield ChatEvent("end", failed)
+        return
 
     answer = await database_sync_to_async(_answer_create)(
         prompt=prompt, model_version_id=policy.version_id, status=Message.Status.STREAMING
     )
-    await on_event(ChatEvent("start", answer))
+    answer.served_by = policy.label
+    yield ChatEvent("start", answer)
     stream = _Stream()
     status, error = Message.Status.COMPLETE, ""
     metrics.ACTIVE_STREAMS.labels(policy.label).inc()
     try:
-        async for chunk in policy.stream(history):
-            await _take(chunk, answer, stream, on_event)
+        chunks = policy.stream(history, options=generation.sampling, usage=stream.usage)
+        async with contextlib.aclosing(_until_stop(chunks, generation.stop, stream)) as pieces:
+            async for chunk in pieces:
+                async for event in _take(chunk, answer, stream):
+                    yield event
     except ServingError as exc:
         status, error = Message.Status.FAILED, exc.message
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
         status = Message.Status.STOPPED
         raise
     except Exception:
@@ -259,20 +309,53 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: 
         metrics.ACTIVE_STREAMS.labels(policy.label).dec()
         # Shielded: a stop or a closed socket must not lose what was produced.
         await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
-    return answer
+    answer.usage = stream.usage
+    yield ChatEvent("end", answer)
 
 
-async def _take(chunk: str, answer: Message, stream: _Stream, on_event: OnEvent) -> None:
+async def _until_stop(chunks: AsyncIterator[str], stop: tuple[str, ...], stream: _Stream) -> AsyncGenerator[str, None]:
+    """``chunks`` up to (not including) the first ``stop`` string. Text that may be the start of a
+    stop string is held back until the next chunk shows it is not."""
+    if not stop:
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+        return
+    pending = ""
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            pending += chunk
+            found = [(pending.find(s), s) for s in stop if s in pending]
+            if found:
+                at, which = min(found)
+                stream.stopped_by = which
+                if pending[:at]:
+                    yield pending[:at]
+                return  # closing ``chunks`` stops the model
+            held = _stop_prefix_length(pending, stop)
+            if len(pending) > held:
+                yield pending[: len(pending) - held]
+                pending = pending[len(pending) - held :]
+    if pending:
+        yield pending
+
+
+def _stop_prefix_length(text: str, stop: tuple[str, ...]) -> int:
+    """The length of the longest end of ``text`` that begins one of the ``stop`` strings."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
+
+
+async def _take(chunk: str, answer: Message, stream: _Stream) -> AsyncGenerator[ChatEvent, None]:
     """One chunk of the answer: pass it on, and store each step that it completes."""
     if stream.first_token_at is None:
         stream.first_token_at = time.monotonic()
     stream.tokens += 1
     stream.text += chunk
-    await on_event(ChatEvent("token", answer, text=chunk))
+    yield ChatEvent("token", answer, text=chunk)
     steps = split_steps(stream.text)
     for index in range(stream.stored_steps, len(steps) - 1):  # all but the step being written are final
         step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=steps[index])
-        await on_event(ChatEvent("step", answer, step=step, partial=steps[-1]))
+        yield ChatEvent("step", answer, step=step, partial=steps[-1])
     stream.stored_steps = max(stream.stored_steps, len(steps) - 1)
 
 
@@ -280,7 +363,10 @@ async def _finish(answer: Message, stream: _Stream, *, status: str, error: str, 
     """Store the answer as it ended (its text, the steps not stored yet, status and timings)."""
     finished = time.monotonic()
     answer.content, answer.status, answer.error = stream.text, status, error
-    answer.token_count = stream.tokens
+    # The backend's count of generated tokens when it gives one (a stop string cuts the text short of
+    # what was generated, so then the chunks passed on are counted); else the chunks.
+    counted = stream.usage.completion_tokens
+    answer.token_count = counted if counted is not None and not stream.stopped_by else stream.tokens
     answer.duration_ms = int((finished - stream.started) * 1000)
     first = stream.first_token_at
     answer.time_to_first_token_ms = int((first - stream.started) * 1000) if first is not None else None

@@ -3,7 +3,7 @@ htmx's ws extension (each fragment is swapped out-of-band by id).
 
 Client messages are JSON objects with a ``type``:
 ``send`` {content}, ``regenerate`` {message_id}, ``stop``, ``feedback`` {message_id, step_index?,
-thumbs?, rating?, comment?, tags?}, ``compare`` {prompt_message_id, chosen_message_id,
+thumbs?, rating?, comment?, tags?, correction?}, ``compare`` {prompt_message_id, chosen_message_id,
 rejected_message_id, is_tie?}. Bad input is answered with an error fragment; the socket stays open.
 """
 
@@ -147,7 +147,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_final(answer_id)
 
     async def on_feedback(self, payload: dict[str, Any]) -> None:
-        fields = ("message_id", "step_index", "thumbs", "rating", "comment", "tags")
+        fields = ("message_id", "step_index", "thumbs", "rating", "comment", "tags", "correction")
         serializer = FeedbackInputSerializer(data=_form_values(payload, fields))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -155,13 +155,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             user=self.user,
             message_id=data["message_id"],
             step_index=data.get("step_index"),
-            **{name: data[name] for name in ("thumbs", "rating", "comment", "tags") if name in data},
+            **{name: data[name] for name in ("thumbs", "rating", "comment", "tags", "correction") if name in data},
         )
         template = "chat/_step_feedback.html" if result.feedback.step else "chat/_answer_feedback.html"
         await self.send_html(
             template,
             {
                 "answer_id": result.feedback.message_id,
+                "answer_text": result.feedback.message.content,
                 "step": result.feedback.step,
                 "feedback": result.feedback,
                 "satisfaction": result.satisfaction,

@@ -51,6 +51,10 @@ class Message(models.Model):
         STOPPED = "stopped", "Stopped"
         FAILED = "failed", "Failed"
 
+    class Source(models.TextChoices):
+        PLATFORM = "platform", "Platform (a registry version)"
+        EXTERNAL = "external", "External (generated elsewhere)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=16, choices=Role.choices)
@@ -67,6 +71,11 @@ class Message(models.Model):
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    # An answer generated elsewhere and logged here (POST /api/assistant/conversations): it has no
+    # registry version, so monitoring and per-version analytics never count it; ``external_model`` is
+    # the free-text name its application gave.
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.PLATFORM, db_default="platform")
+    external_model = models.CharField(max_length=200, blank=True, default="", db_default="")
     error = models.TextField(blank=True)
     token_count = models.PositiveIntegerField(null=True, blank=True)
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -79,6 +88,11 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="message_conversation_order"),
             # Per-version analytics and the monitor read a version's answers by time.
             models.Index(fields=["model_version", "created_at"], name="message_version_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(source="platform") | Q(model_version__isnull=True), name="message_external_has_no_version"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -112,6 +126,9 @@ class Feedback(models.Model):
     rating = models.PositiveSmallIntegerField(null=True, blank=True)
     comment = models.TextField(blank=True, default="")
     tags = models.JSONField(default=list, blank=True)
+    # What the answer should have said (message-level only): the processor makes it a preference pair
+    # (the correction chosen over the answer) and a supervised row.
+    correction = models.TextField(blank=True, default="", db_default="")
     # The version that wrote the rated answer, copied from it when the feedback is first given (an
     # answer's version never changes): per-version analytics and the monitor read one index range
     # instead of joining a million answers.
@@ -140,9 +157,10 @@ class Feedback(models.Model):
                 condition=Q(thumbs__isnull=True) | Q(thumbs__in=["up", "down"]), name="feedback_thumbs_up_or_down"
             ),
             models.CheckConstraint(
-                condition=Q(thumbs__isnull=False) | Q(rating__isnull=False) | ~Q(comment=""),
+                condition=Q(thumbs__isnull=False) | Q(rating__isnull=False) | ~Q(comment="") | ~Q(correction=""),
                 name="feedback_says_something",
             ),
+            models.CheckConstraint(condition=Q(step__isnull=True) | Q(correction=""), name="feedback_correction_whole"),
         ]
         indexes = [
             models.Index(fields=["user", "-updated_at"], name="feedback_user_recent"),

@@ -23,11 +23,18 @@ class FeedbackInputSerializer(StrictSerializer):
     tags = serializers.ListField(
         child=TextField(max_length=64), required=False, max_length=20, help_text="From FEEDBACK_TAGS."
     )
+    correction = TextField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        max_length=settings.FEEDBACK_CORRECTION_MAX_LENGTH,
+        help_text="What the answer should have said (the whole answer; not with step_index).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        if not any(name in attrs for name in ("thumbs", "rating", "comment", "tags")):
-            raise serializers.ValidationError("Send at least one of thumbs, rating, comment or tags.")
+        if not any(name in attrs for name in ("thumbs", "rating", "comment", "tags", "correction")):
+            raise serializers.ValidationError("Send at least one of thumbs, rating, comment, tags or correction.")
         return attrs
 
 
@@ -47,7 +54,8 @@ class FeedbackOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Feedback
         fields = [
-            "id", "message_id", "step_index", "thumbs", "rating", "comment", "tags", "created_at", "updated_at"
+            "id", "message_id", "step_index", "thumbs", "rating", "comment", "tags", "correction", "created_at",
+            "updated_at",
         ]  # fmt: skip
 
 
@@ -99,6 +107,24 @@ class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
         fields = [
-            "id", "role", "content", "parent_id", "status", "error", "model_version", "token_count",
-            "time_to_first_token_ms", "duration_ms", "created_at", "steps",
+            "id", "role", "content", "parent_id", "status", "error", "model_version", "source", "external_model",
+            "token_count", "time_to_first_token_ms", "duration_ms", "created_at", "steps",
         ]  # fmt: skip
+
+
+class ExternalTurnInputSerializer(StrictSerializer):
+    prompt = TextField(max_length=settings.CHAT_MAX_MESSAGE_CHARS, help_text="The user's message.")
+    answer = TextField(
+        max_length=settings.EXTERNAL_ANSWER_MAX_CHARS, help_text="What your model answered; cut into steps here."
+    )
+    model = TextField(max_length=200, help_text="Your model's name (free text); stored with the answer.")
+
+
+class ExternalConversationInputSerializer(ExternalTurnInputSerializer):
+    title = TextField(required=False, allow_blank=True, max_length=200)
+
+
+class ExternalTurnOutputSerializer(serializers.Serializer):
+    conversation_id = serializers.UUIDField(source="conversation.id")
+    prompt = MessageSerializer()
+    answer = MessageSerializer()

@@ -17,6 +17,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from feedback import metrics
+from feedback.chat import user_turn_create
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import (
     Comparison,
@@ -26,6 +27,7 @@ from feedback.models import (
     MessageStep,
     UserSatisfaction,
 )
+from feedback.steps import split_steps
 
 
 class _Unset:
@@ -122,14 +124,23 @@ def feedback_upsert(
     rating: int | None = UNSET,
     comment: str | None = UNSET,
     tags: list[str] = UNSET,
+    correction: str | None = UNSET,
 ) -> FeedbackResult:
     """Create or update the user's feedback on one of their assistant messages (or one of its steps).
 
     Fields left ``UNSET`` keep their stored value on update, so thumbs, stars and a comment can be
-    sent separately; ``None`` clears a field.
+    sent separately; ``None`` clears a field. ``correction``: what the answer should have said (the
+    whole answer, so not on a step); the processor pairs it as chosen over the answer.
     """
     message = _own_assistant_message(user=user, message_id=message_id)
     step = _step_of(message, step_index) if step_index is not None else None
+    if step is not None and correction not in (UNSET, None, ""):
+        message_text = "A correction replaces the whole answer: send it without step_index."
+        raise FeedbackError(message_text, code="correction_on_step", fields={"correction": [message_text]})
+    if isinstance(correction, str) and len(correction.strip()) > settings.FEEDBACK_CORRECTION_MAX_LENGTH:
+        limit = settings.FEEDBACK_CORRECTION_MAX_LENGTH
+        message_text = f"A correction is at most {limit} characters (FEEDBACK_CORRECTION_MAX_LENGTH)."
+        raise FeedbackError(message_text, code="max_length", fields={"correction": [message_text]})
     if tags is not UNSET:
         tags = _check_tags(tags)
     if thumbs not in (UNSET, None, *Feedback.Thumbs.values):
@@ -153,9 +164,11 @@ def feedback_upsert(
         feedback.comment = (comment or "").strip()
     if tags is not UNSET:
         feedback.tags = tags
-    if feedback.thumbs is None and feedback.rating is None and not feedback.comment:
+    if correction is not UNSET:
+        feedback.correction = (correction or "").strip()
+    if feedback.thumbs is None and feedback.rating is None and not feedback.comment and not feedback.correction:
         raise FeedbackError(
-            "Feedback must include thumbs, a rating or a comment (to remove feedback, delete it).",
+            "Feedback must include thumbs, a rating, a comment or a correction (to remove feedback, delete it).",
             code="empty_feedback",
         )
     feedback.save()
@@ -249,3 +262,46 @@ def comparison_record(
 @transaction.atomic
 def conversation_create(*, user: User, title: str = "") -> Conversation:
     return Conversation.objects.create(user=user, title=title[:200])
+
+
+@dataclass(frozen=True)
+class ExternalTurn:
+    conversation: Conversation
+    prompt: Message
+    answer: Message
+
+
+@transaction.atomic
+def external_turn_record(
+    *, user: User, prompt: str, answer: str, model: str, conversation_id: uuid.UUID | None = None, title: str = ""
+) -> ExternalTurn:
+    """A user turn and the answer an application's own model gave it, logged so that its users'
+    feedback lands here: in a new conversation, or in ``conversation_id`` (the user's own). The answer
+    is cut into steps as a generated one is, marked external with the free-text ``model`` name and
+    no registry version (so no version's monitoring or analytics counts it)."""
+    if conversation_id is None:
+        conversation = conversation_create(user=user, title=title)
+    else:
+        found = Conversation.objects.filter(id=conversation_id, user=user).first()
+        if found is None:
+            raise NotFound("Conversation not found.")
+        conversation = found
+    prompt_message = user_turn_create(conversation=conversation, content=prompt)
+    answer_message = external_answer_create(prompt=prompt_message, content=answer, model=model)
+    return ExternalTurn(conversation=conversation, prompt=prompt_message, answer=answer_message)
+
+
+def external_answer_create(*, prompt: Message, content: str, model: str) -> Message:
+    answer = Message.objects.create(
+        conversation_id=prompt.conversation_id,
+        role=Message.Role.ASSISTANT,
+        parent=prompt,
+        content=content,
+        status=Message.Status.COMPLETE,
+        source=Message.Source.EXTERNAL,
+        external_model=model[:200],
+    )
+    MessageStep.objects.bulk_create(
+        [MessageStep(message=answer, index=i, content=step) for i, step in enumerate(split_steps(content))]
+    )
+    return answer

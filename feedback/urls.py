@@ -9,7 +9,9 @@ urlpatterns = slash_optional(
         ("conversations", api.ConversationListApi, "conversation-list"),
         ("conversations/<uuid:conversation_id>", api.ConversationDetailApi, "conversation-detail"),
         ("conversations/<uuid:conversation_id>/messages", api.ConversationMessagesApi, "conversation-messages"),
+        ("conversations/<uuid:conversation_id>/turns", api.ConversationTurnsApi, "conversation-turns"),
         ("satisfaction", api.SatisfactionApi, "satisfaction"),
         ("insights", insights_api.InsightsApi, "insights"),
+        ("ws-ticket", api.WsTicketApi, "ws-ticket"),
     ]
 )

@@ -1,5 +1,6 @@
-"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels (session auth, an origin
-check of scheme, host and port: ``rlhf_site.websocket``)."""
+"""ASGI entry point: HTTP through Django, the chat WebSocket through Channels: a single-use ticket
+(``feedback.ws_tickets``), or session auth with an origin check of scheme, host and port
+(``rlhf_site.websocket``)."""
 
 import os
 
@@ -10,15 +11,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_site.settings")
 django_asgi_app = get_asgi_application()
 
 # Imported after Django is set up: they load models.
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from feedback.routing import websocket_urlpatterns  # noqa: E402
+from feedback.ws_tickets import chat_socket_stack  # noqa: E402
 from rlhf_site.websocket import SameOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": chat_socket_stack(URLRouter(websocket_urlpatterns), origin_check=SameOriginValidator),
     }
 )

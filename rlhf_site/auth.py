@@ -71,3 +71,18 @@ class SupabaseJWTAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
+
+
+class BearerTokenAuthentication(authentication.TokenAuthentication):
+    """The API token sent as ``Authorization: Bearer <token>``, as OpenAI clients send their key.
+
+    A value shaped like a JWT (three dot-separated parts) is left to ``SupabaseJWTAuthentication``,
+    which comes after this class; anything else must be a valid API token."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        header = authentication.get_authorization_header(request).split()
+        if len(header) == 2 and header[0].lower() == b"bearer" and header[1].count(b".") == 2:
+            return None
+        return super().authenticate(request)

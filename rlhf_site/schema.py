@@ -16,3 +16,11 @@ class SupabaseJWTScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (issued by Supabase Auth; optional)"}
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "rlhf_site.auth.BearerTokenAuthentication"
+    name = "bearerTokenAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "API token (as OpenAI clients send a key)"}

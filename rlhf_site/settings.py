@@ -186,6 +186,8 @@ SUPABASE_JWT_ISSUER = envstr("SUPABASE_JWT_ISSUER")
 _authentication_classes = [
     # Token first: its WWW-Authenticate header is what turns "not authenticated" into a 401.
     "rest_framework.authentication.TokenAuthentication",
+    # The same API token as "Bearer <token>" (how OpenAI clients send a key); a JWT is left to the next.
+    "rlhf_site.auth.BearerTokenAuthentication",
     # Inert unless SUPABASE_JWT_SECRET or SUPABASE_JWKS_URL is set.
     "rlhf_site.auth.SupabaseJWTAuthentication",
     "rest_framework.authentication.SessionAuthentication",
@@ -250,6 +252,8 @@ FEEDBACK_TAGS = envlist(
     ],
 )
 FEEDBACK_COMMENT_MAX_LENGTH = envint("FEEDBACK_COMMENT_MAX_LENGTH", 2000, minimum=1)
+# A corrected answer ("what it should have said"), sent as feedback's ``correction``.
+FEEDBACK_CORRECTION_MAX_LENGTH = envint("FEEDBACK_CORRECTION_MAX_LENGTH", 8000, minimum=1)
 IDEMPOTENCY_KEY_TTL_HOURS = envint("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
 # Insights (feedback.insights): topics of unhappy conversations are clustered from this many newest
 # rated answers into this many topics.
@@ -296,8 +300,27 @@ CHAT_RATE_PER_MINUTE = envint("CHAT_RATE_PER_MINUTE", 20, minimum=1)
 # Feedback and compare frames per user on the chat socket (all their sockets together); past it the
 # socket gets an error frame and is closed (code 4429).
 CHAT_SOCKET_RATE = envrate("CHAT_SOCKET_RATE", "600/min")
+# The longest answer an application may log (POST /api/assistant/conversations and .../turns).
+EXTERNAL_ANSWER_MAX_CHARS = envint("EXTERNAL_ANSWER_MAX_CHARS", 32_000, minimum=1)
+# How long a ticket from POST /api/assistant/ws-ticket may wait to open the chat socket (single use).
+WS_TICKET_SECONDS = envint("WS_TICKET_SECONDS", 30, minimum=1, maximum=3600)
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- The inference API (/v1/, OpenAI-compatible; feedback.inference) ---------------------------
+# Who may call it: an API token or a Supabase JWT, each as "Authorization: Bearer ..." (no session:
+# the endpoints take no CSRF token).
+INFERENCE_AUTHENTICATION_CLASSES = [
+    "rest_framework.authentication.TokenAuthentication",
+    "rlhf_site.auth.BearerTokenAuthentication",
+    "rlhf_site.auth.SupabaseJWTAuthentication",
+]
+# max_tokens above this is refused (400); none given: this many.
+INFERENCE_MAX_TOKENS = envint("INFERENCE_MAX_TOKENS", envint("SERVING_MAX_NEW_TOKENS", 256, minimum=1), minimum=1)
+INFERENCE_RATE_PER_MINUTE = envint("INFERENCE_RATE_PER_MINUTE", 60, minimum=1)  # completions per token (429)
+INFERENCE_MAX_CONCURRENT_PER_USER = envint("INFERENCE_MAX_CONCURRENT_PER_USER", 4, minimum=1)  # at once (429)
+INFERENCE_MAX_BODY_BYTES = envint("INFERENCE_MAX_BODY_BYTES", 256 * 1024, minimum=1024)  # request body (413)
+INFERENCE_MAX_PROMPT_CHARS = envint("INFERENCE_MAX_PROMPT_CHARS", 32_000, minimum=1)  # all messages' text (400)
 
 # --- Serving the live policy (models_registry.serving) ----------------------------------------
 SERVING_MAX_NEW_TOKENS = envint("SERVING_MAX_NEW_TOKENS", 256, minimum=1)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/assistant/", include("feedback.urls")),
     path("api/training/", include("training.urls")),
     path("api/registry/", include("models_registry.urls")),
+    path("v1/", include("feedback.inference_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("metrics", metrics_view, name="metrics"),

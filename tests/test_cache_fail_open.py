@@ -52,3 +52,17 @@ def test_the_api_throttle_still_limits_when_the_cache_works(api, monkeypatch):
     monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "1/min"})
     assert api.get(URL).status_code == 200
     assert api.get(URL).status_code == 429
+
+
+def test_the_inference_limits_allow_when_the_cache_is_unreachable(alice, unreachable_cache, settings, caplog):
+    from feedback import inference
+
+    settings.INFERENCE_RATE_PER_MINUTE = 1
+    settings.INFERENCE_MAX_CONCURRENT_PER_USER = 1
+    with caplog.at_level(logging.WARNING, logger="core.cache"):
+        for _ in range(3):  # over both limits of 1, and still allowed
+            inference.rate_allow(key="token-1")
+            inference.slot_acquire(user=alice)
+        inference.slot_release(user=alice)
+    assert "Rate limit inference-rate:token-1 not applied" in caplog.text
+    assert "INFERENCE_MAX_CONCURRENT_PER_USER not applied" in caplog.text

@@ -32,7 +32,7 @@ class ScriptedPolicy:
         self.chunks, self.delay, self.fail_at = chunks, delay, fail_at
         self.seen: list[list[dict[str, str]]] = []
 
-    async def stream(self, messages, *, max_new_tokens=None) -> AsyncIterator[str]:
+    async def stream(self, messages, *, max_new_tokens=None, options=None, usage=None) -> AsyncIterator[str]:
         self.seen.append(messages)
         for i, chunk in enumerate(self.chunks):
             if i == self.fail_at:
@@ -316,7 +316,7 @@ async def test_no_live_policy_gives_a_failed_answer_with_a_clear_message(convers
 
 
 async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, alice_session, policy, monkeypatch):
-    async def broken(messages, *, max_new_tokens=None):
+    async def broken(messages, *, max_new_tokens=None, options=None, usage=None):
         yield "Sure"
         raise RuntimeError("CUDA out of memory")
 

@@ -144,7 +144,7 @@ def test_it_rejects_a_rating_above_five_with_the_validator_message(api, answer):
 
 def test_it_rejects_a_body_without_any_feedback(api, answer):
     error = assert_error(post(api, {"message_id": str(answer.id)}), 400)
-    assert error["message"] == "Send at least one of thumbs, rating, comment or tags."
+    assert error["message"] == "Send at least one of thumbs, rating, comment, tags or correction."
 
 
 def test_it_rejects_unknown_tags(api, answer):

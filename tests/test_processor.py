@@ -88,6 +88,46 @@ def test_comparisons_become_preference_pairs(tmp_path, alice, conversation):
     ]
 
 
+def test_a_correction_is_chosen_over_the_answer_and_makes_a_supervised_row(tmp_path, alice, bob, conversation):
+    prompt = turn(conversation, "How do I boil an egg?")
+    answer = reply(conversation, prompt, "Fry it.")
+    failed = reply(conversation, prompt, "", status="failed")
+    for who, message in ((alice, answer), (bob, answer), (alice, failed)):
+        Feedback.objects.create(user=who, message=message, correction="Boil it for nine minutes.")
+
+    snapshot = build(tmp_path)
+
+    assert pairs(snapshot) == {("Boil it for nine minutes.", "Fry it.")}  # the same correction twice: once
+    assert read_rows(snapshot, "supervised") == [
+        {
+            "prompt": [user("user", "How do I boil an egg?")],
+            "completion": [user("assistant", "Boil it for nine minutes.")],
+        }
+    ]  # fmt: skip  (the failed answer's correction is the same row, written once)
+    assert snapshot.stats["pairs_by_source"] == {
+        "comparison": 0, "regeneration": 0, "cross_conversation": 0, "correction": 1
+    }  # fmt: skip
+
+
+def test_pairs_are_counted_by_source(tmp_path, alice, bob, conversation):
+    prompt = turn(conversation, "How do I boil an egg?")
+    good, bad, worse = (reply(conversation, prompt, t) for t in ("Boil it.", "Fry it.", "Bake it."))
+    compare(alice, prompt, good, bad)
+    rate(alice, bad, rating=4)
+    rate(alice, worse, rating=1)
+    other = ConversationFactory(user=bob)
+    other_answer = reply(other, turn(other, "How do I boil an egg?"), "Poach it.")
+    rate(bob, other_answer, rating=5)
+
+    snapshot = build(tmp_path)
+
+    sources = snapshot.stats["pairs_by_source"]
+    assert sources["comparison"] == 1
+    assert sources["regeneration"] == 1  # bad over worse, scored apart
+    assert sources["cross_conversation"] >= 1
+    assert sum(sources.values()) == snapshot.rows("preference", "train")
+
+
 def test_tied_comparisons_are_dropped_and_counted(tmp_path, alice, conversation):
     prompt = turn(conversation, "Tea or coffee?")
     a, b = reply(conversation, prompt, "Tea."), reply(conversation, prompt, "Coffee.")
@@ -447,7 +487,13 @@ def test_duplicate_rows_are_written_once(tmp_path, alice, bob):
 
     assert read_rows(snapshot, "prompts") == [{"prompt": [user("user", "How do I boil an egg?")]}]
     assert len(read_rows(snapshot, "unpaired")) == 1
-    assert snapshot.stats["duplicates_removed"] == {"preference": 0, "unpaired": 1, "steps": 0, "prompts": 1}
+    assert snapshot.stats["duplicates_removed"] == {
+        "preference": 0,
+        "unpaired": 1,
+        "steps": 0,
+        "prompts": 1,
+        "supervised": 0,
+    }
 
 
 def _many_conversations(user_obj, count: int) -> list[Conversation]:
@@ -493,7 +539,7 @@ def _small_world(alice, bob) -> None:
     bad = reply(conv, prompt, "Microwave it.")
     compare(alice, prompt, good, bad)
     rate(alice, good, rating=5)
-    rate(bob, bad, thumbs="down")
+    Feedback.objects.filter(pk=rate(bob, bad, thumbs="down").pk).update(correction="Boil it for nine minutes.")
     rate(alice, good, thumbs="up", step_index=0)
     rate(alice, good, thumbs="down", step_index=1)
 
@@ -509,6 +555,7 @@ def test_files_load_with_hugging_face_datasets(tmp_path, alice, bob):
         "unpaired": ["prompt", "completion", "label"],
         "steps": ["prompt", "completions", "labels"],
         "prompts": ["prompt"],
+        "supervised": ["prompt", "completion"],
     }
     for dataset in DATASETS:
         files = str(Path(snapshot.path) / dataset / "train.jsonl")
@@ -533,10 +580,11 @@ def test_snapshot_row_records_counts_split_source_and_stats(tmp_path, alice, bob
     assert folder.name.endswith(snapshot.content_hash[:12])
     assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == [folder.name]  # no temp folder left
     assert snapshot.row_counts == {
-        "preference": {"train": 1, "test": 0},
+        "preference": {"train": 2, "test": 0},
         "unpaired": {"train": 2, "test": 0},
         "steps": {"train": 1, "test": 0},
         "prompts": {"train": 1, "test": 0},
+        "supervised": {"train": 1, "test": 0},
     }
     assert snapshot.source["feedback_ids"] == [feedback_ids[0], feedback_ids[-1]]
     assert snapshot.source["comparison_ids"] == [comparison_id, comparison_id]
@@ -545,6 +593,9 @@ def test_snapshot_row_records_counts_split_source_and_stats(tmp_path, alice, bob
     assert snapshot.source["messages"] == 3
     assert snapshot.options == {"seed": 0, "test_fraction": 0.0, "good_rating": 4, "bad_rating": 2, "chunk_size": 2000}
     assert snapshot.stats["conflicts_settled"] == 0
+    assert snapshot.stats["pairs_by_source"] == {
+        "comparison": 1, "regeneration": 0, "cross_conversation": 0, "correction": 1
+    }  # fmt: skip
     assert snapshot.size_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert snapshot.build_seconds > 0
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -14,3 +14,9 @@ def feedback_tags() -> list[str]:
 def tag_label(tag: str) -> str:
     """``too_long`` -> ``too long``."""
     return tag.replace("_", " ")
+
+
+@register.simple_tag
+def correction_max_length() -> int:
+    """The longest corrected answer (FEEDBACK_CORRECTION_MAX_LENGTH)."""
+    return int(settings.FEEDBACK_CORRECTION_MAX_LENGTH)

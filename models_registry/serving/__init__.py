@@ -5,8 +5,17 @@ OpenAI-compatible server, see ``openai_compat.py``). Hot swap and the process ca
 Importing this package does not import torch; the local backend does, when it first loads a model.
 """
 
-from models_registry.serving.base import ServedPolicy
+from models_registry.serving.base import Sampling, ServedPolicy, Usage
 from models_registry.serving.errors import ServingError
 from models_registry.serving.live import get_policy, get_policy_for, load_policy, reset
 
-__all__ = ["ServedPolicy", "ServingError", "get_policy", "get_policy_for", "load_policy", "reset"]
+__all__ = [
+    "Sampling",
+    "ServedPolicy",
+    "ServingError",
+    "Usage",
+    "get_policy",
+    "get_policy_for",
+    "load_policy",
+    "reset",
+]

@@ -6,6 +6,7 @@ import abc
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.conf import settings
 
@@ -23,10 +24,32 @@ def max_new_tokens_for(requested: int | None) -> int:
     return min(requested, limit)
 
 
-def sampling() -> dict[str, float]:
+@dataclass(frozen=True)
+class Sampling:
+    """What one request asks of the sampler; ``None`` takes the setting (``SERVING_TEMPERATURE``,
+    ``SERVING_TOP_P``). ``max_new_tokens`` is bounded by ``SERVING_MAX_NEW_TOKENS`` either way."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class Usage:
+    """Filled in by a backend while it streams: the prompt's tokens as the model saw them, the tokens
+    it generated, and whether it stopped because it reached ``max_new_tokens``. ``None``: the backend
+    could not tell (an OpenAI-compatible server that reports no usage)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    hit_limit: bool = False
+
+
+def sampling(requested: Sampling | None = None) -> dict[str, float]:
+    requested = requested or Sampling()
     return {
-        "temperature": settings.SERVING_TEMPERATURE,
-        "top_p": settings.SERVING_TOP_P,
+        "temperature": settings.SERVING_TEMPERATURE if requested.temperature is None else requested.temperature,
+        "top_p": settings.SERVING_TOP_P if requested.top_p is None else requested.top_p,
     }
 
 
@@ -56,9 +79,17 @@ class ServedPolicy(abc.ABC):
         self.label = label
 
     @abc.abstractmethod
-    def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
+    def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int | None = None,
+        options: Sampling | None = None,
+        usage: Usage | None = None,
+    ) -> AsyncIterator[str]:
         """Text chunks of the assistant's answer to ``messages``, as they are generated. Stops
-        generating when the consumer stops iterating (``aclose()`` or cancellation)."""
+        generating when the consumer stops iterating (``aclose()`` or cancellation). ``options``
+        overrides the sampling settings for this answer; ``usage``, when given, is filled in."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"

@@ -34,7 +34,9 @@ from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.exceptions import ChecksumMismatch
 from models_registry.models import ModelVersion
 from models_registry.serving.base import (
+    Sampling,
     ServedPolicy,
+    Usage,
     clean_messages,
     generation_slots,
     max_new_tokens_for,
@@ -153,9 +155,20 @@ class LocalPolicy(ServedPolicy):
         inputs = {name: encoded[name][:, -budget:].to(device) for name in ("input_ids", "attention_mask")}
         return inputs, max_new_tokens
 
-    async def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int | None = None,
+        options: Sampling | None = None,
+        usage: Usage | None = None,
+    ) -> AsyncIterator[str]:
         chat = clean_messages(messages)
+        if options is not None and options.max_new_tokens is not None:
+            max_new_tokens = options.max_new_tokens
         inputs, limit = self._encode(chat, max_new_tokens_for(max_new_tokens))
+        if usage is not None:
+            usage.prompt_tokens = int(inputs["input_ids"].shape[1])
         slots = generation_slots()
         await slots.acquire()
         loop = asyncio.get_running_loop()
@@ -168,7 +181,7 @@ class LocalPolicy(ServedPolicy):
 
         thread = threading.Thread(
             target=self._generate,
-            args=(inputs, limit, streamer, stop, release),
+            args=(inputs, limit, sampling(options), streamer, stop, release),
             name=f"serving-generate-{self.label}",
             daemon=True,
         )
@@ -185,6 +198,9 @@ class LocalPolicy(ServedPolicy):
                 except TimeoutError:
                     raise ServingError("The model took too long to answer.", code="generation_timeout") from None
                 if item is _END:
+                    if usage is not None:
+                        usage.completion_tokens = streamer.new_tokens
+                        usage.hit_limit = streamer.new_tokens >= limit
                     return
                 if isinstance(item, _Failed):
                     raise ServingError("The model failed while answering.", code="generation_failed") from item.error
@@ -198,11 +214,11 @@ class LocalPolicy(ServedPolicy):
         self,
         inputs: dict[str, torch.Tensor],
         max_new_tokens: int,
+        options: dict[str, float],
         streamer: _LoopStreamer,
         stop: threading.Event,
         release: Callable[[], None],
     ) -> None:
-        options = sampling()
         do_sample = options["temperature"] > 0
         stopper = _StopOnEvent(stop)
         try:

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from models_registry.endpoints import base_url_problem
 from models_registry.models import ModelVersion
-from models_registry.serving.base import ServedPolicy, clean_messages, max_new_tokens_for, sampling
+from models_registry.serving.base import Sampling, ServedPolicy, Usage, clean_messages, max_new_tokens_for, sampling
 from models_registry.serving.errors import ServingError
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,27 @@ class OpenAIPolicy(ServedPolicy):
             raise ServingError(f"{version.label} cannot be served: {problem}", code="host_not_allowed")
         return cls(version_id=version.id, label=version.label, base_url=version.base_url, model_name=version.model_name)
 
-    async def stream(self, messages: list[dict[str, str]], *, max_new_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int | None = None,
+        options: Sampling | None = None,
+        usage: Usage | None = None,
+    ) -> AsyncIterator[str]:
+        if options is not None and options.max_new_tokens is not None:
+            max_new_tokens = options.max_new_tokens
+        limit = max_new_tokens_for(max_new_tokens)
         payload = {
             "model": self.model_name,
             "messages": clean_messages(messages),
             "stream": True,
-            "max_tokens": max_new_tokens_for(max_new_tokens),
-            **sampling(),
+            # The server's own token counts, in a last chunk (vLLM, TGI, Ollama and OpenAI send it).
+            "stream_options": {"include_usage": True},
+            "max_tokens": limit,
+            **sampling(options),
         }
+        usage = usage if usage is not None else Usage()
         # Checked again at each answer: the allow-list may have shrunk since the version was loaded, and
         # neither the users' conversations nor the key may go anywhere else.
         if problem := base_url_problem(self.base_url):
@@ -110,9 +123,9 @@ class OpenAIPolicy(ServedPolicy):
                     text, data = "\n".join(data), []
                     if text.strip() == _DONE:
                         return
-                    if chunk := self._parse(text):
+                    if chunk := self._parse(text, usage, limit):
                         yield chunk
-                if data and "\n".join(data).strip() != _DONE and (chunk := self._parse("\n".join(data))):
+                if data and "\n".join(data).strip() != _DONE and (chunk := self._parse("\n".join(data), usage, limit)):
                     yield chunk
         except httpx.TimeoutException as exc:
             logger.warning("%s: %s timed out: %r", self.label, self.url, exc)
@@ -121,7 +134,7 @@ class OpenAIPolicy(ServedPolicy):
             logger.warning("%s: cannot reach %s: %r", self.label, self.url, exc)
             raise ServingError("The model server cannot be reached.", code="model_server_unreachable") from exc
 
-    def _parse(self, text: str) -> str:
+    def _parse(self, text: str, usage: Usage, limit: int) -> str:
         try:
             event = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -131,4 +144,18 @@ class OpenAIPolicy(ServedPolicy):
             raise ServingError("The model server sent a malformed answer.", code="model_server_bad_response")
         if "error" in event:
             logger.warning("%s: %s reported an error: %.500s", self.label, self.url, text)
+        _take_usage(event, usage, limit)
         return _delta_text(event)
+
+
+def _take_usage(event: dict[str, Any], usage: Usage, limit: int) -> None:
+    reported = event.get("usage")
+    if isinstance(reported, dict):
+        for name in ("prompt_tokens", "completion_tokens"):
+            if isinstance(reported.get(name), int):
+                setattr(usage, name, reported[name])
+    for choice in event.get("choices") or []:
+        if isinstance(choice, dict) and choice.get("finish_reason") == "length":
+            usage.hit_limit = True
+    if usage.completion_tokens is not None and usage.completion_tokens >= limit:
+        usage.hit_limit = True

@@ -5,6 +5,7 @@ A dataset folder holds ``train.jsonl`` and ``test.jsonl``; each line is one row:
 - preference (reward, DPO): ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``
 - unpaired (KTO): ``{"prompt": [messages], "completion": [messages], "label": true|false}``
 - prompts (PPO, policy evaluation): ``{"prompt": [messages]}``
+- supervised (SFT, from corrected answers): ``{"prompt": [messages], "completion": [messages]}``
 
 Rows are parsed here (not with ``datasets.load_dataset``, which caches copies under the user's home
 and cannot read an empty file) so that a bad line gets a message naming the file and the line.
@@ -23,6 +24,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),
     "prompts": ("prompt",),
+    "supervised": ("prompt", "completion"),
 }
 
 

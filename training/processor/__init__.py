@@ -1,4 +1,4 @@
-"""The feedback processor: feedback and comparisons -> four datasets in TRL's formats, split into
+"""The feedback processor: feedback and comparisons -> five datasets in TRL's formats, split into
 train and test, scrubbed of personal data, written as a ``DatasetSnapshot``.
 
 Datasets (rows are exactly TRL's conversational formats, no other columns):
@@ -7,6 +7,7 @@ Datasets (rows are exactly TRL's conversational formats, no other columns):
 - ``unpaired``: ``{"prompt", "completion", "label"}`` (KTO).
 - ``steps``: ``{"prompt", "completions", "labels"}`` (stepwise supervision / PRM).
 - ``prompts``: ``{"prompt"}``, one per distinct user turn, rated or not (PPO).
+- ``supervised``: ``{"prompt", "completion"}``, one per corrected answer (SFT).
 
 A prompt is the conversation up to and including the user turn an answer replies to, built by
 ``core.prompts`` exactly as serving builds what the model is sent: a leading system message if the
@@ -22,7 +23,13 @@ Rules:
 - **Preference pairs** come from (a) comparisons (``is_tie`` rows dropped and counted), (b) answers
   to the same user turn (regenerations) whose scores differ, (c) answers in *different*
   conversations to an identical conversation-so-far (same raw text, e.g. the same first question)
-  whose scores differ. A pair whose two answers read the same after scrubbing is dropped.
+  whose scores differ, (d) corrections: a user's corrected text of an answer ("what it should have
+  said", ``Feedback.correction``) chosen over the answer. A pair whose two answers read the same
+  after scrubbing is dropped. ``stats.pairs_by_source`` counts the pairs written by source
+  (``comparison``, ``regeneration``, ``cross_conversation``, ``correction``; a pair of (a)/(b) is a
+  ``comparison`` when a side-by-side vote took part in it).
+- **Corrections** also make a ``supervised`` row: the prompt and the corrected text as the
+  completion (even when the answer itself failed). Each distinct correction of an answer counts once.
 - **Conflicts** (within one user turn, where (a) and (b) meet): each comparison is one vote for its
   chosen answer, a score difference is one vote for the better-scored answer. Per pair of answers
   the majority direction wins (``conflicts_settled`` when there were votes both ways); as many

@@ -38,6 +38,9 @@ Emit = Callable[[str, str, Row], None]
 Message = dict[str, str]
 
 USABLE = ("complete", "stopped")
+# Where a preference pair came from: a side-by-side vote, answers to the same turn scored apart (a
+# regeneration), answers to the same conversation-so-far in different conversations, a correction.
+PAIR_SOURCES = ("comparison", "regeneration", "cross_conversation", "correction")
 
 
 class Scratch:
@@ -103,10 +106,15 @@ class Builder:
         self.emit = emit
         self.wanted = wanted
         self.stats: Counter[str] = Counter()
+        self.pair_sources: Counter[str] = Counter({source: 0 for source in PAIR_SOURCES})
         self.scrubber = Scrubber()
 
     def stats_dict(self) -> dict[str, Any]:
-        return {**dict(sorted(self.stats.items())), "scrubbed": dict(sorted(self.scrubber.counts.items()))}
+        return {
+            **dict(sorted(self.stats.items())),
+            "pairs_by_source": dict(self.pair_sources),
+            "scrubbed": dict(sorted(self.scrubber.counts.items())),
+        }
 
     # --- Pass 1: one conversation at a time --------------------------------------------------------
 
@@ -122,9 +130,12 @@ class Builder:
 
         message_feedback: dict[RawId, list[tuple[str | None, int | None]]] = {}
         step_feedback: dict[int, list[tuple[str | None, int | None]]] = {}
-        for message_id, step_id, thumbs, rating in conv.feedback:
+        corrections: dict[RawId, list[str]] = {}
+        for message_id, step_id, thumbs, rating, correction in conv.feedback:
             if step_id is None:
                 message_feedback.setdefault(message_id, []).append((thumbs, rating))
+                if correction:
+                    corrections.setdefault(message_id, []).append(correction)
             else:
                 step_feedback.setdefault(step_id, []).append((thumbs, rating))
         comparisons: dict[RawId, list[tuple[RawId, RawId, bool]]] = {}
@@ -150,6 +161,9 @@ class Builder:
                     self._unpaired(side, prompt, clean(answer), given)
                 if "steps" in self.wanted and answer_id in conv.steps:
                     self._steps(side, prompt, conv.steps[answer_id], step_feedback)
+            for answer in answers:
+                for correction in dict.fromkeys(corrections.get(answer[0], [])):  # each distinct one once
+                    self._correction(side, prompt, usable.get(answer[0]), correction, clean)
             if "preference" in self.wanted:
                 self._siblings(side, prompt, usable, scores, comparisons.get(user_turn[0], []), clean)
                 if scores:
@@ -209,11 +223,13 @@ class Builder:
         clean: Callable[[MessageRow], str],
     ) -> None:
         votes: dict[tuple[RawId, RawId], int] = {}
+        compared: set[frozenset[RawId]] = set()
         for chosen, rejected, is_tie in comparisons:
             if is_tie:
                 self.stats["ties_dropped"] += 1
             elif chosen in usable and rejected in usable:
                 votes[(chosen, rejected)] = votes.get((chosen, rejected), 0) + 1
+                compared.add(frozenset((chosen, rejected)))
             else:
                 self.stats["comparisons_unusable"] += 1
         score_votes(scores, votes)
@@ -221,12 +237,30 @@ class Builder:
         self.stats["conflicts_settled"] += result.settled
         self.stats["conflicts_dropped"] += result.dropped
         for chosen, rejected in result.pairs:
-            self._pair(side, prompt, clean(usable[chosen]), clean(usable[rejected]))
+            source = "comparison" if frozenset((chosen, rejected)) in compared else "regeneration"
+            self._pair(side, prompt, clean(usable[chosen]), clean(usable[rejected]), source=source)
 
-    def _pair(self, side: str, prompt: list[Message], chosen: str, rejected: str) -> None:
+    def _correction(
+        self,
+        side: str,
+        prompt: list[Message],
+        answer: MessageRow | None,
+        correction: str,
+        clean: Callable[[MessageRow], str],
+    ) -> None:
+        """A corrected answer: a supervised row (the prompt and the correction), and a preference
+        pair (the correction chosen over the answer) when the answer is usable."""
+        text = self.scrubber(correction)
+        if "supervised" in self.wanted:
+            self.emit("supervised", side, {"prompt": prompt, "completion": _assistant(text)})
+        if "preference" in self.wanted and answer is not None:
+            self._pair(side, prompt, text, clean(answer), source="correction")
+
+    def _pair(self, side: str, prompt: list[Message], chosen: str, rejected: str, *, source: str) -> None:
         if chosen == rejected:
             self.stats["identical_pairs_dropped"] += 1
             return
+        self.pair_sources[source] += 1
         self.emit(
             "preference", side, {"prompt": prompt, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
         )
@@ -251,4 +285,4 @@ class Builder:
                     self.stats["cross_split_pairs_dropped"] += 1
                     continue
                 prompt = prompt or self.scratch.prompt(key)
-                self._pair(chosen.side, prompt, chosen.content, rejected.content)
+                self._pair(chosen.side, prompt, chosen.content, rejected.content, source="cross_conversation")

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-DATASETS = ("preference", "unpaired", "steps", "prompts")
+DATASETS = ("preference", "unpaired", "steps", "prompts", "supervised")
 SPLITS = ("train", "test")
 
 

@@ -33,8 +33,8 @@ from feedback.models import Comparison, Conversation, Feedback, Message, Message
 RawId = Any
 # (id, role, content, parent_id, status)
 MessageRow = tuple[RawId, str, str, RawId | None, str]
-# (message_id, step_id, thumbs, rating)
-FeedbackRow = tuple[RawId, int | None, str | None, int | None]
+# (message_id, step_id, thumbs, rating, correction)
+FeedbackRow = tuple[RawId, int | None, str | None, int | None, str]
 # (prompt_id, chosen_id, rejected_id, is_tie)
 ComparisonRow = tuple[RawId, RawId, RawId, bool]
 # (step_id, index, content)
@@ -174,11 +174,11 @@ def _read_feedback(source: Source, answers: list[RawId], owner: dict[RawId, Conv
         feedback = (
             Feedback.objects.filter(id__lte=source.max_feedback_id, message_id__in=part)
             .order_by("id")
-            .values_list("id", "message_id", "step_id", "thumbs", "rating")
+            .values_list("id", "message_id", "step_id", "thumbs", "rating", "correction")
         )
-        for fid, mid, step_id, thumbs, rating in _raw(feedback):
+        for fid, mid, step_id, thumbs, rating, correction in _raw(feedback):
             conv = owner[mid]
-            conv.feedback.append((mid, step_id, thumbs, rating))
+            conv.feedback.append((mid, step_id, thumbs, rating, correction or ""))
             if step_id is not None and mid not in conv.steps:
                 conv.steps[mid] = []
                 with_step_feedback.append(mid)
