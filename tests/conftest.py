@@ -150,18 +150,21 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Bootstrapped:
 def django_db_setup(django_db_setup, django_db_blocker):
     """Before the test database is dropped, end the sessions that would stop PostgreSQL from dropping
     it: the connection pools' idle connections and connections left open in other threads (an async
-    test's ``sync_to_async`` ORM calls run in a worker thread that keeps its connection)."""
+    test's ``sync_to_async`` ORM calls run in a worker thread that keeps its connection, and, behind a
+    transaction pooler such as pgbouncer, the pooler's server connections). From the maintenance
+    database, so that no connection of this process's own stays on the test database either."""
     yield
     from django.db import connection, connections
 
     with django_db_blocker.unblock():
+        connections.close_all()
         if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
+            with connection._nodb_cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [connection.settings_dict["NAME"]],
                 )
-        connections.close_all()
         for wrapper in connections.all(initialized_only=True):
             if getattr(wrapper, "pool", None) is not None:
                 wrapper.close_pool()

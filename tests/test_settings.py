@@ -142,6 +142,20 @@ def test_bin_run_refuses_debug_on_a_non_loopback_host(tmp_path, host):
     assert not (tmp_path / "db.sqlite3").exists()
 
 
+@pytest.mark.parametrize("workers", ["0", "two", "-1"])
+def test_bin_run_refuses_a_web_workers_that_is_not_a_count(tmp_path, workers):
+    result = subprocess.run(
+        [str(ROOT / "bin" / "run")],
+        env=clean_env(VAR_DIR=str(tmp_path), WEB_WORKERS=workers),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"WEB_WORKERS={workers} is not a whole number >= 1" in result.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
+
+
 def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
     result = run_settings(
         clean_env(VAR_DIR=str(tmp_path), REDIS_URL="redis://127.0.0.1:6379/3"),
