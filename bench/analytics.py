@@ -9,7 +9,10 @@ answers, and side-by-side votes between versions on 5% of them. Then times, medi
 
 - ``version_analytics`` of the biggest version (its whole life) and of a 7-day window: what the
   version's admin page and the registry API's detail compute;
-- ``rating_counts`` (per-user cap) and ``vote_counts`` for the same version: one monitor pass.
+- ``rating_counts`` (per-user cap) and ``vote_counts`` for the same version: one monitor pass;
+- ``insights`` for the last 30 days (all versions, and the biggest one): the feedback insights page
+  and ``/api/assistant/insights`` (satisfaction per day, reasons, steps, topics, comments), and its
+  topics table alone (TF-IDF and k-means on the newest ``INSIGHTS_TOPIC_SAMPLE`` rated prompts).
 
 ``--explain`` prints PostgreSQL's plan of the main queries (the index plan). Goal: each under 2 s on
 a million feedback rows (a page an operator waits for).
@@ -18,6 +21,7 @@ a million feedback rows (a page an operator waits for).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -34,6 +38,9 @@ from bench.common import ensure_database, setup_django
 GOAL_SECONDS = 2.0
 USERS = 2000
 VERSIONS = 5
+SUBJECTS = ["python", "postgres", "sourdough", "tax return", "garden", "resume", "bicycle", "budget"]
+ASKS = ["How do I fix my {} problem?", "Explain {} basics step by step", "What is the best {} setup?"]
+REASONS = ["wrong", "too long", "unclear", "unsafe"]
 
 
 def seeded_rows() -> int:
@@ -115,7 +122,8 @@ def seed(rows: int, rng: random.Random) -> list[int]:
             prompt, answer = uuid.uuid4(), uuid.uuid4()
             when = at + timedelta(seconds=j)
             status = "complete" if rng.random() > 0.03 else rng.choice(["stopped", "failed"])
-            messages.append((prompt, conversation, "user", "q", None, None, "complete", "", None, None, when))
+            question = rng.choice(ASKS).format(rng.choice(SUBJECTS))
+            messages.append((prompt, conversation, "user", question, None, None, "complete", "", None, None, when))
             tokens = rng.randint(20, 200)
             messages.append(
                 (answer, conversation, "assistant", "1. a\n2. b", prompt, version.pk, status, "", tokens,
@@ -126,7 +134,11 @@ def seed(rows: int, rng: random.Random) -> list[int]:
             thumbs = None if kind < 0.3 else ("up" if good else "down")
             rating = None if kind >= 0.6 else (rng.randint(4, 5) if good else rng.randint(1, 3))
             rated_at = when + timedelta(minutes=2)
-            feedback.append((user, answer, version.pk, None, thumbs, rating, "", "[]", rated_at, rated_at))
+            reasons, comment = "[]", ""
+            if not good and rng.random() < 0.3:
+                reasons = json.dumps(rng.sample(REASONS, rng.randint(1, 2)))
+                comment = "It missed the point." if rng.random() < 0.2 else ""
+            feedback.append((user, answer, version.pk, None, thumbs, rating, comment, reasons, rated_at, rated_at))
             if rng.random() < 0.1:
                 step_id += 1
                 steps.append((step_id, answer, 0, "1. a"))
@@ -191,7 +203,7 @@ def main() -> int:
     from django.core.management import call_command
     from django.utils import timezone
 
-    from feedback import analytics
+    from feedback import analytics, insights
     from models_registry.models import ModelVersion
 
     call_command("migrate", verbosity=0)
@@ -210,17 +222,24 @@ def main() -> int:
         ("rating_counts (monitor), whole life", lambda: analytics.rating_counts(version.pk, per_user=20)),
         ("rating_counts (monitor), last 7 days", lambda: analytics.rating_counts(version.pk, since=week, per_user=20)),
         ("vote_counts (monitor)", lambda: analytics.vote_counts(version.pk, version.pk - 1, per_user=20)),
+        ("insights, last 30 days", lambda: insights.insights(insights.Filters.last_days(30))),
+        ("insights, last 30 days, one version", lambda: insights.insights(insights.Filters.last_days(30, version.pk))),
+        ("insights topics alone, last 30 days", lambda: insights.topics(insights.Filters.last_days(30))),
     ]
     print(f"\n{version.label}: medians of {args.repeat}")
     worst = 0.0
     for name, call in checks:
         seconds, result = timed(call, args.repeat)
         worst = max(worst, seconds)
-        summary = (
-            f"{result.total.served:,} answers, {result.total.positive.n:,} ratings"
-            if isinstance(result, analytics.VersionAnalytics)
-            else str(result)
-        )
+        if isinstance(result, analytics.VersionAnalytics):
+            summary = f"{result.total.served:,} answers, {result.total.positive.n:,} ratings"
+        elif isinstance(result, dict):
+            days = len({row["day"] for row in result["satisfaction"]})
+            summary = f"{days} days, {len(result['tags'])} reasons, {len(result['topics'])} topics"
+        elif isinstance(result, list):
+            summary = f"{len(result)} topics, unhappiest: {' '.join(result[0]['terms'][:3]) if result else '-'}"
+        else:
+            summary = str(result)
         print(f"  {name:40} {seconds * 1000:8.0f} ms   ({summary})")
     print(f"\ngoal (each under {GOAL_SECONDS:.0f} s): {'met' if worst <= GOAL_SECONDS else 'NOT met'}")
     if args.explain:

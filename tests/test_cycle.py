@@ -23,7 +23,7 @@ from training.processor import ProcessorOptions, snapshot_build
 pytestmark = pytest.mark.django_db
 
 GOOD_REWARD = {"pairs": 60, "accuracy": 0.92, "mean_margin": 2.0, "calibration_ece": 0.05, "brier": 0.1}
-LIVE_REWARD = {"pairs": 60, "accuracy": 0.75, "mean_margin": 0.1, "calibration_ece": 0.1, "brier": 0.2}
+LIVE_REWARD = {"pairs": 60, "accuracy": 0.88, "mean_margin": 0.1, "calibration_ece": 0.1, "brier": 0.2}
 GOOD_POLICY = {
     "prompts": 64, "mean_reward": 1.0, "reference_mean_reward": 0.2, "win_rate": 0.8, "kl": 4.0,
     "mean_length": 60.0, "reference_mean_length": 55.0,
@@ -138,6 +138,20 @@ def test_a_live_reward_model_that_disagrees_with_users_does_not_judge(
     win_rate = next(g for g in cycle.gates if g["name"] == "policy_win_rate")
     assert f"judged by the cycle's reward model {new_reward.label}" in win_rate["detail"]
     assert ("which also trained it" in win_rate["detail"]) is trained_by_judge
+
+
+def test_a_live_reward_model_lucky_on_a_few_pairs_does_not_judge(rated, settings, django_capture_on_commit_callbacks):
+    """4 of 5 held-out pairs is above the floor, but a blind model gets there by luck (the 95% interval
+    reaches down to 38%); the new reward model's 5 of 5 is above what 4 of 5 could be: it judges."""
+    settings.CYCLE_MIN_HELDOUT_PAIRS = 5
+    capture = django_capture_on_commit_callbacks
+    cycle = advance(start(capture, policy_kind="dpo"), capture)
+    lucky = {**LIVE_REWARD, "pairs": 5, "accuracy": 0.8}
+    finish(cycle.reward_run, evaluation={**GOOD_REWARD, "pairs": 5, "accuracy": 1.0}, baseline=lucky)
+    cycle = advance(cycle, capture)
+
+    assert cycle.policy_run.judge_version == cycle.reward_run.output_version
+    assert "more than the live reward model's 80% of 5 could be by chance" in cycle.stages[-2]["detail"]
 
 
 def test_with_auto_approve_every_gate_passed_is_enough(rated, settings, django_capture_on_commit_callbacks):

@@ -36,6 +36,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from core.stats import proportion
 from feedback.models import Feedback
 from models_registry.exceptions import RegistryError
 from models_registry.models import Canary, ModelVersion
@@ -258,20 +259,31 @@ def _after_reward(cycle: Cycle) -> bool:
 
 def _judge(cycle: Cycle, reward_run: TrainingRun) -> tuple[ModelVersion | None, str]:
     """The reward model that judges the cycle's policy, and why. The live one (it did not train the
-    policy), unless it no longer agrees with the users: its accuracy on this cycle's held-out pairs
-    under ``CYCLE_MIN_REWARD_ACCURACY`` (a new preference, or the first cycle after bootstrapping).
-    Then it could not tell a better policy from a worse one, and the new reward model judges: it did
-    not train a DPO or KTO policy; it did train a PPO one, so for PPO the KL and length gates and the
-    canary are what stand between its blind spots and users (the gate says so)."""
-    baseline = (reward_run.metrics.get("baseline") or {}).get("accuracy")
-    if baseline is None or baseline >= settings.CYCLE_MIN_REWARD_ACCURACY:
+    policy), unless it no longer agrees with the users on this cycle's held-out pairs: its accuracy is
+    under ``CYCLE_MIN_REWARD_ACCURACY`` (a new preference, or the first cycle after bootstrapping), or
+    the new reward model's is above the upper end of the live one's 95% Wilson interval (on a handful
+    of pairs a blind live model can score above the floor by luck). Then it could not tell a better
+    policy from a worse one, and the new reward model judges: it did not train a DPO or KTO policy; it
+    did train a PPO one, so for PPO the KL and length gates and the canary are what stand between its
+    blind spots and users (the gate says so)."""
+    baseline = reward_run.metrics.get("baseline") or {}
+    live, pairs = baseline.get("accuracy"), int(baseline.get("pairs") or 0)
+    if live is None:
+        return None, "the live reward model judges it"
+    new_accuracy = (reward_run.metrics.get("eval") or {}).get("accuracy")
+    plausible = proportion(round(live * pairs), pairs).high if pairs else 1.0
+    if live < settings.CYCLE_MIN_REWARD_ACCURACY:
+        why = f"the live reward model agrees with the users on only {live:.0%} of the held-out pairs"
+    elif new_accuracy is not None and plausible is not None and new_accuracy > plausible:
+        why = (
+            f"it agrees with the users on {new_accuracy:.0%} of the held-out pairs, more than the live reward"
+            f" model's {live:.0%} of {pairs} could be by chance (95% interval up to {plausible:.0%})"
+        )
+    else:
         return None, "the live reward model judges it"
     new = reward_run.output_version
     trained = " (which also trains it)" if cycle.policy_kind == "ppo" else ""
-    return new, (
-        f"{new.label if new else 'the new reward model'}{trained} judges it: the live reward model agrees with"
-        f" the users on only {baseline:.0%} of the held-out pairs"
-    )
+    return new, f"{new.label if new else 'the new reward model'}{trained} judges it: {why}"
 
 
 def _after_policy(cycle: Cycle) -> bool:
