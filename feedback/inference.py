@@ -282,7 +282,7 @@ def model_resolve(*, user: User, model: str) -> int | None:
     if model == ROUTED_MODEL:
         return None
     kind, _, number = model.partition(":")
-    if kind != ModelVersion.Kind.POLICY or not number.isdigit():
+    if kind != ModelVersion.Kind.POLICY or not (number.isascii() and number.isdigit()):
         raise _no_model(model)
     version = ModelVersion.objects.filter(kind=kind, number=int(number)).first()
     if version is None:
@@ -390,7 +390,6 @@ def slot_acquire(*, user: User) -> None:
     try:
         cache.add(key, 0, timeout=_SLOT_TTL_SECONDS)
         active = cache.incr(key)
-        cache.touch(key, _SLOT_TTL_SECONDS)
     except COUNTER_ERRORS as exc:  # like every limit, it fails open (core.cache)
         cache_unreachable(limit="INFERENCE_MAX_CONCURRENT_PER_USER", exc=exc)
         return
@@ -403,6 +402,10 @@ def slot_acquire(*, user: User) -> None:
             type="rate_limit_error",
             retry_after=1,
         )
+    # Only a slot taken renews the counter's expiry: slots lost by a killed server or a request dropped
+    # before its answer started free themselves _SLOT_TTL_SECONDS after the last one taken.
+    with contextlib.suppress(*COUNTER_ERRORS):
+        cache.touch(key, _SLOT_TTL_SECONDS)
 
 
 def slot_release(*, user: User) -> None:

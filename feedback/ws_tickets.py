@@ -28,6 +28,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.cache import cache
 
+from core.cache import CACHE_ERRORS
+from feedback.exceptions import FeedbackError
+
 
 @dataclass(frozen=True)
 class Ticket:
@@ -39,19 +42,35 @@ def _key(ticket: str) -> str:
     return "ws-ticket:" + hashlib.sha256(ticket.encode()).hexdigest()
 
 
+class TicketsUnavailable(FeedbackError):
+    """The cache that keeps tickets cannot be reached: authentication cannot fail open."""
+
+    http_status = 503
+    code = "tickets_unavailable"
+
+
 def ticket_issue(*, user: User) -> Ticket:
     seconds = settings.WS_TICKET_SECONDS
     ticket = secrets.token_urlsafe(32)
     expires_at = time.time() + seconds
-    cache.set(_key(ticket), {"user": user.pk, "expires_at": expires_at}, timeout=seconds + 5)
+    try:
+        cache.set(_key(ticket), {"user": user.pk, "expires_at": expires_at}, timeout=seconds + 5)
+    except CACHE_ERRORS as exc:
+        raise TicketsUnavailable(
+            "Socket tickets cannot be issued now (the cache is unreachable); try again shortly, or use the"
+            " session cookie."
+        ) from exc
     return Ticket(ticket=ticket, expires_at=expires_at)
 
 
 def ticket_redeem(*, ticket: str) -> User | None:
     """The active user the ticket was issued to, if it is unused and unexpired; it is used up either way."""
     key = _key(ticket)
-    stored = cache.get(key)
-    if stored is None or not cache.delete(key):  # unknown, expired, or another socket redeemed it first
+    try:
+        stored = cache.get(key)
+        if stored is None or not cache.delete(key):  # unknown, expired, or another socket redeemed it first
+            return None
+    except CACHE_ERRORS:  # cannot be checked: nobody is let in on it (the socket closes 4401)
         return None
     if stored["expires_at"] <= time.time():
         return None

@@ -66,3 +66,16 @@ def test_the_inference_limits_allow_when_the_cache_is_unreachable(alice, unreach
         inference.slot_release(user=alice)
     assert "Rate limit inference-rate:token-1 not applied" in caplog.text
     assert "INFERENCE_MAX_CONCURRENT_PER_USER not applied" in caplog.text
+
+
+def test_socket_tickets_are_refused_not_failed_open_when_the_cache_is_unreachable(alice, unreachable_cache):
+    from rest_framework.test import APIClient
+
+    from feedback import ws_tickets
+
+    client = APIClient()
+    client.force_authenticate(alice)
+    response = client.post("/api/assistant/ws-ticket", format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "tickets_unavailable"
+    assert ws_tickets.ticket_redeem(ticket="any") is None  # nobody is let in on a ticket nobody can check

@@ -325,6 +325,7 @@ async def test_a_named_version_answers_only_callers_who_may_use_it(key, canary, 
         ({"stream": "yes"}, 400, "stream", "true or false"),
         ({"model": "gpt-4o"}, 404, "model", "does not exist"),
         ({"model": "policy:99"}, 404, "model", "does not exist"),
+        ({"model": "policy:\u00b2"}, 404, "model", "does not exist"),  # a digit to isdigit(), not to int()
         ({"model": ""}, 400, "model", "model is required"),
         ({"messages": []}, 400, "messages", "non-empty"),
         ({"messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].role", "role"),

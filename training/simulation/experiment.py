@@ -62,7 +62,10 @@ def check_ready() -> tuple[ModelVersion, ModelVersion]:
     policy, reward = live_version(ModelVersion.Kind.POLICY), live_version(ModelVersion.Kind.REWARD)
     if policy is None or reward is None:
         raise SimulationError("No live policy and reward model: run `manage.py bootstrap_models` first.")
+    from feedback.models import Comparison
+
     real = Feedback.objects.exclude(user__username__startswith=SIMULATED_PREFIX).count()
+    real += Comparison.objects.exclude(user__username__startswith=SIMULATED_PREFIX).count()
     if real:
         raise SimulationError(
             f"This database holds {real} ratings from people: a cycle would train on them and its canary would"
@@ -113,6 +116,7 @@ def run(plan: Plan, *, log: Log, workdir: Path) -> dict[str, Any]:
             report["reward_model"] = _reward_figures(plan, cycle, start_policy, start_reward, workdir, log)
             if cycle.status != Cycle.Status.CANARY:
                 report["outcome"] = f"the cycle ended {cycle.status}: {cycle.reason}"
+                report["summary"] = summary(report)
                 return report
             assert cycle.candidate is not None
             candidate = cycle.candidate.label
@@ -280,7 +284,8 @@ def _stored_tally(version: ModelVersion, preference: str) -> Tally:
     for content in answers.values_list("content", flat=True).iterator():
         tally.add(Answer(id="", text=content, version=version.label, prompt_id=""), likes(content))
     tally.thumbs = Feedback.objects.filter(model_version=version, user__username__startswith=SIMULATED_PREFIX).count()
-    tally.votes = Comparison.objects.filter(user__username__startswith=SIMULATED_PREFIX).count()
+    votes = Comparison.objects.filter(user__username__startswith=SIMULATED_PREFIX)
+    tally.votes = votes.filter(chosen_version=version, rejected_version=version).count()
     if not tally.answers:
         raise SimulationError(f"No stored answers of {version.label} to simulated users: use --before N.")
     return tally
