@@ -77,11 +77,18 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
     page.wait_for_selector(".step-feedback .confirm")
     page.get_by_label("4 stars").click()
     page.wait_for_selector("text=Your satisfaction is now")
-    page.locator(".answer-feedback summary").click()
+    page.locator(".answer-feedback summary", has_text="Comment").click()
     page.fill(".answer-feedback textarea[name=comment]", "Clear, but step one is wrong.")
     page.locator(".answer-feedback input[value=clear]").check()
     page.get_by_role("button", name="Save comment").click()
     page.wait_for_selector(".answer-feedback .confirm")
+    page.locator(".answer-feedback summary", has_text="Correct it").click()
+    page.fill(".answer-feedback textarea[name=correction]", "1. Do the right thing first.")
+    page.get_by_role("button", name="Save correction").click()
+    page.wait_for_function(
+        "document.querySelector('.answer-feedback textarea[name=correction]')?.value === '1. Do the right thing first.'"
+        " && document.querySelector('.answer-feedback .confirm') !== null"
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=True)
 
@@ -94,6 +101,7 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
         "Clear, but step one is wrong.",
         ["clear"],
     )
+    assert by_target[None]["correction"] == "1. Do the right thing first."
     messages = httpx.get(
         f"{server}/api/assistant/conversations/{page.url.rstrip('/').rsplit('/', 1)[1]}/messages",
         headers={"Authorization": f"Token {key}"},
