@@ -1,18 +1,23 @@
 """``simulate_users``' simulated users against a real server: what they do (ask over the WebSocket,
 regenerate answers they dislike, vote A/B, thumb answers over the REST API) lands in the database as a
-person's would, and the share they like is what the stored answers say. The whole experiment (a cycle
-trained on their feedback, its canary and a planted worse candidate) is too long for CI: its figures
-and command are in the README ("Does feedback make the model better?")."""
+person's would; and a small, seeded run of the whole experiment: a cycle trained on their feedback
+(reward model, then DPO: the fast policy method on a CPU) raises the share of answers they like, the
+monitor promotes its canary, and stops the canary of a candidate trained towards the opposite
+preference. The thresholds are scaled down to the small run (dozens of conversations, not hundreds);
+the full-size figures and their command are in the README ("Does feedback make the model better?").
+Not a timed test: it asserts directions and decisions."""
 
 from __future__ import annotations
 
 import pytest
 
 from feedback.models import Comparison, Feedback, Message
+from models_registry.models import Canary, ModelVersion
 from tests.e2e.servers import platform_server
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
 from tests.helpers import make_bootstrapped_live
 from training.ml.preferences import PREFERENCES
+from training.models import Cycle
 from training.simulation import experiment
 from training.simulation.users import SIMULATED_PREFIX, SimulationError, Simulator
 
@@ -60,3 +65,43 @@ def test_the_experiment_refuses_a_database_with_peoples_feedback(live):
     Feedback.objects.create(user=person, message=answer, model_version=live["policy"], thumbs="up")
     with pytest.raises(SimulationError, match="1 ratings from people"):
         experiment.check_ready()
+
+
+def test_the_loop_raises_the_share_users_like_and_the_monitor_stops_a_worse_model(live, settings, tmp_path):
+    settings.VAR_DIR = str(tmp_path / "var")
+    settings.REGISTRY_FOUR_EYES = False
+    settings.CYCLE_MIN_NEW_RATINGS = 60
+    settings.CYCLE_MIN_HELDOUT_PAIRS = 4
+    settings.CYCLE_MIN_EVAL_PROMPTS = 8
+    settings.MONITOR_MIN_RATINGS = 30
+    settings.MONITOR_MIN_VOTES = 8
+    plan = experiment.Plan(
+        preference="closing_offer", policy="dpo", users=8, before=60, during=120, after=0, heldout_pairs=40, seed=0
+    )
+    lines: list[str] = []
+    report = experiment.run(plan, log=lines.append, workdir=tmp_path / "sim")
+    print("\n".join(lines))
+    summary = report["summary"]
+    assert summary["outcome"].startswith("cycle"), summary["outcome"]
+
+    cycle = Cycle.objects.get()
+    assert cycle.status == Cycle.Status.PROMOTED, cycle.reason
+    assert all(gate["passed"] for gate in cycle.gates)
+    assert ModelVersion.objects.get(pk=cycle.candidate_id).status == ModelVersion.Status.LIVE
+    # The users liked more of the candidate's answers than of the bootstrapped policy's.
+    assert summary["share_candidate_in_canary"] > summary["share_before"]
+    assert report["canary"]["candidate_share"] > report["canary"]["baseline_share"]
+    assert report["canary"]["decisions"][-1]["decision"] == "promote"
+    # The reward model learnt the preference: on fresh pairs it beats the live one it replaced.
+    reward = report["reward_model"]
+    assert reward["fresh_pairs"]["accuracy"] > reward["fresh_pairs_live_before"]["accuracy"]
+
+    # The planted worse candidate: liked less, and the monitor (not a person) stopped its canary.
+    worse = report["worse"]
+    assert worse["stopped"], worse
+    assert worse["candidate_share"] < worse["baseline_share"]
+    canary = Canary.objects.latest("started_at")
+    assert canary.version.label == worse["candidate"]
+    assert canary.outcome == Canary.Outcome.STOPPED
+    assert canary.ended_by is None
+    assert ModelVersion.objects.get(pk=cycle.candidate_id).status == ModelVersion.Status.LIVE
