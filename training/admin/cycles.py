@@ -168,7 +168,7 @@ class CycleAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             cycle = Cycle.objects.filter(pk=cycle_id).first()
             if cycle is None:
                 raise Http404(f"Cycle {cycle_id} does not exist.")
-            context = self._context(request, f"Cancel {cycle}?", cycle=cycle, change_url=change_url)
+            context = self._context(request, f"Cancel {cycle}?", object=cycle, change_url=change_url)
             return TemplateResponse(request, "admin/training/cycle/cancel_confirmation.html", context)
         try:
             cycle = service.cycle_cancel(cycle_id=cycle_id, reason=f"cancelled by {request.user.get_username()}")

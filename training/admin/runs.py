@@ -302,7 +302,7 @@ class TrainingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return HttpResponseRedirect(reverse("admin:training_trainingrun_changelist"))
         change_url = reverse("admin:training_trainingrun_change", args=[run.pk])
         if request.method != "POST":
-            context = self._context(request, f"Cancel {run}?", run=run, change_url=change_url)
+            context = self._context(request, f"Cancel {run}?", object=run, change_url=change_url)
             return TemplateResponse(request, "admin/training/trainingrun/cancel_confirmation.html", context)
         try:
             run = training_run_cancel(run_id=run.pk)
