@@ -667,25 +667,21 @@ def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[di
 # --- Main ---------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    args = parse_args()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    if args.fake_openai_port:
-        run_fake_openai(args.fake_openai_port, args.fake_tokens, args.fake_delay_ms)
-        return
+def configure_server(args: argparse.Namespace, **overrides: str) -> dict[str, str]:
+    """The benchmark server's settings, in this process's environment too (it is configured the same
+    way, and the server inherits it): open-file limit raised for many sockets, a free port in
+    ``args.port``, DEBUG off, limits out of the way, greedy generation, and ``overrides``. Returns the
+    environment to start the server with."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     args.port = free_port()
-    env = dict(os.environ)
-    env.update(
+    os.environ.update(
         DJANGO_SETTINGS_MODULE="rlhf_site.settings",
         DEBUG="0",
         SECRET_KEY="bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        CHAT_RATE_PER_MINUTE="100000",
         API_THROTTLE_RATE="off",
         DATABASE_URL=f"{args.pg.rstrip('/')}/{args.db}",
         REDIS_URL=args.redis,
@@ -693,8 +689,19 @@ def main() -> None:
         SERVING_TEMPERATURE="0",  # greedy: both sides generate the same text
         SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1",  # the fake OpenAI-compatible server
         PYTHONUNBUFFERED="1",
+        **overrides,
     )
-    os.environ.update(env)  # this process is configured the same way
+    return dict(os.environ)
+
+
+def main() -> None:
+    args = parse_args()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if args.fake_openai_port:
+        run_fake_openai(args.fake_openai_port, args.fake_tokens, args.fake_delay_ms)
+        return
+    env = configure_server(args, CHAT_RATE_PER_MINUTE="100000")
     logs = Path(tempfile.mkdtemp(prefix="chat-bench-logs-"))
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import signal
 import sys
 import tempfile
@@ -249,29 +248,9 @@ def main() -> None:
     args = parse_args()
     if str(base.ROOT) not in sys.path:
         sys.path.insert(0, str(base.ROOT))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    args.port = base.free_port()
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="rlhf_site.settings",
-        DEBUG="0",
-        SECRET_KEY="bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        API_THROTTLE_RATE="off",
-        INFERENCE_RATE_PER_MINUTE="100000",
-        INFERENCE_MAX_CONCURRENT_PER_USER="1000",
-        DATABASE_URL=f"{args.pg.rstrip('/')}/{args.db}",
-        REDIS_URL=args.redis,
-        SERVING_MAX_NEW_TOKENS=str(args.max_new_tokens),
-        SERVING_TEMPERATURE="0",
-        SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1",
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
+    env = base.configure_server(
+        args, INFERENCE_RATE_PER_MINUTE="100000", INFERENCE_MAX_CONCURRENT_PER_USER="1000", LOG_LEVEL="WARNING"
     )
-    os.environ.update(env)
     logs = Path(tempfile.mkdtemp(prefix="inference-bench-logs-"))
 
     def on_signal(signum: int, _frame: Any) -> None:
