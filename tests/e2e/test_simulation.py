@@ -75,8 +75,19 @@ def test_the_loop_raises_the_share_users_like_and_the_monitor_stops_a_worse_mode
     settings.CYCLE_MIN_EVAL_PROMPTS = 8
     settings.MONITOR_MIN_RATINGS = 30
     settings.MONITOR_MIN_VOTES = 8
+    # The held-out pairs are the conversations the split draws (about one A/B vote each, and the
+    # conversation ids are random): with 80 conversations and 30% held out, fewer than 4 of about 33
+    # pairs is a 0.4% chance (binomial); 60 and 25% gave about 25 and a 10% chance, which CI met once.
     plan = experiment.Plan(
-        preference="closing_offer", policy="dpo", users=8, before=60, during=120, after=0, heldout_pairs=40, seed=0
+        preference="closing_offer",
+        policy="dpo",
+        users=8,
+        before=80,
+        during=120,
+        after=0,
+        heldout_pairs=40,
+        seed=0,
+        config={"reward": {"test_fraction": 0.3}},
     )
     lines: list[str] = []
     report = experiment.run(plan, log=lines.append, workdir=tmp_path / "sim")
