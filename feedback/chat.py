@@ -13,16 +13,16 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Prefetch
 
 from core import prompts, ratelimit
+from core.asyncdb import db_async
 from feedback import arms, metrics
 from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
@@ -47,7 +47,7 @@ class ChatEvent:
 OnEvent = Callable[[ChatEvent], Awaitable[None]]
 
 
-# --- Reads and short writes (sync; the consumer calls them through database_sync_to_async) ----------
+# --- Reads and short writes (sync; the consumer calls them through core.asyncdb.db_async) -----------
 
 
 def conversation_for_user(*, user: User, conversation_id: uuid.UUID) -> Conversation | None:
@@ -136,6 +136,12 @@ def user_turn_create(*, conversation: Conversation, content: str) -> Message:
     return message
 
 
+def user_turn_send(*, user: User, conversation: Conversation, content: str) -> Message:
+    """The chat's ``send``: the rate limit, then the user's turn stored; one trip to a database thread."""
+    generation_allow(user=user)
+    return user_turn_create(conversation=conversation, content=content)
+
+
 def answer_get(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
     answer = (
         Message.objects.select_related("model_version")
@@ -157,6 +163,12 @@ def answer_siblings(*, answer: Message) -> list[Message]:
     )
 
 
+def answer_with_siblings(*, conversation: Conversation, answer_id: uuid.UUID) -> tuple[Message, list[Message]]:
+    """``answer_get`` and ``answer_siblings``: what the page shows when an answer ends, in one trip."""
+    answer = answer_get(conversation=conversation, answer_id=answer_id)
+    return answer, answer_siblings(answer=answer)
+
+
 def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
     """The answer to regenerate, with its ``parent`` (the user turn to answer again) loaded."""
     answer = (
@@ -169,15 +181,35 @@ def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Mess
     return answer
 
 
+def regeneration_start(*, user: User, conversation: Conversation, answer_id: uuid.UUID) -> Message:
+    """The chat's ``regenerate``: the answer to regenerate (``regeneration_of``), then the rate limit;
+    one trip to a database thread."""
+    answer = regeneration_of(conversation=conversation, answer_id=answer_id)
+    generation_allow(user=user)
+    return answer
+
+
 def generation_plan(
     *, prompt: Message, regenerate_of: Message | None = None, version_id: int | None = None
 ) -> tuple[list[dict[str, str]], Route]:
     """What the model is sent, and which version answers (``version_id`` when given, else the
-    conversation's canary arm, or for a regeneration the other arm): one trip to the database thread
-    before the model is called."""
+    conversation's canary arm, or for a regeneration the other arm)."""
     if version_id is not None:
         return history_for(prompt=prompt), Route(version_id, "")
     return history_for(prompt=prompt), arms.route(conversation=prompt.conversation, regenerate_of=regenerate_of)
+
+
+def generation_begin(
+    *, prompt: Message, regenerate_of: Message | None, version_id: int | None, live_version_id: int | None
+) -> tuple[list[dict[str, str]], Route, Message]:
+    """``generation_plan``, and the answer stored as streaming by the version expected to answer (the
+    route's, else the live one ``live_version_id``): one trip to a database thread before the model
+    is called. ``answer_stream`` corrects the row in the rare case another version ends up answering
+    (a canary that cannot load) or none can."""
+    history, route = generation_plan(prompt=prompt, regenerate_of=regenerate_of, version_id=version_id)
+    expected = route.version_id if route.version_id is not None else live_version_id
+    answer = _answer_create(prompt=prompt, model_version_id=expected, status=Message.Status.STREAMING)
+    return history, route, answer
 
 
 def _answer_create(*, prompt: Message, model_version_id: int | None, status: str, error: str = "") -> Message:
@@ -191,14 +223,22 @@ def _answer_create(*, prompt: Message, model_version_id: int | None, status: str
     )
 
 
+def _answer_fail(*, answer: Message, error: str) -> None:
+    answer.model_version_id, answer.status, answer.error = None, Message.Status.FAILED, error
+    answer.save(update_fields=["model_version", "status", "error"])
+
+
 def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
     return MessageStep.objects.create(message=answer, index=index, content=content)
 
 
 def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) -> None:
+    # A stop that lands while a finished step is being stored cannot tell whether its row was written
+    # (the thread goes on; the await does not): a step already there is the same text, and is kept.
     with transaction.atomic():
         MessageStep.objects.bulk_create(
-            [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)]
+            [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)],
+            ignore_conflicts=True,
         )
         answer.save(
             update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
@@ -246,10 +286,11 @@ async def _policy_for(route: Route, *, strict: bool = False) -> ServedPolicy:
 
 
 async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None) -> Message:
-    """``answer_stream`` with a callback: ``on_event`` is awaited for each event but the last, and
-    the stored answer is returned."""
+    """``answer_stream`` with a callback: ``on_event`` is awaited for each event but the last (tokens
+    batched, ``tokens_batched``), and the stored answer is returned."""
     answer: Message | None = None
-    async with contextlib.aclosing(answer_stream(prompt=prompt, regenerate_of=regenerate_of)) as events:
+    stream = tokens_batched(answer_stream(prompt=prompt, regenerate_of=regenerate_of))
+    async with contextlib.aclosing(stream) as events:
         async for event in events:
             if event.kind == "end":
                 answer = event.answer
@@ -257,6 +298,70 @@ async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: 
                 await on_event(event)
     assert answer is not None  # answer_stream always ends with "end"
     return answer
+
+
+async def tokens_batched(
+    events: AsyncGenerator[ChatEvent, None], *, window_ms: float | None = None
+) -> AsyncGenerator[ChatEvent, None]:
+    """``events`` with the ``token`` events that come within ``window_ms`` (``CHAT_TOKEN_BATCH_MS``) of
+    the last one passed on merged into one, so a fast model costs one WebSocket frame or SSE event per
+    few milliseconds rather than per token. The first token after a pause is passed on at once (time
+    to first token unchanged); the ones behind it wait until the window closes and go as one event.
+    Any other event first passes on the tokens held, so the order is kept.
+
+    The next event is awaited in a task of its own, so the model keeps streaming while the caller
+    sends. Cancelling the caller, or closing this generator, cancels that task: the answer is stored
+    as ``stopped``, as when ``answer_stream`` itself is cancelled."""
+    window = (settings.CHAT_TOKEN_BATCH_MS if window_ms is None else window_ms) / 1000
+    if window <= 0:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+        return
+    loop = asyncio.get_running_loop()
+    held: ChatEvent | None = None
+    sent_at = float("-inf")
+    pending: asyncio.Future[ChatEvent] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            if held is not None:
+                if (wait := sent_at + window - loop.time()) > 0:
+                    await asyncio.wait((pending,), timeout=wait)
+                if not pending.done():
+                    yield held
+                    held, sent_at = None, loop.time()
+                    continue
+            try:
+                event = await pending
+            except StopAsyncIteration:
+                break
+            finally:
+                if pending.done():
+                    pending = None
+            if event.kind == "token":
+                if held is not None:
+                    held = replace(held, text=held.text + event.text)
+                elif loop.time() - sent_at >= window:
+                    yield event
+                    sent_at = loop.time()
+                else:
+                    held = event
+                continue
+            if held is not None:
+                yield held
+                held, sent_at = None, loop.time()
+            yield event
+        if held is not None:
+            yield held
+    finally:
+        if pending is not None:
+            if not pending.done() and not (isinstance(pending, asyncio.Task) and pending.cancelling()):
+                pending.cancel()  # the answer is stored as stopped
+            with contextlib.suppress(BaseException):
+                await pending
+        await events.aclose()
 
 
 async def answer_stream(
@@ -269,23 +374,27 @@ async def answer_stream(
     stops generation and stores what was produced, marked ``stopped``; a serving failure stores the
     answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of."""
     generation = generation or Generation()
-    history, route = await database_sync_to_async(generation_plan)(
-        prompt=prompt, regenerate_of=regenerate_of, version_id=generation.version_id
+    live: ServedPolicy | None = None
+    if generation.version_id is None:
+        with contextlib.suppress(ServingError):  # the canary arm may answer; else _policy_for says why
+            live = await get_policy()  # kept in memory: a database read only every few seconds
+    history, route, answer = await db_async(generation_begin)(
+        prompt=prompt,
+        regenerate_of=regenerate_of,
+        version_id=generation.version_id,
+        live_version_id=live.version_id if live is not None else None,
     )
     try:
         policy = await _policy_for(route, strict=generation.version_id is not None)
     except ServingError as exc:
         logger.warning("no policy to answer with: %s", exc.message)
-        failed = await database_sync_to_async(_answer_create)(
-            prompt=prompt, model_version_id=None, status=Message.Status.FAILED, error=exc.message
-        )
-        failed.usage = Usage()
-        yield ChatEvent("end", failed)
+        await db_async(_answer_fail)(answer=answer, error=exc.message)
+        answer.usage = Usage()
+        yield ChatEvent("end", answer)
         return
-
-    answer = await database_sync_to_async(_answer_create)(
-        prompt=prompt, model_version_id=policy.version_id, status=Message.Status.STREAMING
-    )
+    if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
+        answer.model_version_id = policy.version_id
+        await db_async(answer.save)(update_fields=["model_version"])
     answer.served_by = policy.label
     yield ChatEvent("start", answer)
     stream = _Stream()
@@ -354,7 +463,7 @@ async def _take(chunk: str, answer: Message, stream: _Stream) -> AsyncGenerator[
     yield ChatEvent("token", answer, text=chunk)
     steps = split_steps(stream.text)
     for index in range(stream.stored_steps, len(steps) - 1):  # all but the step being written are final
-        step = await database_sync_to_async(_step_create)(answer=answer, index=index, content=steps[index])
+        step = await db_async(_step_create)(answer=answer, index=index, content=steps[index])
         yield ChatEvent("step", answer, step=step, partial=steps[-1])
     stream.stored_steps = max(stream.stored_steps, len(steps) - 1)
 
@@ -371,7 +480,7 @@ async def _finish(answer: Message, stream: _Stream, *, status: str, error: str, 
     first = stream.first_token_at
     answer.time_to_first_token_ms = int((first - stream.started) * 1000) if first is not None else None
     remaining = split_steps(stream.text)[stream.stored_steps :]
-    await database_sync_to_async(_answer_store_final)(answer=answer, first_index=stream.stored_steps, steps=remaining)
+    await db_async(_answer_store_final)(answer=answer, first_index=stream.stored_steps, steps=remaining)
     if first is not None:
         metrics.record_generation(
             model_version=label, ttft=first - stream.started, tokens=stream.tokens, seconds=finished - first

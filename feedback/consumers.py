@@ -15,12 +15,12 @@ import logging
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from rest_framework.exceptions import ValidationError
 
 from core import jsonsafe
+from core.asyncdb import db_async
 from feedback import chat, selectors, services
 from feedback.exceptions import FeedbackError
 from feedback.models import Message
@@ -73,9 +73,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ValueError:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.conversation = await database_sync_to_async(chat.conversation_for_user)(
-            user=self.user, conversation_id=conversation_id
-        )
+        self.conversation = await db_async(chat.conversation_for_user)(user=self.user, conversation_id=conversation_id)
         if self.conversation is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
@@ -108,7 +106,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if handler is None:
             await self.send_error(f"Unknown message type {payload['type'][:40]!r}.")
             return
-        allow = database_sync_to_async(chat.socket_frame_allow)
+        allow = db_async(chat.socket_frame_allow)
         if payload["type"] in RATE_LIMITED and not await allow(user=self.user):
             await self.send_error("You are sending feedback too fast, so this connection is closed. Reload the page.")
             await self.close(code=CLOSE_RATE_LIMITED)
@@ -128,16 +126,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_send(self, payload: dict[str, Any]) -> None:
         content = chat.user_turn_clean(payload.get("content"))
         self._refuse_if_busy()
-        await database_sync_to_async(chat.generation_allow)(user=self.user)
-        prompt = await database_sync_to_async(chat.user_turn_create)(conversation=self.conversation, content=content)
+        prompt = await db_async(chat.user_turn_send)(user=self.user, conversation=self.conversation, content=content)
         await self.send_html("chat/_turn_new.html", {"prompt": prompt})
         self._start_generation(prompt)
 
     async def on_regenerate(self, payload: dict[str, Any]) -> None:
         answer_id = self._uuid(payload, "message_id")
         self._refuse_if_busy()
-        answer = await database_sync_to_async(chat.regeneration_of)(conversation=self.conversation, answer_id=answer_id)
-        await database_sync_to_async(chat.generation_allow)(user=self.user)
+        answer = await db_async(chat.regeneration_start)(
+            user=self.user, conversation=self.conversation, answer_id=answer_id
+        )
         assert answer.parent is not None  # regeneration_of checked it
         self._start_generation(answer.parent, regenerate_of=answer)
 
@@ -151,7 +149,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         serializer = FeedbackInputSerializer(data=_form_values(payload, fields))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        result = await database_sync_to_async(services.feedback_upsert)(
+        result = await db_async(services.feedback_upsert)(
             user=self.user,
             message_id=data["message_id"],
             step_index=data.get("step_index"),
@@ -175,14 +173,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         serializer = ComparisonInputSerializer(data=_form_values(payload, fields))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        comparison, _ = await database_sync_to_async(services.comparison_record)(
+        comparison, _ = await db_async(services.comparison_record)(
             user=self.user,
             prompt_id=data["prompt_message_id"],
             chosen_id=data["chosen_message_id"],
             rejected_id=data["rejected_message_id"],
             is_tie=data["is_tie"],
         )
-        satisfaction = await database_sync_to_async(selectors.satisfaction_get)(user=self.user)
+        satisfaction = await db_async(selectors.satisfaction_get)(user=self.user)
         await self.send_html("chat/_compare.html", {"comparison": comparison, "prompt_id": comparison.prompt_id,
                                                     "satisfaction": satisfaction, "confirm": True})  # fmt: skip
 
@@ -222,8 +220,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
 
     async def _send_final(self, answer_id: uuid.UUID, *, new: bool = False) -> None:
-        answer = await database_sync_to_async(chat.answer_get)(conversation=self.conversation, answer_id=answer_id)
-        siblings = await database_sync_to_async(chat.answer_siblings)(answer=answer)
+        answer, siblings = await db_async(chat.answer_with_siblings)(
+            conversation=self.conversation, answer_id=answer_id
+        )
         context = {"answer": answer, "siblings": siblings, "prompt_id": answer.parent_id, "new": new}
         await self.send_html("chat/_answer_final.html", context)
 

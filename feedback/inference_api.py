@@ -16,11 +16,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from core.asyncdb import db_async
 from feedback import chat, inference
 from feedback.inference import InferenceError
 from feedback.models import Message
@@ -42,7 +42,7 @@ def _method_not_allowed(allowed: str) -> JsonResponse:
 
 
 async def _caller(request: HttpRequest) -> tuple[Any, Any]:
-    return await database_sync_to_async(inference.authenticate)(request)
+    return await db_async(inference.authenticate)(request)
 
 
 @csrf_exempt
@@ -70,7 +70,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     except ValueError:
         raise InferenceError("The body is not valid JSON.", code="invalid_json") from None
     parsed = inference.completion_request_parse(body)
-    version_id, prompt = await database_sync_to_async(inference.completion_prepare)(
+    version_id, prompt = await db_async(inference.completion_prepare)(
         user=user, key=inference.credential_key(user, auth), request=parsed
     )
     generation = chat.Generation(
@@ -82,7 +82,7 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
         nonlocal released
         if not released:
             released = True
-            await database_sync_to_async(inference.slot_release)(user=user)
+            await db_async(inference.slot_release)(user=user)
 
     try:
         events = chat.answer_stream(prompt=prompt, generation=generation)
@@ -135,8 +135,8 @@ async def _sse(
     model = answer.served_by  # type: ignore[attr-defined]
     try:
         yield _sse_event(inference.chunk_body(answer, model=model, delta={"role": "assistant", "content": ""}))
-        async with contextlib.aclosing(events):
-            async for event in events:
+        async with contextlib.aclosing(chat.tokens_batched(events)) as batched:
+            async for event in batched:
                 if event.kind == "token":
                     yield _sse_event(inference.chunk_body(answer, model=model, delta={"content": event.text}))
                 elif event.kind == "end":
@@ -177,7 +177,7 @@ async def models(request: HttpRequest) -> HttpResponse:
         user, _ = await _caller(request)
     except InferenceError as exc:
         return _error(exc)
-    rows = await database_sync_to_async(inference.models_list)(user=user)
+    rows = await db_async(inference.models_list)(user=user)
     return JsonResponse({"object": "list", "data": rows})
 
 

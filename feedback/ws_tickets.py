@@ -21,13 +21,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.cache import cache
 
+from core.asyncdb import db_async
 from core.cache import CACHE_ERRORS
 from feedback.exceptions import FeedbackError
 
@@ -91,7 +91,7 @@ class TicketAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         ticket = _ticket_of(scope)
         if ticket is not None:
-            user = await database_sync_to_async(ticket_redeem)(ticket=ticket)
+            user = await db_async(ticket_redeem)(ticket=ticket)
             scope = {**scope, "user": user or AnonymousUser()}
         return await self.inner(scope, receive, send)
 

@@ -300,6 +300,13 @@ CHAT_RATE_PER_MINUTE = envint("CHAT_RATE_PER_MINUTE", 20, minimum=1)
 # Feedback and compare frames per user on the chat socket (all their sockets together); past it the
 # socket gets an error frame and is closed (code 4429).
 CHAT_SOCKET_RATE = envrate("CHAT_SOCKET_RATE", "600/min")
+# Tokens that arrive within this many ms of the last one sent go out together, as one WebSocket frame
+# (one SSE event for /v1/chat/completions); the first token after a pause goes at once. 0: one per token.
+CHAT_TOKEN_BATCH_MS = envfloat("CHAT_TOKEN_BATCH_MS", 5.0, minimum=0.0, maximum=1000.0)
+# Threads that run the chat socket's and the streamed answers' database calls (core.asyncdb): the
+# database pool's size by default (1 on SQLite, which takes one writer at a time).
+_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+ASYNC_DB_THREADS = envint("ASYNC_DB_THREADS", (_pool or {}).get("max_size", 10) if _database_url else 1, minimum=1)
 # The longest answer an application may log (POST /api/assistant/conversations and .../turns).
 EXTERNAL_ANSWER_MAX_CHARS = envint("EXTERNAL_ANSWER_MAX_CHARS", 32_000, minimum=1)
 # How long a ticket from POST /api/assistant/ws-ticket may wait to open the chat socket (single use).

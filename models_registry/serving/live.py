@@ -22,10 +22,10 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from core.asyncdb import db_async
 from models_registry import selectors, services
 from models_registry.models import ModelVersion
 from models_registry.serving.base import ServedPolicy, reset_slots
@@ -82,10 +82,10 @@ async def get_policy() -> ServedPolicy:
 async def _refresh() -> ServedPolicy:
     current = _served.policy
     try:
-        key = await database_sync_to_async(selectors.live_version_key)(_POLICY)
+        key = await db_async(selectors.live_version_key)(_POLICY)
         version = None
         if key is not None and (current is None or current.version_id != key[0]) and key not in _served.failed:
-            version = await database_sync_to_async(ModelVersion.objects.filter(id=key[0]).first)()
+            version = await db_async(ModelVersion.objects.filter(id=key[0]).first)()
     except DatabaseError as exc:
         if current is None:
             raise ServingError("The model registry is unavailable.", code="registry_unavailable") from exc
@@ -124,7 +124,7 @@ async def _refresh() -> ServedPolicy:
 
     if version.load_error:
         try:
-            await database_sync_to_async(services.model_version_record_load_error)(version_id=version.id, error="")
+            await db_async(services.model_version_record_load_error)(version_id=version.id, error="")
         except DatabaseError:
             logger.exception("could not clear the load error of %s", version.label)
     _served.policy = policy
@@ -166,7 +166,7 @@ async def _record_failure(version: ModelVersion, exc: BaseException) -> ServingE
     logger.error("loading %s failed: %s", version.label, detail, exc_info=not isinstance(exc, ServingError))
     MODEL_LOAD_FAILURES.labels(version.label).inc()
     try:
-        await database_sync_to_async(services.model_version_record_load_error)(version_id=version.id, error=detail)
+        await db_async(services.model_version_record_load_error)(version_id=version.id, error=detail)
     except DatabaseError:
         logger.exception("could not store the load error of %s", version.label)
     return ServingError(
@@ -198,7 +198,7 @@ async def get_policy_for(version_id: int) -> ServedPolicy:
     failed = _others_failed.get(version_id)
     if failed is not None and time.monotonic() - failed[0] < _RETRY_FAILED_SECONDS:
         raise failed[1]
-    version = await database_sync_to_async(ModelVersion.objects.filter(id=version_id).first)()
+    version = await db_async(ModelVersion.objects.filter(id=version_id).first)()
     if version is None:
         raise ServingError(f"Model version {version_id} does not exist.", code="no_such_version")
     try:

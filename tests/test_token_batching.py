@@ -1,0 +1,162 @@
+"""Streaming at in-process speed (issue 13, point 2): tokens that come within a few milliseconds go as
+one frame / event (``feedback.chat.tokens_batched``), and the async code's database calls run on a
+pool of threads rather than queueing behind one (``core.asyncdb``)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.test import Client
+
+from core.asyncdb import db_async
+from feedback import chat
+from feedback.models import Message
+from tests.factories import ModelVersionFactory
+from tests.test_chat_consumer import ANSWER, FINAL, ScriptedPolicy, connect, receive_until, tokens_of
+
+
+class Source:
+    """A scripted ``answer_stream``: (seconds to wait, event) pairs; records how it ended."""
+
+    def __init__(self, script: list[tuple[float, chat.ChatEvent]]):
+        self.script = script
+        self.ended = ""
+
+    async def events(self):
+        try:
+            for wait, event in self.script:
+                await asyncio.sleep(wait)
+                yield event
+            self.ended = "done"
+        except asyncio.CancelledError:
+            self.ended = "cancelled"
+            raise
+        except GeneratorExit:
+            self.ended = "closed"
+            raise
+
+
+ANSWER_ROW = Message(role="assistant", content="")
+
+
+def token(text: str) -> chat.ChatEvent:
+    return chat.ChatEvent("token", ANSWER_ROW, text=text)
+
+
+async def collect(source: Source, window_ms: float) -> list[tuple[str, str]]:
+    return [(e.kind, e.text) async for e in chat.tokens_batched(source.events(), window_ms=window_ms)]
+
+
+async def test_tokens_close_together_go_as_one_the_first_at_once_and_order_is_kept():
+    script = [(0, chat.ChatEvent("start", ANSWER_ROW)), (0, token("a"))]
+    script += [(0, token(c)) for c in "bcde"]  # a burst right behind the first token
+    script += [(0, chat.ChatEvent("step", ANSWER_ROW)), (0, token("f")), (0.15, token("g")), (0, token("h"))]
+    script += [(0, chat.ChatEvent("end", ANSWER_ROW))]
+    out = await collect(Source(script), window_ms=50)
+    assert out == [
+        ("start", ""),
+        ("token", "a"),  # the first token is not held back
+        ("token", "bcde"),  # the burst behind it: one event
+        ("step", ""),  # a step first passes on the tokens held, so the order is kept
+        ("token", "f"),
+        ("token", "g"),  # after a pause longer than the window: at once again
+        ("token", "h"),  # held, then passed on before the end
+        ("end", ""),
+    ]
+
+
+async def test_without_a_window_every_token_goes_alone():
+    script = [(0, token(c)) for c in "abc"]
+    assert await collect(Source(script), window_ms=0) == [("token", "a"), ("token", "b"), ("token", "c")]
+
+
+async def test_tokens_held_go_out_when_the_window_closes_without_waiting_for_the_next():
+    source = Source([(0, token("a")), (0, token("b")), (5, token("c"))])
+    stream = chat.tokens_batched(source.events(), window_ms=20)
+    assert (await anext(stream)).text == "a"
+    held = await asyncio.wait_for(anext(stream), 1)  # not after the 5 s pause before "c"
+    assert held.text == "b"
+    await stream.aclose()
+    assert source.ended == "cancelled"  # closing the batcher stops the model (the answer: stopped)
+
+
+async def test_cancelling_the_reader_cancels_the_stream_once_and_waits_for_it():
+    finished = asyncio.Event()
+
+    async def events():
+        yield token("a")
+        try:
+            await asyncio.sleep(10)
+            yield token("never")
+        finally:
+            await asyncio.shield(asyncio.sleep(0.05))  # storing what was produced
+            finished.set()
+
+    async def read():
+        async for _ in chat.tokens_batched(events(), window_ms=5):
+            pass
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert finished.is_set()  # the stream's own clean-up ran to the end before the reader returned
+
+
+@pytest.fixture
+def session(alice):
+    client = Client()
+    client.force_login(alice)
+    return client.cookies["sessionid"].value
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(conversation, session, monkeypatch, settings):
+    settings.CHAT_TOKEN_BATCH_MS = 50
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+    scripted = ScriptedPolicy(version)  # all chunks at once: a model far faster than the socket
+
+    async def get_policy():
+        return scripted
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    communicator, connected, _ = await connect(conversation, session)
+    assert connected
+    await communicator.send_json_to({"type": "send", "content": "How do I boil an egg?"})
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    token_frames = [f for f in frames if '-live" hx-swap-oob="beforeend"' in f]
+    assert tokens_of(frames) == "".join(ANSWER)
+    assert 1 < len(token_frames) < len(ANSWER)
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.content == "".join(ANSWER)
+    assert answer.token_count == len(ANSWER)  # tokens are counted as generated, not as sent
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_database_calls_from_async_code_run_side_by_side(settings):
+    """Four calls that can only finish together (a barrier): on Channels' one thread they cannot."""
+    settings.ASYNC_DB_THREADS = 4
+    barrier = threading.Barrier(4, timeout=5)
+
+    def meet() -> str:
+        barrier.wait()
+        return threading.current_thread().name
+
+    names = await asyncio.gather(*(db_async(meet)() for _ in range(4)))
+    assert len(set(names)) == 4
+    assert all(name.startswith("async-db") for name in names)
+
+    one_thread = threading.Barrier(2, timeout=0.5)
+
+    def meet_one() -> None:
+        one_thread.wait()
+
+    with pytest.raises(threading.BrokenBarrierError):  # what the chat did before: one thread for all
+        await asyncio.gather(*(database_sync_to_async(meet_one)() for _ in range(2)))
