@@ -417,3 +417,13 @@ async def test_concurrent_generations_per_user_are_bounded(alice, key, policy, s
     await sync_to_async(inference.slot_release)(user=alice)  # it finished
     assert (await complete(key)).status_code == 200
     assert (await complete(key)).status_code == 200  # each answer gives its slot back
+
+
+async def test_a_fast_models_tokens_go_in_fewer_server_sent_events(key, policy, settings):
+    settings.CHAT_TOKEN_BATCH_MS = 50  # the scripted model gives all its chunks at once
+    events = await read_events(await complete(key, stream=True))
+    content = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[1:-2]]  # role, finish, [DONE]
+    assert "".join(content) == "".join(ANSWER)
+    assert 1 <= len(content) < len(ANSWER)
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.content, answer.token_count) == ("".join(ANSWER), 8)
