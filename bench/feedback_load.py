@@ -22,7 +22,7 @@ What it does:
 Needs ``wrk`` (``apt-get install -y wrk``). Settings environment variables other than the ones set
 here pass through to the server (e.g. ``DATABASE_POOL=0``), which is how to try a variation;
 ``--settings``, ``--app`` and ``--uvicorn-args`` try others, ``--py-spy DIR`` samples a worker
-(py-spy is not in requirements: ``pip install py-spy``).
+(py-spy is in requirements-dev.txt).
 """
 
 from __future__ import annotations
@@ -198,6 +198,15 @@ def settled_count(target: str, limit: float) -> int:
 # --- The server ----------------------------------------------------------------------------------
 
 
+def _cmdline(pid: int) -> str:
+    """A process's command line ('' once it is gone). uvicorn's children with several workers include
+    multiprocessing's resource tracker, which serves nothing (a profile of it is empty)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class Server:
     """uvicorn in its own process group, so stopping it stops its workers too."""
 
@@ -257,7 +266,8 @@ class Server:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         except OSError:
             children = []
-        return [int(pid) for pid in children] or [self.proc.pid]
+        workers = [int(pid) for pid in children if "resource_tracker" not in _cmdline(int(pid))]
+        return workers or [self.proc.pid]
 
     def _group_alive(self) -> bool:
         assert self.proc is not None
@@ -278,7 +288,8 @@ def start_profiler(args: argparse.Namespace, server: Server, label: str) -> subp
     out = args.py_spy / f"{label}-{int(time.time())}.txt"
     cmd = [binary, "record", "-p", str(pid), "-d", str(args.duration), "-r", "100", "--nonblocking"]
     cmd += ["-f", "raw", "-o", str(out)]
-    return subprocess.Popen([*cmd, *args.py_spy_args.split()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with out.with_suffix(".log").open("wb") as log:  # py-spy's own messages: why a profile is empty
+        return subprocess.Popen([*cmd, *args.py_spy_args.split()], stdout=log, stderr=subprocess.STDOUT)
 
 
 def cpu_snapshot(server: Server) -> dict[str, float]:

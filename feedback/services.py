@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import QuerySet
 
 from feedback import metrics
 from feedback.chat import user_turn_create
@@ -82,8 +83,17 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
     return tags
 
 
+M = TypeVar("M", bound=models.Model)
+
+
+def _one(queryset: QuerySet[M]) -> M | None:
+    """The row a unique lookup finds, or None: one query with no ORDER BY."""
+    return next(iter(queryset.order_by()[:1]), None)
+
+
 def _own_assistant_message(*, user: User, message_id: uuid.UUID) -> Message:
-    message = Message.objects.select_related("model_version").filter(id=message_id, conversation__user=user).first()
+    # Unordered: ``first()`` would add the model's ORDER BY, which costs SQL compilation on every rating.
+    message = _one(Message.objects.select_related("model_version").filter(id=message_id, conversation__user=user))
     if message is None:
         raise NotFound("Message not found.")
     if message.role != Message.Role.ASSISTANT:
@@ -149,7 +159,7 @@ def feedback_upsert(
         raise FeedbackError("Rating must be between 1 and 5.", fields={"rating": ["Must be between 1 and 5."]})
 
     satisfaction = satisfaction_lock(user=user)
-    feedback = Feedback.objects.filter(user=user, message=message, step=step).first()
+    feedback = _one(Feedback.objects.filter(user=user, message=message, step=step))
     created = feedback is None
     if feedback is None:
         feedback = Feedback(user=user, message=message, step=step, model_version_id=message.model_version_id)

@@ -307,6 +307,9 @@ CHAT_TOKEN_BATCH_MS = envfloat("CHAT_TOKEN_BATCH_MS", 5.0, minimum=0.0, maximum=
 # database pool's size by default (1 on SQLite, which takes one writer at a time).
 _pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
 ASYNC_DB_THREADS = envint("ASYNC_DB_THREADS", (_pool or {}).get("max_size", 10) if _database_url else 1, minimum=1)
+# Threads per server process that serve the sync HTTP views (everything but /v1/; rlhf_site.asgi): each
+# holds a database connection while it serves, hence the pool's size by default.
+HTTP_THREADS = envint("HTTP_THREADS", (_pool or {}).get("max_size", 10), minimum=1)
 # The longest answer an application may log (POST /api/assistant/conversations and .../turns).
 EXTERNAL_ANSWER_MAX_CHARS = envint("EXTERNAL_ANSWER_MAX_CHARS", 32_000, minimum=1)
 # How long a ticket from POST /api/assistant/ws-ticket may wait to open the chat socket (single use).
