@@ -1,0 +1,82 @@
+"""Which process of a run this is, how a batch is split over the processes, and what they agree on.
+No Django.
+
+A run on several processes is started by ``torch.distributed.run`` (``training.ml.launch``), which
+gives each process ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; a run in one process has none of them
+and is rank 0 of 1, so every function here is a no-op there and the single-process path is unchanged.
+
+A run's ``batch_size`` means the same whatever the number of processes: it is the batch of one
+optimiser step over all of them (each process takes ``batch_size / processes`` rows). With data
+parallelism the gradient is averaged over the processes, so N processes with ``batch_size / N`` rows
+each take the same steps, with the same learning-rate schedule, as one process with ``batch_size``;
+only which rows meet in a batch differs (the distributed sampler shuffles differently), and a run's
+config needs no change when ``TRAINING_PROCESSES`` does.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Fewest rows one process must get per step, by kind: KTO estimates its KL term by pairing each
+# completion with another prompt of the same per-process batch (TRL refuses a batch of 1).
+MIN_ROWS_PER_PROCESS = {"kto": 2}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the one process that reports progress and saves the checkpoint."""
+    return rank() == 0
+
+
+def per_process_batch_size(batch_size: int, processes: int | None = None) -> int:
+    """Rows each process takes per step so that the step's batch over all of them is ``batch_size``."""
+    processes = world_size() if processes is None else processes
+    if batch_size % processes:
+        raise ValueError(
+            f"batch_size {batch_size} does not split evenly over {processes} processes; use a multiple of {processes}."
+        )
+    return batch_size // processes
+
+
+def usable_processes(kind: str, batch_size: int, requested: int) -> tuple[int, str | None]:
+    """The most processes, up to ``requested``, that split ``batch_size`` evenly with at least
+    ``MIN_ROWS_PER_PROCESS`` rows each; and, when that is fewer than requested, a line that says why
+    and what would use them all. Never fails: at worst the run trains in one process."""
+    least = MIN_ROWS_PER_PROCESS.get(kind, 1)
+    fits = [p for p in range(1, requested + 1) if batch_size % p == 0 and batch_size // p >= least]
+    processes = max(fits, default=1)
+    if processes == requested:
+        return processes, None
+    rule = f"at least {least} rows a process for {kind}, " if least > 1 else ""
+    return processes, (
+        f"training in {processes} of {requested} processes: batch_size {batch_size} must split evenly over"
+        f" them ({rule}each step's batch stays batch_size); a batch_size that is a multiple of"
+        f" {requested * least} would use all {requested}"
+    )
+
+
+def decided_by_main_process(flag: bool) -> bool:
+    """Rank 0's ``flag``, in every process (a broadcast; every process must call this at the same
+    point). In one process, ``flag`` itself.
+
+    This is how a stop request reaches all processes at the same step: if one stopped while another
+    went on, the other would wait forever in the next step's gradient all-reduce."""
+    if world_size() == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag  # no process group yet, so no collective any process could be left waiting in
+    on_gpu = dist.get_backend() == "nccl"  # NCCL only moves tensors that live on the GPU
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    decision = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    dist.broadcast(decision, src=0)
+    return bool(decision.item())
