@@ -8,9 +8,11 @@ and is rank 0 of 1, so every function here is a no-op there and the single-proce
 A run's ``batch_size`` means the same whatever the number of processes: it is the batch of one
 optimiser step over all of them (each process takes ``batch_size / processes`` rows). With data
 parallelism the gradient is averaged over the processes, so N processes with ``batch_size / N`` rows
-each take the same steps, with the same learning-rate schedule, as one process with ``batch_size``;
-only which rows meet in a batch differs (the distributed sampler shuffles differently), and a run's
-config needs no change when ``TRAINING_PROCESSES`` does.
+each take the same steps, with the same learning-rate schedule, as one process with ``batch_size``,
+and a run's config needs no change when ``TRAINING_PROCESSES`` does. They even see the same rows:
+accelerate hands each process its share of the batches one process would have drawn (measured: 2 CPU
+processes matched one to float32 rounding). Only an epoch's last, partial batch differs: accelerate
+fills every process's share up with the epoch's first rows.
 """
 
 from __future__ import annotations
