@@ -64,6 +64,28 @@ def usable_processes(kind: str, batch_size: int, requested: int) -> tuple[int, s
     )
 
 
+def plan_processes(kind: str, batch_size: int, requested: int, *, gpus: int | None = None) -> tuple[int, list[str]]:
+    """How many processes a run of ``kind`` trains in when ``requested`` (``TRAINING_PROCESSES``) may:
+    no more than the node's ``gpus`` when it has any (one process a GPU; counted when not given), and
+    no more than split ``batch_size`` evenly (``usable_processes``). Also the lines for the run's log
+    that say what was cut and why, and how the processes will train."""
+    lines = []
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and requested > gpus:
+        lines.append(f"TRAINING_PROCESSES is {requested} but this node has {gpus} GPUs: one process a GPU")
+        requested = gpus
+    processes, why = usable_processes(kind, batch_size, requested)
+    if why:
+        lines.append(why)
+    if processes > 1:
+        backend = "NCCL, one GPU each" if gpus else "gloo on the CPU"
+        lines.append(f"training in {processes} processes ({backend}), {batch_size // processes} rows each a step")
+    return processes, lines
+
+
 def decided_by_main_process(flag: bool) -> bool:
     """Rank 0's ``flag``, in every process (a broadcast; every process must call this at the same
     point). In one process, ``flag`` itself.
