@@ -380,6 +380,10 @@ TRAINING_TIME_LIMIT_SECONDS = envint("TRAINING_TIME_LIMIT_SECONDS", 6 * 3600 + 6
 if TRAINING_TIME_LIMIT_SECONDS <= TRAINING_SOFT_TIME_LIMIT_SECONDS:
     raise ImproperlyConfigured("TRAINING_TIME_LIMIT_SECONDS must be above TRAINING_SOFT_TIME_LIMIT_SECONDS.")
 TRAINING_LOG_TAIL_LINES = envint("TRAINING_LOG_TAIL_LINES", 200, minimum=1)
+# Processes a run trains in (torch.distributed.run, one per GPU on a GPU node; gloo on a CPU): 1 trains
+# in the worker's own process. The training.ml.launch docstring and README "Training on several
+# processes or GPUs" say how the work is split.
+TRAINING_PROCESSES = envint("TRAINING_PROCESSES", 1, minimum=1)
 TRAINING_REAP_EVERY_SECONDS = envint("TRAINING_REAP_EVERY_SECONDS", 60, minimum=1)
 CELERY_TASK_ROUTES = {"training.tasks.training_run_execute": {"queue": "training"}}
 # --- The improvement cycle (training.cycle) ---------------------------------------------------------

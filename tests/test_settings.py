@@ -179,6 +179,7 @@ def test_redis_url_selects_redis_for_the_channel_layer_and_broker(tmp_path):
         ({"CHAT_SIGNUP_ENABLED": "perhaps"}, "CHAT_SIGNUP_ENABLED"),
         ({"DATABASE_POOLER": "sometimes", "DATABASE_URL": "postgres://u@h/db"}, "DATABASE_POOLER"),
         ({"TRAINING_HEARTBEAT_SECONDS": "often"}, "TRAINING_HEARTBEAT_SECONDS"),
+        ({"TRAINING_PROCESSES": "0"}, "TRAINING_PROCESSES"),
         (
             {"TRAINING_SOFT_TIME_LIMIT_SECONDS": "600", "TRAINING_TIME_LIMIT_SECONDS": "600"},
             "TRAINING_TIME_LIMIT_SECONDS",

@@ -302,21 +302,36 @@ def _prepare(job: _Job) -> _Prepared:
 
 
 def _train(job: _Job, prepared: _Prepared) -> TrainResult:
-    from training.ml.trainers import train  # torch and TRL: imported only where a run trains
+    """Train in this process, or with ``TRAINING_PROCESSES`` > 1 in that many processes
+    (``training.ml.launch``); either way the reporter gets the progress, the log and the say on
+    stopping, and the staging folder receives the checkpoint."""
+    # torch and TRL: imported only where a run trains
+    from training.ml.distributed import plan_processes
+    from training.ml.launch import ProcessesFailed, train_in_processes
+    from training.ml.trainers import train
 
     if job.staging.exists():
         shutil.rmtree(job.staging)
     job.staging.parent.mkdir(parents=True, exist_ok=True)
     job.reporter.phase("training", _DATASET_SHARE)
-    result = train(
-        job.run.kind,
-        config=prepared.config,
-        data_dir=Path(prepared.snapshot.path) / DATASET_FOR_KIND[job.run.kind],
-        base_dir=prepared.base,
-        output_dir=job.staging,
-        hooks=job.reporter.hooks(),
-        reward_dir=prepared.reward,
-    )
+    processes, lines = plan_processes(job.run.kind, prepared.config.batch_size, settings.TRAINING_PROCESSES)
+    for line in lines:
+        job.reporter.log(line)
+    arguments: dict[str, Any] = {
+        "config": prepared.config,
+        "data_dir": Path(prepared.snapshot.path) / DATASET_FOR_KIND[job.run.kind],
+        "base_dir": prepared.base,
+        "output_dir": job.staging,
+        "hooks": job.reporter.hooks(),
+        "reward_dir": prepared.reward,
+    }
+    if processes == 1:
+        result = train(job.run.kind, **arguments)
+    else:
+        try:
+            result = train_in_processes(job.run.kind, processes=processes, **arguments)
+        except ProcessesFailed as exc:
+            raise RunFailure(exc.message, code="training_processes_failed") from exc
     if result.stopped or job.reporter.stop:
         raise RunCancelled
     job.reporter.log(f"trained {result.steps} steps")

@@ -2,7 +2,8 @@
 
 Every TRL call lives under ``training/ml/`` so a TRL upgrade touches one folder. The output folder
 receives a complete ``save_pretrained`` checkpoint (float32 safetensors, config, tokenizer, and for
-policies the generation config) or, when the run is stopped or fails, nothing at all.
+policies the generation config) or, when the run is stopped or fails, nothing at all. Run in each
+process of a multi-process run (``training.ml.launch``), it saves from rank 0 only.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from trl.experimental.ppo import PPOConfig
 
 from training.ml.callbacks import clean_number
 from training.ml.config import TrainConfig
+from training.ml.distributed import per_process_batch_size
 
 SCRATCH_PREFIX = "rlhf-train-"
 
@@ -44,11 +45,15 @@ def device_args() -> dict[str, Any]:
 
 def common_args(config: TrainConfig, scratch_dir: str | Path) -> dict[str, Any]:
     """TrainingArguments shared by every kind. ``scratch_dir`` is the trainer's own ``output_dir``:
-    nothing is saved there (``save_strategy="no"``), and ``train`` deletes it afterwards."""
+    nothing is saved there (``save_strategy="no"``), and ``train`` deletes it afterwards.
+
+    ``batch_size`` is a step's batch over all the run's processes (``training.ml.distributed``): each
+    takes its share; in one process, all of it."""
+    per_process = per_process_batch_size(config.batch_size)
     return {
         "output_dir": str(scratch_dir),
-        "per_device_train_batch_size": config.batch_size,
-        "per_device_eval_batch_size": config.batch_size,
+        "per_device_train_batch_size": per_process,
+        "per_device_eval_batch_size": per_process,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.epochs,
@@ -66,6 +71,9 @@ def common_args(config: TrainConfig, scratch_dir: str | Path) -> dict[str, Any]:
         # is TRL's field, the new one keeps transformers from warning about the old.
         "gradient_checkpointing": False,
         "activation_checkpointing": False,
+        # Every parameter of these models takes part in each forward pass, so DDP (several processes)
+        # need not walk the graph looking for unused ones after each backward. Ignored in one process.
+        "ddp_find_unused_parameters": False,
         **device_args(),
     }
 
@@ -103,7 +111,7 @@ def build_ppo_config(config: TrainConfig, scratch_dir: str | Path, *, rows: int)
         kl_coef=config.kl_coef,
         num_ppo_epochs=config.ppo_epochs,
         num_mini_batches=1,
-        local_rollout_forward_batch_size=config.batch_size,
+        local_rollout_forward_batch_size=per_process_batch_size(config.batch_size),
         stop_token="eos",
         num_sample_generations=0,
     )

@@ -9,6 +9,9 @@ Gotchas of that trainer, handled here:
 - ``trainer.model`` wraps the policy and the value model; only the policy is saved.
 - Its ``Accelerator`` and dataloader (``drop_last=True``) need at least one full rollout batch
   (``batch_size * gradient_accumulation_steps`` prompts).
+- It trains on several processes as it is (``training.ml.launch``; tried with 2 CPU processes on
+  gloo): each rolls out ``batch_size / processes`` prompts a step, and TRL gathers the scores and
+  advantages across them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from trl.experimental.ppo import PPOTrainer
 from training.ml.callbacks import HooksCallback, TrainingStopped
 from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
+from training.ml.distributed import is_main_process
 from training.ml.progress import RunHooks, TrainResult
 from training.ml.trainers.common import (
     base_generation_config,
@@ -157,8 +161,9 @@ def train_ppo(
         )
         if stopped:
             return TrainResult(metrics=metrics, steps=steps, stopped=True)
-        trained = trainer.accelerator.unwrap_model(trainer.model).policy
-        trained.eval()
-        save_checkpoint(trained, tokenizer, output_dir, generation_config=base_generation_config(base_dir))
-        hooks.log(f"saved the policy to {output_dir}")
+        if is_main_process():  # every process holds the same weights after the last all-reduce
+            trained = trainer.accelerator.unwrap_model(trainer.model).policy
+            trained.eval()
+            save_checkpoint(trained, tokenizer, output_dir, generation_config=base_generation_config(base_dir))
+            hooks.log(f"saved the policy to {output_dir}")
         return TrainResult(metrics=metrics, steps=steps, stopped=False)

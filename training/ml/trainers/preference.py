@@ -17,6 +17,7 @@ from trl import DPOTrainer, KTOTrainer, RewardTrainer
 from training.ml.callbacks import HooksCallback
 from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
+from training.ml.distributed import is_main_process, per_process_batch_size, world_size
 from training.ml.progress import RunHooks, TrainResult
 from training.ml.trainers.common import (
     base_generation_config,
@@ -126,9 +127,10 @@ def train_with_trainer(
     if stopped:
         return TrainResult(metrics=metrics, steps=steps, stopped=True)
     model.eval()
-    generation = base_generation_config(base_dir) if spec.policy else None
-    save_checkpoint(model, tokenizer, output_dir, generation_config=generation)
-    hooks.log(f"saved the model to {output_dir}")
+    if is_main_process():  # every process holds the same weights after the last all-reduce
+        generation = base_generation_config(base_dir) if spec.policy else None
+        save_checkpoint(model, tokenizer, output_dir, generation_config=generation)
+        hooks.log(f"saved the model to {output_dir}")
     return TrainResult(metrics=metrics, steps=steps, stopped=False)
 
 
@@ -146,6 +148,13 @@ def check_unpaired(rows: Dataset, batch_size: int) -> None:
         )
     if batch_size < 2:
         raise ValueError("KTO needs batch_size of at least 2: its KL term pairs completions within a batch.")
+    processes = world_size()
+    if per_process_batch_size(batch_size, processes) < 2:
+        raise ValueError(
+            f"KTO needs at least 2 rows a process in each batch (its KL term pairs completions within a"
+            f" process's batch); batch_size {batch_size} over {processes} processes gives"
+            f" {batch_size // processes}."
+        )
 
 
 def _prepare_unpaired(rows: Dataset, config: TrainConfig) -> Dataset:
