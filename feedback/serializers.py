@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from core.serializers import StrictSerializer, TextField, UUIDStringField
+from core.serializers import FieldsOnceMixin, StrictSerializer, TextField, UUIDStringField
 from feedback.models import Comparison, Conversation, Feedback, Message, MessageStep, UserSatisfaction
 
 
@@ -38,7 +38,7 @@ class FeedbackInputSerializer(StrictSerializer):
         return attrs
 
 
-class SatisfactionSerializer(serializers.ModelSerializer):
+class SatisfactionSerializer(FieldsOnceMixin, serializers.ModelSerializer):
     score = serializers.FloatField(allow_null=True, help_text="Mean feedback value in [0, 1].")
     mean_rating = serializers.FloatField(allow_null=True)
 
@@ -47,7 +47,7 @@ class SatisfactionSerializer(serializers.ModelSerializer):
         fields = ["score", "count", "thumbs_up", "thumbs_down", "ratings", "mean_rating"]
 
 
-class FeedbackOutputSerializer(serializers.ModelSerializer):
+class FeedbackOutputSerializer(FieldsOnceMixin, serializers.ModelSerializer):
     message_id = serializers.UUIDField()
     step_index = serializers.IntegerField(source="step.index", allow_null=True, default=None)
 

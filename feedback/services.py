@@ -7,6 +7,7 @@ different users never wait on each other.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from feedback import metrics
 from feedback.chat import user_turn_create
@@ -29,6 +31,7 @@ from feedback.models import (
     UserSatisfaction,
 )
 from feedback.steps import split_steps
+from models_registry.models import ModelVersion
 
 
 class _Unset:
@@ -96,6 +99,11 @@ def _own_assistant_message(*, user: User, message_id: uuid.UUID) -> Message:
     message = _one(Message.objects.select_related("model_version").filter(id=message_id, conversation__user=user))
     if message is None:
         raise NotFound("Message not found.")
+    _check_rateable(message)
+    return message
+
+
+def _check_rateable(message: Message) -> None:
     if message.role != Message.Role.ASSISTANT:
         raise FeedbackError(
             "Only assistant messages can be rated.",
@@ -108,7 +116,6 @@ def _own_assistant_message(*, user: User, message_id: uuid.UUID) -> Message:
             code="message_failed",
             fields={"message_id": ["The answer failed to generate."]},
         )
-    return message
 
 
 def _step_of(message: Message, step_index: int) -> MessageStep:
@@ -122,6 +129,157 @@ def _step_of(message: Message, step_index: int) -> MessageStep:
             fields={"step_index": [f"Step index {step_index} is out of range: {hint}."]},
         )
     return step
+
+
+# --- The rating hot path in three statements -------------------------------------------------------
+# ``feedback_upsert`` is the platform's busiest write (bench/feedback_load.py). Through the ORM it was
+# eight round trips and most of a request's server CPU went to compiling their SQL (py-spy; README,
+# "Feedback API under load"). Here it is: lock the user's satisfaction row; read the message, its
+# version, the step and the existing feedback in one query (under that lock, so a concurrent upsert of
+# the same feedback is seen); write the feedback and the satisfaction in one statement. The rules
+# (what may be rated, how a score is accounted) stay in ``feedback_upsert``. On SQLite (development)
+# the same three steps go through the ORM.
+
+
+def _sql() -> dict[str, str]:
+    if not _SQL:
+        t = {
+            "sat": UserSatisfaction._meta.db_table,
+            "msg": Message._meta.db_table,
+            "conv": Conversation._meta.db_table,
+            "ver": ModelVersion._meta.db_table,
+            "step": MessageStep._meta.db_table,
+            "fb": Feedback._meta.db_table,
+        }
+        _SQL["lock"] = (
+            "SELECT count, value_sum, thumbs_up, thumbs_down, ratings, rating_sum, updated_at"
+            " FROM {sat} WHERE user_id = %(user)s FOR UPDATE"
+        ).format(**t)
+        _SQL["target"] = (
+            "SELECT m.role, m.status, m.content, m.conversation_id, m.model_version_id, v.kind, v.number,"
+            " st.id, st.content, f.id, f.thumbs, f.rating, f.comment, f.tags, f.correction, f.created_at,"
+            " f.updated_at, f.model_version_id"
+            " FROM {msg} m JOIN {conv} c ON c.id = m.conversation_id"
+            " LEFT JOIN {ver} v ON v.id = m.model_version_id"
+            " LEFT JOIN {step} st ON st.message_id = m.id AND st.index = %(step_index)s::integer"
+            " LEFT JOIN {fb} f ON f.user_id = %(user)s AND f.message_id = m.id AND ("
+            "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
+            " WHERE m.id = %(message)s AND c.user_id = %(user)s"
+        ).format(**t)
+        satisfaction = (
+            "UPDATE {sat} SET count = %(count)s, value_sum = %(value_sum)s, thumbs_up = %(thumbs_up)s,"
+            " thumbs_down = %(thumbs_down)s, ratings = %(ratings)s, rating_sum = %(rating_sum)s,"
+            " updated_at = %(now)s WHERE user_id = %(user)s"
+        ).format(**t)
+        _SQL["insert"] = (
+            "WITH f AS (INSERT INTO {fb} (user_id, message_id, step_id, thumbs, rating, comment, tags, correction,"
+            " model_version_id, created_at, updated_at) VALUES (%(user)s, %(message)s, %(step)s, %(thumbs)s,"
+            " %(rating)s, %(comment)s, %(tags)s::jsonb, %(correction)s, %(model_version)s, %(now)s, %(now)s)"
+            " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
+        ).format(satisfaction=satisfaction, **t)
+        _SQL["update"] = (
+            "WITH f AS (UPDATE {fb} SET thumbs = %(thumbs)s, rating = %(rating)s, comment = %(comment)s,"
+            " tags = %(tags)s::jsonb, correction = %(correction)s, updated_at = %(now)s WHERE id = %(id)s"
+            " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
+        ).format(satisfaction=satisfaction, **t)
+    return _SQL
+
+
+_SQL: dict[str, str] = {}
+_SATISFACTION_FIELDS = ("count", "value_sum", "thumbs_up", "thumbs_down", "ratings", "rating_sum", "updated_at")
+
+
+def _satisfaction_locked(user: User) -> UserSatisfaction:
+    """``satisfaction_lock`` in one statement (the row is created the first time, as there)."""
+    if connection.vendor != "postgresql":
+        return satisfaction_lock(user=user)
+    with connection.cursor() as cursor:
+        cursor.execute(_sql()["lock"], {"user": user.pk})
+        row = cursor.fetchone()
+    if row is None:
+        return satisfaction_lock(user=user)
+    return UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row, strict=True)))
+
+
+def _rating_target(
+    *, user: User, message_id: uuid.UUID, step_index: int | None
+) -> tuple[Message, MessageStep | None, Feedback | None]:
+    """The user's answer to rate (the errors of ``_own_assistant_message``), the step (those of
+    ``_step_of``) and the feedback already given on it, in one query."""
+    if connection.vendor != "postgresql":
+        message = _own_assistant_message(user=user, message_id=message_id)
+        step = _step_of(message, step_index) if step_index is not None else None
+        return message, step, _one(Feedback.objects.filter(user=user, message=message, step=step))
+    with connection.cursor() as cursor:
+        cursor.execute(_sql()["target"], {"user": user.pk, "message": message_id, "step_index": step_index})
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound("Message not found.")
+    role, status, content, conversation_id, version_id, kind, number, step_id, step_content, *given = row
+    message = Message(
+        id=message_id,
+        conversation_id=conversation_id,
+        role=role,
+        status=status,
+        content=content,
+        model_version_id=version_id,
+    )
+    message.model_version = ModelVersion(id=version_id, kind=kind, number=number) if version_id else None
+    _check_rateable(message)
+    step = None
+    if step_index is not None:
+        if step_id is None:
+            _step_of(message, step_index)  # raises, saying how many steps there are
+        step = MessageStep(id=step_id, message=message, index=step_index, content=step_content)
+    feedback_id, thumbs, rating, comment, tags, correction, created_at, updated_at, feedback_version = given
+    if feedback_id is None:
+        return message, step, None
+    feedback = Feedback(
+        id=feedback_id,
+        user=user,
+        message=message,
+        step=step,
+        thumbs=thumbs,
+        rating=rating,
+        comment=comment,
+        tags=json.loads(tags) if isinstance(tags, str) else tags,  # Django has psycopg read jsonb as text
+        correction=correction,
+        created_at=created_at,
+        updated_at=updated_at,
+        model_version_id=feedback_version,
+    )
+    feedback._state.adding = False
+    return message, step, feedback
+
+
+def _feedback_and_satisfaction_write(feedback: Feedback, satisfaction: UserSatisfaction) -> None:
+    """Insert or update ``feedback`` and store ``satisfaction``, in one statement."""
+    if connection.vendor != "postgresql":
+        feedback.save()
+        satisfaction.save()
+        return
+    now = timezone.now()
+    params = {
+        "user": feedback.user_id,
+        "thumbs": feedback.thumbs,
+        "rating": feedback.rating,
+        "comment": feedback.comment,
+        "tags": json.dumps(feedback.tags),
+        "correction": feedback.correction,
+        "now": now,
+        **{name: getattr(satisfaction, name) for name in _SATISFACTION_FIELDS[:-1]},
+    }
+    with connection.cursor() as cursor:
+        if feedback.pk is None:
+            params |= {"message": feedback.message_id, "step": feedback.step_id}
+            params["model_version"] = feedback.model_version_id
+            cursor.execute(_sql()["insert"], params)
+            (feedback.id,) = cursor.fetchone()
+            feedback.created_at = now
+            feedback._state.adding = False
+        else:
+            cursor.execute(_sql()["update"], params | {"id": feedback.pk})
+    feedback.updated_at = satisfaction.updated_at = now
 
 
 @transaction.atomic
@@ -142,8 +300,8 @@ def feedback_upsert(
     sent separately; ``None`` clears a field. ``correction``: what the answer should have said (the
     whole answer, so not on a step); the processor pairs it as chosen over the answer.
     """
-    message = _own_assistant_message(user=user, message_id=message_id)
-    step = _step_of(message, step_index) if step_index is not None else None
+    satisfaction = _satisfaction_locked(user)
+    message, step, feedback = _rating_target(user=user, message_id=message_id, step_index=step_index)
     if step is not None and correction not in (UNSET, None, ""):
         message_text = "A correction replaces the whole answer: send it without step_index."
         raise FeedbackError(message_text, code="correction_on_step", fields={"correction": [message_text]})
@@ -158,8 +316,6 @@ def feedback_upsert(
     if isinstance(rating, int) and not 1 <= rating <= 5:
         raise FeedbackError("Rating must be between 1 and 5.", fields={"rating": ["Must be between 1 and 5."]})
 
-    satisfaction = satisfaction_lock(user=user)
-    feedback = _one(Feedback.objects.filter(user=user, message=message, step=step))
     created = feedback is None
     if feedback is None:
         feedback = Feedback(user=user, message=message, step=step, model_version_id=message.model_version_id)
@@ -181,9 +337,8 @@ def feedback_upsert(
             "Feedback must include thumbs, a rating, a comment or a correction (to remove feedback, delete it).",
             code="empty_feedback",
         )
-    feedback.save()
     _account(satisfaction, feedback, +1)
-    satisfaction.save()
+    _feedback_and_satisfaction_write(feedback, satisfaction)
 
     model_version = message.model_version.label if message.model_version else "none"
     transaction.on_commit(

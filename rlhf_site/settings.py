@@ -185,7 +185,7 @@ SUPABASE_JWT_ISSUER = envstr("SUPABASE_JWT_ISSUER")
 
 _authentication_classes = [
     # Token first: its WWW-Authenticate header is what turns "not authenticated" into a 401.
-    "rest_framework.authentication.TokenAuthentication",
+    "rlhf_site.auth.TokenAuthentication",  # DRF's, in one raw query
     # The same API token as "Bearer <token>" (how OpenAI clients send a key); a JWT is left to the next.
     "rlhf_site.auth.BearerTokenAuthentication",
     # Inert unless SUPABASE_JWT_SECRET or SUPABASE_JWKS_URL is set.
@@ -321,7 +321,7 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 # Who may call it: an API token or a Supabase JWT, each as "Authorization: Bearer ..." (no session:
 # the endpoints take no CSRF token).
 INFERENCE_AUTHENTICATION_CLASSES = [
-    "rest_framework.authentication.TokenAuthentication",
+    "rlhf_site.auth.TokenAuthentication",
     "rlhf_site.auth.BearerTokenAuthentication",
     "rlhf_site.auth.SupabaseJWTAuthentication",
 ]
