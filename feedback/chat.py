@@ -309,9 +309,9 @@ async def tokens_batched(
     to first token unchanged); the ones behind it wait until the window closes and go as one event.
     Any other event first passes on the tokens held, so the order is kept.
 
-    The next event is awaited in a task of its own, so the model keeps streaming while the caller
-    sends. Cancelling the caller, or closing this generator, cancels that task: the answer is stored
-    as ``stopped``, as when ``answer_stream`` itself is cancelled."""
+    While tokens are held, the next event is awaited in a task of its own, so the model goes on
+    streaming while the window runs. Cancelling the caller, or closing this generator, cancels that
+    task: the answer is stored as ``stopped``, as when ``answer_stream`` itself is cancelled."""
     window = (settings.CHAT_TOKEN_BATCH_MS if window_ms is None else window_ms) / 1000
     if window <= 0:
         async with contextlib.aclosing(events):
@@ -357,10 +357,13 @@ async def tokens_batched(
             yield held
     finally:
         if pending is not None:
-            if not pending.done() and not (isinstance(pending, asyncio.Task) and pending.cancelling()):
+            if not pending.done():
                 pending.cancel()  # the answer is stored as stopped
-            with contextlib.suppress(BaseException):
-                await pending
+            # Waits for the stream's own clean-up (storing the answer) without passing on a second
+            # cancel of this reader, which would cut that clean-up short.
+            await asyncio.wait((pending,))
+            if not pending.cancelled() and not isinstance(pending.exception(), StopAsyncIteration | None):
+                logger.error("the answer's stream failed while it was closed", exc_info=pending.exception())
         await events.aclose()
 
 
@@ -386,15 +389,18 @@ async def answer_stream(
     )
     try:
         policy = await _policy_for(route, strict=generation.version_id is not None)
+        if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
+            answer.model_version_id = policy.version_id
+            await db_async(answer.save)(update_fields=["model_version"])
     except ServingError as exc:
         logger.warning("no policy to answer with: %s", exc.message)
         await db_async(_answer_fail)(answer=answer, error=exc.message)
         answer.usage = Usage()
         yield ChatEvent("end", answer)
         return
-    if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
-        answer.model_version_id = policy.version_id
-        await db_async(answer.save)(update_fields=["model_version"])
+    except asyncio.CancelledError:  # stopped while a version was loading: nothing was generated
+        await asyncio.shield(_finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label=""))
+        raise
     answer.served_by = policy.label
     yield ChatEvent("start", answer)
     stream = _Stream()

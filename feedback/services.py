@@ -7,6 +7,7 @@ different users never wait on each other.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable
@@ -141,21 +142,29 @@ def _step_of(message: Message, step_index: int) -> MessageStep:
 # the same three steps go through the ORM.
 
 
+@functools.cache
 def _sql() -> dict[str, str]:
-    if not _SQL:
-        t = {
-            "sat": UserSatisfaction._meta.db_table,
-            "msg": Message._meta.db_table,
-            "conv": Conversation._meta.db_table,
-            "ver": ModelVersion._meta.db_table,
-            "step": MessageStep._meta.db_table,
-            "fb": Feedback._meta.db_table,
-        }
-        _SQL["lock"] = (
+    """The statements, made once (table names from the models, quoted)."""
+    q = connection.ops.quote_name
+    t = {
+        "sat": q(UserSatisfaction._meta.db_table),
+        "msg": q(Message._meta.db_table),
+        "conv": q(Conversation._meta.db_table),
+        "ver": q(ModelVersion._meta.db_table),
+        "step": q(MessageStep._meta.db_table),
+        "fb": q(Feedback._meta.db_table),
+    }
+    satisfaction = (
+        "UPDATE {sat} SET count = %(count)s, value_sum = %(value_sum)s, thumbs_up = %(thumbs_up)s,"
+        " thumbs_down = %(thumbs_down)s, ratings = %(ratings)s, rating_sum = %(rating_sum)s,"
+        " updated_at = %(now)s WHERE user_id = %(user)s"
+    ).format(**t)
+    return {
+        "lock": (
             "SELECT count, value_sum, thumbs_up, thumbs_down, ratings, rating_sum, updated_at"
             " FROM {sat} WHERE user_id = %(user)s FOR UPDATE"
-        ).format(**t)
-        _SQL["target"] = (
+        ).format(**t),
+        "target": (
             "SELECT m.role, m.status, m.content, m.conversation_id, m.model_version_id, v.kind, v.number,"
             " st.id, st.content, f.id, f.thumbs, f.rating, f.comment, f.tags, f.correction, f.created_at,"
             " f.updated_at, f.model_version_id"
@@ -165,27 +174,21 @@ def _sql() -> dict[str, str]:
             " LEFT JOIN {fb} f ON f.user_id = %(user)s AND f.message_id = m.id AND ("
             "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
             " WHERE m.id = %(message)s AND c.user_id = %(user)s"
-        ).format(**t)
-        satisfaction = (
-            "UPDATE {sat} SET count = %(count)s, value_sum = %(value_sum)s, thumbs_up = %(thumbs_up)s,"
-            " thumbs_down = %(thumbs_down)s, ratings = %(ratings)s, rating_sum = %(rating_sum)s,"
-            " updated_at = %(now)s WHERE user_id = %(user)s"
-        ).format(**t)
-        _SQL["insert"] = (
+        ).format(**t),
+        "insert": (
             "WITH f AS (INSERT INTO {fb} (user_id, message_id, step_id, thumbs, rating, comment, tags, correction,"
             " model_version_id, created_at, updated_at) VALUES (%(user)s, %(message)s, %(step)s, %(thumbs)s,"
             " %(rating)s, %(comment)s, %(tags)s::jsonb, %(correction)s, %(model_version)s, %(now)s, %(now)s)"
             " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
-        ).format(satisfaction=satisfaction, **t)
-        _SQL["update"] = (
+        ).format(satisfaction=satisfaction, **t),
+        "update": (
             "WITH f AS (UPDATE {fb} SET thumbs = %(thumbs)s, rating = %(rating)s, comment = %(comment)s,"
             " tags = %(tags)s::jsonb, correction = %(correction)s, updated_at = %(now)s WHERE id = %(id)s"
             " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
-        ).format(satisfaction=satisfaction, **t)
-    return _SQL
+        ).format(satisfaction=satisfaction, **t),
+    }
 
 
-_SQL: dict[str, str] = {}
 _SATISFACTION_FIELDS = ("count", "value_sum", "thumbs_up", "thumbs_down", "ratings", "rating_sum", "updated_at")
 
 
@@ -198,7 +201,9 @@ def _satisfaction_locked(user: User) -> UserSatisfaction:
         row = cursor.fetchone()
     if row is None:
         return satisfaction_lock(user=user)
-    return UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row, strict=True)))
+    satisfaction = UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row, strict=True)))
+    satisfaction._state.adding, satisfaction._state.db = False, connection.alias  # a stored row: save() updates
+    return satisfaction
 
 
 def _rating_target(
@@ -248,7 +253,7 @@ def _rating_target(
         updated_at=updated_at,
         model_version_id=feedback_version,
     )
-    feedback._state.adding = False
+    feedback._state.adding, feedback._state.db = False, connection.alias
     return message, step, feedback
 
 
@@ -276,7 +281,7 @@ def _feedback_and_satisfaction_write(feedback: Feedback, satisfaction: UserSatis
             cursor.execute(_sql()["insert"], params)
             (feedback.id,) = cursor.fetchone()
             feedback.created_at = now
-            feedback._state.adding = False
+            feedback._state.adding, feedback._state.db = False, connection.alias
         else:
             cursor.execute(_sql()["update"], params | {"id": feedback.pk})
     feedback.updated_at = satisfaction.updated_at = now

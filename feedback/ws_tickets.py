@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware, get_user
+from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
@@ -96,11 +98,25 @@ class TicketAuthMiddleware:
         return await self.inner(scope, receive, send)
 
 
+class _PooledAuthMiddleware(AuthMiddleware):
+    """Channels' ``AuthMiddleware`` with the session's user read on the shared database threads
+    (``core.asyncdb``): Channels reads it on its one thread-sensitive thread, where every socket
+    opening at once would wait in line."""
+
+    async def resolve_scope(self, scope: dict[str, Any]) -> None:
+        scope["user"]._wrapped = await db_async(get_user.func)(scope)
+
+
+def _auth_stack(inner: Any) -> BaseMiddleware:
+    """``channels.auth.AuthMiddlewareStack`` with ``_PooledAuthMiddleware``."""
+    return CookieMiddleware(SessionMiddleware(_PooledAuthMiddleware(inner)))
+
+
 def chat_socket_stack(inner: Any, *, origin_check: Any = AllowedHostsOriginValidator) -> Any:
     """The chat socket's authentication: a ticket when the URL has one, else the session cookie with
     the Origin checked by ``origin_check`` (the site passes its scheme, host and port check)."""
-    with_ticket = AuthMiddlewareStack(TicketAuthMiddleware(inner))
-    with_cookie = origin_check(AuthMiddlewareStack(inner))
+    with_ticket = _auth_stack(TicketAuthMiddleware(inner))
+    with_cookie = origin_check(_auth_stack(inner))
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> Any:
         chosen = with_ticket if _ticket_of(scope) is not None else with_cookie

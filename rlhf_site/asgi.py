@@ -9,9 +9,18 @@ Django, in one of two ways.
   would serve it, in the same process. Under the ASGI handler a sync view costs a thread hop for the
   view and for each hook of each middleware (about 20 per request, a third of a feedback request's
   server CPU; README, "Feedback API under load"); here the whole request runs in one thread.
+
+What Django's ASGI handler did that a2wsgi does not is done here first (``as_django_reads``): headers
+with an underscore in the name are dropped (``X_Forwarded_For`` would otherwise join
+``X-Forwarded-For`` and spoof the client address the rate limits use); a chunked body is read whole
+and given a Content-Length (WSGI reads Content-Length bytes, so it would arrive empty); and bytes
+outside ASCII in the query string are percent-encoded (a2wsgi decodes it as ASCII: a plain-text 500).
 """
 
+import json
 import os
+import string
+from urllib.parse import quote_from_bytes
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
@@ -36,10 +45,61 @@ ASYNC_HTTP_PREFIXES = ("/v1/",)
 wsgi_in_threads = WSGIMiddleware(django_wsgi_app, workers=settings.HTTP_THREADS)
 
 
+_QUERY_SAFE = string.printable.strip() + " "
+
+
 async def http(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["path"].startswith(ASYNC_HTTP_PREFIXES):
         return await django_asgi_app(scope, receive, send)
+    scope = as_django_reads(scope)
+    names = {name for name, _ in scope["headers"]}
+    if b"transfer-encoding" in names and b"content-length" not in names:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if settings.DATA_UPLOAD_MAX_MEMORY_SIZE is not None and len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+                return await _too_large(send)
+            if not message.get("more_body", False):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k != b"transfer-encoding"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        receive = _replay(body, receive)
     return await wsgi_in_threads(scope, receive, send)
+
+
+def as_django_reads(scope):  # type: ignore[no-untyped-def]
+    """``scope`` with the headers Django's ASGI handler ignores dropped and the query string ASCII."""
+    query = scope.get("query_string", b"")
+    if not query.isascii():
+        query = quote_from_bytes(query, safe=_QUERY_SAFE).encode()
+    headers = [(name, value) for name, value in scope["headers"] if b"_" not in name]
+    return {**scope, "headers": headers, "query_string": query}
+
+
+def _replay(body, receive):  # type: ignore[no-untyped-def]
+    sent = False
+
+    async def replayed():  # type: ignore[no-untyped-def]
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: what the client does next (a disconnect)
+
+    return replayed
+
+
+async def _too_large(send):  # type: ignore[no-untyped-def]
+    from core.errors import error_body
+
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = json.dumps(error_body(413, "request_too_large", f"The request body is over {limit} bytes.")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 application = ProtocolTypeRouter(

@@ -32,3 +32,23 @@ def metrics_token(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             id="rlhf_site.W002",
         )
     ]
+
+
+@register(Tags.database)
+def threads_fit_the_pool(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """HTTP_THREADS and ASYNC_DB_THREADS may each hold a pooled connection at once; past the pool's
+    size a thread waits for one (DATABASE_POOL_TIMEOUT), then its request fails with a 503."""
+    pool = (settings.DATABASES["default"].get("OPTIONS", {}).get("pool")) or None
+    if not isinstance(pool, dict) or "max_size" not in pool:
+        return []
+    threads = settings.HTTP_THREADS + settings.ASYNC_DB_THREADS
+    if threads <= pool["max_size"]:
+        return []
+    return [
+        Warning(
+            f"HTTP_THREADS + ASYNC_DB_THREADS is {threads}, above DATABASE_POOL_MAX_SIZE ({pool['max_size']}): "
+            "under load a thread may wait for a connection and its request fail with a 503.",
+            hint="Raise DATABASE_POOL_MAX_SIZE or lower the thread counts.",
+            id="rlhf_site.W003",
+        )
+    ]

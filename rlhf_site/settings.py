@@ -123,7 +123,8 @@ DATABASES = {
             pooler=envstr("DATABASE_POOLER", "auto") or "auto",
             pool=envbool("DATABASE_POOL", True),
             pool_min_size=envint("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
-            pool_max_size=envint("DATABASE_POOL_MAX_SIZE", 10, minimum=1),
+            # HTTP_THREADS + ASYNC_DB_THREADS (below) by default: every thread that may hold one at once.
+            pool_max_size=envint("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
             # A request waits at most this long for a pooled connection, then gets 503 + Retry-After.
             pool_timeout=envfloat("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
             # libpq counts anything under 2 s as 2 s.
@@ -303,13 +304,14 @@ CHAT_SOCKET_RATE = envrate("CHAT_SOCKET_RATE", "600/min")
 # Tokens that arrive within this many ms of the last one sent go out together, as one WebSocket frame
 # (one SSE event for /v1/chat/completions); the first token after a pause goes at once. 0: one per token.
 CHAT_TOKEN_BATCH_MS = envfloat("CHAT_TOKEN_BATCH_MS", 5.0, minimum=0.0, maximum=1000.0)
-# Threads that run the chat socket's and the streamed answers' database calls (core.asyncdb): the
-# database pool's size by default (1 on SQLite, which takes one writer at a time).
-_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
-ASYNC_DB_THREADS = envint("ASYNC_DB_THREADS", (_pool or {}).get("max_size", 10) if _database_url else 1, minimum=1)
-# Threads per server process that serve the sync HTTP views (everything but /v1/; rlhf_site.asgi): each
-# holds a database connection while it serves, hence the pool's size by default.
-HTTP_THREADS = envint("HTTP_THREADS", (_pool or {}).get("max_size", 10), minimum=1)
+# Threads per server process that serve the sync HTTP views (everything but /v1/; rlhf_site.asgi), and
+# threads that run the chat socket's and the streamed answers' database calls (core.asyncdb). Each may
+# hold a pooled connection at once: half the pool each by default, and a check warns when together
+# they exceed it. SQLite takes one writer at a time: one database thread there.
+_pool_size = (DATABASES["default"].get("OPTIONS", {}).get("pool") or {}).get("max_size", 20)
+_sqlite = DATABASES["default"]["ENGINE"].endswith("sqlite3")
+HTTP_THREADS = envint("HTTP_THREADS", max(1, _pool_size // 2), minimum=1)
+ASYNC_DB_THREADS = envint("ASYNC_DB_THREADS", 1 if _sqlite else max(1, _pool_size - HTTP_THREADS), minimum=1)
 # The longest answer an application may log (POST /api/assistant/conversations and .../turns).
 EXTERNAL_ANSWER_MAX_CHARS = envint("EXTERNAL_ANSWER_MAX_CHARS", 32_000, minimum=1)
 # How long a ticket from POST /api/assistant/ws-ticket may wait to open the chat socket (single use).

@@ -274,3 +274,15 @@ def test_the_debug_page_masks_passwords_inside_urls(rf, settings):
     assert "redis://:********************@redis.internal:6379/0" in page
     assert "amqp://rabbit:********************@mq.internal" in page
     assert "postgres://app:********************@db.internal" in page
+
+
+def test_a_check_warns_when_the_threads_can_hold_more_connections_than_the_pool(settings):
+    from rlhf_site.checks import threads_fit_the_pool
+
+    settings.DATABASES = {"default": {**settings.DATABASES["default"], "OPTIONS": {"pool": {"max_size": 20}}}}
+    settings.HTTP_THREADS, settings.ASYNC_DB_THREADS = 10, 10
+    assert threads_fit_the_pool(None) == []
+    settings.ASYNC_DB_THREADS = 16
+    [warning] = threads_fit_the_pool(None)
+    assert warning.id == "rlhf_site.W003"
+    assert "26, above DATABASE_POOL_MAX_SIZE (20)" in warning.msg

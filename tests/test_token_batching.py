@@ -54,9 +54,10 @@ async def collect(source: Source, window_ms: float) -> list[tuple[str, str]]:
 async def test_tokens_close_together_go_as_one_the_first_at_once_and_order_is_kept():
     script = [(0, chat.ChatEvent("start", ANSWER_ROW)), (0, token("a"))]
     script += [(0, token(c)) for c in "bcde"]  # a burst right behind the first token
-    script += [(0, chat.ChatEvent("step", ANSWER_ROW)), (0, token("f")), (0.15, token("g")), (0, token("h"))]
+    script += [(0, chat.ChatEvent("step", ANSWER_ROW)), (0, token("f")), (1.5, token("g")), (0, token("h"))]
     script += [(0, chat.ChatEvent("end", ANSWER_ROW))]
-    out = await collect(Source(script), window_ms=50)
+    # A wide window, so a stall of the machine running the test cannot split the burst.
+    out = await collect(Source(script), window_ms=500)
     assert out == [
         ("start", ""),
         ("token", "a"),  # the first token is not held back
@@ -82,6 +83,34 @@ async def test_tokens_held_go_out_when_the_window_closes_without_waiting_for_the
     assert held.text == "b"
     await stream.aclose()
     assert source.ended == "cancelled"  # closing the batcher stops the model (the answer: stopped)
+
+
+async def test_cancelling_the_reader_while_tokens_are_held_stops_the_stream_and_waits_for_its_clean_up():
+    finished = asyncio.Event()
+
+    async def events():
+        yield token("a")
+        yield token("b")  # held: the window is open
+        try:
+            await asyncio.sleep(10)
+            yield token("never")
+        finally:
+            await asyncio.shield(asyncio.sleep(0.05))  # storing what was produced
+            finished.set()
+
+    seen: list[str] = []
+
+    async def read():
+        async for event in chat.tokens_batched(events(), window_ms=60_000):
+            seen.append(event.text)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert seen == ["a"]
+    assert finished.is_set()
 
 
 async def test_cancelling_the_reader_cancels_the_stream_once_and_waits_for_it():
@@ -117,7 +146,7 @@ def session(alice):
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(conversation, session, monkeypatch, settings):
-    settings.CHAT_TOKEN_BATCH_MS = 50
+    settings.CHAT_TOKEN_BATCH_MS = 5000  # step and end events flush what is held, so nothing waits 5 s
     version = await sync_to_async(ModelVersionFactory)(number=7)
     scripted = ScriptedPolicy(version)  # all chunks at once: a model far faster than the socket
 
@@ -160,3 +189,100 @@ async def test_database_calls_from_async_code_run_side_by_side(settings):
 
     with pytest.raises(threading.BrokenBarrierError):  # what the chat did before: one thread for all
         await asyncio.gather(*(database_sync_to_async(meet_one)() for _ in range(2)))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, monkeypatch):
+    """The answer row exists from the first database trip; a stop before the model answers must not
+    leave it ``streaming`` (it would count as served in the analytics)."""
+    from tests.factories import UserMessageFactory
+
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+    calls = []
+
+    async def loading():
+        calls.append(1)
+        if len(calls) > 1:  # the version that answers is still loading (seconds in real life)
+            await asyncio.sleep(30)
+        return ScriptedPolicy(version)
+
+    monkeypatch.setattr(chat, "get_policy", loading)
+
+    async def consume():
+        async for _ in chat.answer_stream(prompt=prompt):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_while_a_finished_step_is_being_stored_keeps_the_answer(alice, monkeypatch):
+    """The step's row may or may not be written when the stop lands (its thread goes on); the answer
+    is stored as ``stopped`` with each step once, either way."""
+    from tests.factories import UserMessageFactory
+
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+    scripted = ScriptedPolicy(version, chunks=["Sure.\n", "1. Boil", " water.\n", "2. Add"], delay=0.01)
+
+    async def get_policy():
+        return scripted
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    writing = asyncio.Event()
+    create = chat._step_create
+
+    def slow_create(**kwargs):
+        writing.set()
+        import time
+
+        time.sleep(0.3)  # the stop lands while this thread writes the step
+        return create(**kwargs)
+
+    monkeypatch.setattr(chat, "_step_create", slow_create)
+
+    async def consume():
+        async for _ in chat.answer_stream(prompt=prompt):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(writing.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # the step thread finishes
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("index", "content")))()
+    assert answer.status == "stopped"
+    assert steps[0] == (0, "Sure.")
+    assert [index for index, _ in steps] == list(range(len(steps)))
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_opening_the_chat_socket_reads_the_user_on_the_shared_database_threads(
+    conversation, session, monkeypatch
+):
+    import channels.auth
+
+    threads: list[str] = []
+    real = channels.auth.get_user.func
+
+    class Recorded:
+        @staticmethod
+        def func(scope):
+            threads.append(threading.current_thread().name)
+            return real(scope)
+
+    monkeypatch.setattr("feedback.ws_tickets.get_user", Recorded)
+    communicator, connected, _ = await connect(conversation, session)
+    await communicator.disconnect()
+    assert connected
+    assert threads
+    assert all(name.startswith("async-db") for name in threads)

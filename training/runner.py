@@ -331,6 +331,8 @@ def _train(job: _Job, prepared: _Prepared) -> TrainResult:
         try:
             result = train_in_processes(job.run.kind, processes=processes, **arguments)
         except ProcessesFailed as exc:
+            # The worker's log (and its alerting) gets what a one-process failure's traceback would give.
+            logger.error("training run %s failed in its processes: %s", job.run.id, exc.message)
             raise RunFailure(exc.message, code="training_processes_failed") from exc
     if result.stopped or job.reporter.stop:
         raise RunCancelled

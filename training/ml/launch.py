@@ -228,20 +228,22 @@ def train_in_processes(
         spec = Spec(kind, config, Path(data_dir), Path(base_dir), Path(output_dir), reward_dir, hooks.heartbeat_seconds)
         write_spec(work / SPEC_FILE, spec)
         tail = EventTail(work / EVENTS_FILE)
-        with (work / LAUNCHER_LOG).open("wb") as log:
-            agent = subprocess.Popen(
-                _agent_command(processes, work / SPEC_FILE),
-                cwd=PROJECT_ROOT,
-                env=_child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so one signal reaches torchrun and only it
-            )
-        try:
+        agent: subprocess.Popen[bytes] | None = None
+        try:  # from before the start: an exception (a soft time limit) in between must stop it too
+            with (work / LAUNCHER_LOG).open("wb") as log:
+                agent = subprocess.Popen(
+                    _agent_command(processes, work / SPEC_FILE),
+                    cwd=PROJECT_ROOT,
+                    env=_child_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: one signal reaches torchrun and only it
+                )
             state = _relay(agent, tail, hooks, work, poll_seconds)
         finally:
-            _stop(agent)
+            if agent is not None:
+                _stop(agent)
         return _result(state, agent.returncode, work, processes)
 
 
