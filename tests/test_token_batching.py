@@ -286,3 +286,35 @@ async def test_opening_the_chat_socket_reads_the_user_on_the_shared_database_thr
     assert connected
     assert threads
     assert all(name.startswith("async-db") for name in threads)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_slow_step_write_does_not_hold_up_the_tokens_behind_it(alice, monkeypatch):
+    from tests.factories import UserMessageFactory
+
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+    scripted = ScriptedPolicy(version, chunks=["Sure.\n", "1. Boil", " water", " for", " nine", " minutes."])
+
+    async def get_policy():
+        return scripted
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    create = chat._step_create
+
+    def slow_create(**kwargs):
+        import time
+
+        time.sleep(0.3)
+        return create(**kwargs)
+
+    monkeypatch.setattr(chat, "_step_create", slow_create)
+    kinds = [(event.kind, event.text) async for event in chat.answer_stream(prompt=prompt)]
+
+    tokens_after_step_0 = [text for kind, text in kinds[kinds.index(("token", "1. Boil")) :] if kind == "token"]
+    first_step = next(i for i, (kind, _) in enumerate(kinds) if kind == "step")
+    assert [kind for kind, _ in kinds[first_step - 5 : first_step]] == ["token"] * 5  # all streamed meanwhile
+    assert tokens_after_step_0 == ["1. Boil", " water", " for", " nine", " minutes."]
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("content", flat=True)))()
+    assert steps == ["Sure.", "1. Boil water for nine minutes."]
