@@ -1,5 +1,6 @@
 """A reward-model training run through the platform against the same ``RewardTrainer`` run as a bare
-script, on the same data and settings. Goal: the platform at most 1.10x the bare time.
+script, on the same data and settings. Goal (issue 13): the platform at most 1.05x the bare time on
+a run of at least 60 s (the default config with ``"epochs": 8``: about 60 s here; README).
 
     .venv/bin/python bench/reward_run.py [--conversations 2000] [--repeat 3] [--config '{"epochs": 1}']
 
@@ -150,7 +151,7 @@ def main() -> None:
                     for key in ("dataset_seconds", "train_seconds", "other_seconds")
                 },
                 "bare_train_median_seconds": round(statistics.median(r["train_seconds"] for r in bare), 2),
-                "goal": "platform <= 1.10x bare",
+                "goal": "platform <= 1.05x bare on a run of at least 60 s",
             },
             indent=2,
         )
