@@ -88,6 +88,14 @@ def alice(db):
 
 
 @pytest.fixture
+def alice_session(alice):
+    """The value of a session cookie signed in as alice (for the chat socket)."""
+    client = Client()
+    client.force_login(alice)
+    return client.cookies["sessionid"].value
+
+
+@pytest.fixture
 def bob(db):
     return UserFactory(username="bob")
 

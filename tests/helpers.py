@@ -112,3 +112,28 @@ def make_bootstrapped_live(models: Bootstrapped) -> dict[str, Any]:
         version = model_version_register(kind=kind, artifact_path=str(folder), checksums=sha256_tree(folder))
         versions[kind] = model_version_make_live(version=version)
     return versions
+
+
+# --- Training runs, run in this process as a worker would ---------------------------------------------
+
+
+def training_run_start(kind: str, django_capture_on_commit_callbacks: Any, config: dict[str, Any]) -> Any:
+    """A queued training run (its task not sent), for ``run_here``."""
+    from training import services
+
+    with django_capture_on_commit_callbacks(execute=False):
+        return services.training_run_create(kind=kind, config=config)
+
+
+def run_here(run: Any) -> Any:
+    """``run`` executed in this process, as a worker would, and read back."""
+    from training import runner
+
+    runner.execute(run.id, worker="test:1", task_id="task-1")
+    run.refresh_from_db()
+    return run
+
+
+def no_checkpoints_left(settings: Any) -> bool:
+    root = Path(settings.TRAINING_ARTIFACTS_DIR)
+    return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())

@@ -19,8 +19,7 @@ from tests import test_chat_consumer
 from tests.factories import AssistantMessageFactory, UserFactory
 from tests.test_chat_consumer import FINAL, ask, connect, receive_until
 
-# The chat socket tests' fixtures: alice's session cookie, a scripted policy.
-alice_session = test_chat_consumer.alice_session
+# The chat socket tests' scripted policy (alice's session cookie is conftest's ``alice_session``).
 policy = test_chat_consumer.policy
 
 # --- core.ratelimit ----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from feedback import chat
 from feedback.models import Comparison, Feedback, Message
@@ -51,13 +50,6 @@ def policy(monkeypatch):
 
     monkeypatch.setattr(chat, "get_policy", get_policy)
     return scripted
-
-
-@pytest.fixture
-def alice_session(alice):
-    client = Client()
-    client.force_login(alice)
-    return client.cookies["sessionid"].value
 
 
 async def connect(conversation, session: str | None, origin: str = "http://testserver"):

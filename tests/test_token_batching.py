@@ -10,7 +10,6 @@ import threading
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.test import Client
 
 from core.asyncdb import db_async
 from feedback import chat
@@ -137,15 +136,10 @@ async def test_cancelling_the_reader_cancels_the_stream_once_and_waits_for_it():
     assert finished.is_set()  # the stream's own clean-up ran to the end before the reader returned
 
 
-@pytest.fixture
-def session(alice):
-    client = Client()
-    client.force_login(alice)
-    return client.cookies["sessionid"].value
-
-
 @pytest.mark.django_db(transaction=True)
-async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(conversation, session, monkeypatch, settings):
+async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(
+    conversation, alice_session, monkeypatch, settings
+):
     settings.CHAT_TOKEN_BATCH_MS = 5000  # step and end events flush what is held, so nothing waits 5 s
     version = await sync_to_async(ModelVersionFactory)(number=7)
     scripted = ScriptedPolicy(version)  # all chunks at once: a model far faster than the socket
@@ -154,7 +148,7 @@ async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(conver
         return scripted
 
     monkeypatch.setattr(chat, "get_policy", get_policy)
-    communicator, connected, _ = await connect(conversation, session)
+    communicator, connected, _ = await connect(conversation, alice_session)
     assert connected
     await communicator.send_json_to({"type": "send", "content": "How do I boil an egg?"})
     frames = await receive_until(communicator, FINAL)
@@ -267,7 +261,7 @@ async def test_a_stop_while_a_finished_step_is_being_stored_keeps_the_answer(ali
 
 @pytest.mark.django_db(transaction=True)
 async def test_opening_the_chat_socket_reads_the_user_on_the_shared_database_threads(
-    conversation, session, monkeypatch
+    conversation, alice_session, monkeypatch
 ):
     import channels.auth
 
@@ -281,7 +275,7 @@ async def test_opening_the_chat_socket_reads_the_user_on_the_shared_database_thr
             return real(scope)
 
     monkeypatch.setattr("feedback.ws_tickets.get_user", Recorded)
-    communicator, connected, _ = await connect(conversation, session)
+    communicator, connected, _ = await connect(conversation, alice_session)
     await communicator.disconnect()
     assert connected
     assert threads

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.models import ModelVersion
-from tests.helpers import make_bootstrapped_live
+from tests.helpers import make_bootstrapped_live, no_checkpoints_left, run_here, training_run_start
 from tests.training_data import seed_rated_conversations
 from training import runner, services
 from training.models import TrainingRun
@@ -43,19 +42,7 @@ def live(bootstrapped, settings, tmp_path):
 
 
 def start(kind: str, django_capture_on_commit_callbacks, **config) -> TrainingRun:
-    with django_capture_on_commit_callbacks(execute=False):
-        return services.training_run_create(kind=kind, config={**TINY, **config})
-
-
-def run_here(run: TrainingRun) -> TrainingRun:
-    runner.execute(run.id, worker="test:1", task_id="task-1")
-    run.refresh_from_db()
-    return run
-
-
-def no_checkpoints_left(settings) -> bool:
-    root = Path(settings.TRAINING_ARTIFACTS_DIR)
-    return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())
+    return training_run_start(kind, django_capture_on_commit_callbacks, {**TINY, **config})
 
 
 @pytest.mark.parametrize("kind", ["reward", "dpo", "kto", "ppo"])

@@ -17,7 +17,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.models import ModelVersion
-from tests.helpers import ROOT, make_bootstrapped_live, wait_until
+from tests.helpers import (
+    ROOT,
+    make_bootstrapped_live,
+    no_checkpoints_left,
+    run_here,
+    training_run_start,
+    wait_until,
+)
 from tests.training_data import seed_rated_conversations
 from training import runner, services
 from training.ml import launch
@@ -96,19 +103,7 @@ def _work_dirs() -> list[Path]:
 
 
 def start(kind: str, django_capture_on_commit_callbacks, **config) -> TrainingRun:
-    with django_capture_on_commit_callbacks(execute=False):
-        return services.training_run_create(kind=kind, config={**CONFIG, **config})
-
-
-def run_here(run: TrainingRun) -> TrainingRun:
-    runner.execute(run.id, worker="test:1", task_id="task-1")
-    run.refresh_from_db()
-    return run
-
-
-def no_checkpoints_left(settings) -> bool:
-    root = Path(settings.TRAINING_ARTIFACTS_DIR)
-    return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())
+    return training_run_start(kind, django_capture_on_commit_callbacks, {**CONFIG, **config})
 
 
 # --- Through the runner ---------------------------------------------------------------------------------
