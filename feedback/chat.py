@@ -489,11 +489,13 @@ async def _take(chunk: str, answer: Message, stream: _Stream) -> AsyncGenerator[
 async def _steps_written(answer: Message, stream: _Stream, *, wait: bool) -> AsyncGenerator[ChatEvent, None]:
     """A ``step`` event for each finished step whose write is done (``wait``: for all of them), in
     order; ``partial`` is what follows that step so far (the page's live text after it)."""
+    steps: list[str] | None = None  # the text does not change while this runs: split it once
     while stream.step_writes and (wait or stream.step_writes[0][1].done()):
         index, write = stream.step_writes[0]
         step = await write
         stream.step_writes.popleft()
-        yield ChatEvent("step", answer, step=step, partial="\n".join(split_steps(stream.text)[index + 1 :]))
+        steps = split_steps(stream.text) if steps is None else steps
+        yield ChatEvent("step", answer, step=step, partial="\n".join(steps[index + 1 :]))
 
 
 async def _steps_settled(stream: _Stream) -> None:
