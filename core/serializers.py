@@ -2,27 +2,60 @@
 
 from __future__ import annotations
 
-import copy
+import threading
+from functools import cached_property
 from typing import Any
 
 from rest_framework import serializers
 
 from core import jsonsafe
 
+_SHARED_LOCK = threading.RLock()  # re-entered: a serializer's fields may hold one of these serializers
+
 
 class FieldsOnceMixin:
     """For a serializer whose fields depend only on its class (declared fields, a ModelSerializer's
-    Meta), not on its instance or context: the fields are built once per class and copied for each
-    instance. DRF builds a ModelSerializer's fields from the model for every instance; on the feedback
-    API that was a sixth of a rating's server CPU (py-spy; README, "Feedback API under load")."""
+    Meta): its fields are built and bound once per class, to one instance kept for that, and every
+    instance of the class uses them, in every thread. DRF builds (for a ModelSerializer, from the
+    model) and deep-copies every field for each instance: on the feedback API that was a fifth of a
+    rating's server CPU (py-spy; README, "Feedback API under load").
 
-    def get_fields(self) -> dict[str, Any]:
-        cls = type(self)
-        built = cls.__dict__.get("_fields_once")  # this very class's: a subclass builds its own
-        if built is None:
-            built = super().get_fields()  # type: ignore[misc]
-            cls._fields_once = built  # type: ignore[attr-defined]
-        return copy.deepcopy(built)
+    Sharing is safe because a field keeps no state while it validates or represents a value (DRF's
+    ``ListSerializer`` relies on that: one child serves every item); what a field reads from its
+    parent is the context and ``partial``, so an instance given either builds its own fields as DRF does."""
+
+    @cached_property
+    def fields(self) -> Any:
+        if self.partial or self._context:  # type: ignore[attr-defined]
+            return _own_fields(self)
+        return type(self)._fields_owner().fields
+
+    @classmethod
+    def _fields_owner(cls) -> Any:
+        owner = cls.__dict__.get("_shared_owner")  # this very class's: a subclass has its own fields
+        if owner is None:
+            with _SHARED_LOCK:
+                owner = cls.__dict__.get("_shared_owner")
+                if owner is None:
+                    owner = cls()
+                    owner.__dict__["fields"] = _own_fields(owner)
+                    _bind_all(owner)  # nested serializers' fields too, before another thread sees them
+                    cls._shared_owner = owner  # type: ignore[attr-defined]
+        return owner
+
+
+def _own_fields(serializer: Any) -> Any:
+    """The fields DRF builds and binds for one serializer (``Serializer.fields``, bypassing the mixin)."""
+    return serializers.Serializer.fields.func(serializer)  # type: ignore[attr-defined]
+
+
+def _bind_all(serializer: Any) -> None:
+    if isinstance(serializer, serializers.ListSerializer):
+        _bind_all(serializer.child)
+    elif isinstance(serializer, serializers.Serializer):
+        for field in serializer.fields.values():
+            if isinstance(field, serializers.BaseSerializer):
+                _bind_all(field)
 
 
 class StrictSerializer(serializers.Serializer):

@@ -12,7 +12,7 @@ from core.serializers import FieldsOnceMixin, StrictSerializer, TextField, UUIDS
 from feedback.models import Comparison, Conversation, Feedback, Message, MessageStep, UserSatisfaction
 
 
-class FeedbackInputSerializer(StrictSerializer):
+class FeedbackInputSerializer(FieldsOnceMixin, StrictSerializer):
     message_id = UUIDStringField()
     step_index = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=100_000)
     thumbs = serializers.ChoiceField(choices=Feedback.Thumbs.choices, required=False, allow_null=True)

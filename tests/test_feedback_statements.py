@@ -61,3 +61,48 @@ def test_token_authentication_in_one_query_answers_as_drfs(alice):
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     inactive = client.get("/api/assistant/satisfaction")
     assert (inactive.status_code, inactive.json()["error"]["message"]) == (401, "User inactive or deleted.")
+
+
+def test_serializers_sharing_their_fields_give_what_their_own_fields_give_in_every_thread(alice):
+    """``core.serializers.FieldsOnceMixin``: one set of bound fields per class serves every instance.
+    Output and validation are what an instance with its own fields (given a context, so it builds
+    them as DRF does) gives, for different objects and inputs at once in many threads (HTTP_THREADS
+    serve requests in parallel): no value or error of one request shows in another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from feedback.serializers import FeedbackInputSerializer, FeedbackWriteOutputSerializer
+
+    conversation = ConversationFactory(user=alice)
+    results = [
+        services.feedback_upsert(user=alice, message_id=AssistantMessageFactory(conversation=conversation).id, **kw)
+        for kw in ({"thumbs": "up"}, {"step_index": 0, "rating": 2, "tags": ["clear"]}, {"comment": "ok", "rating": 5})
+    ]
+    for result in results:
+        result.feedback.satisfaction = result.satisfaction
+    own = [FeedbackWriteOutputSerializer(r.feedback, context={"own": True}) for r in results]
+    shared = FeedbackWriteOutputSerializer(results[0].feedback).fields
+    assert shared is FeedbackWriteOutputSerializer(results[1].feedback).fields  # built once, not per instance
+    assert own[0].fields is not shared  # a context: its own fields, as DRF builds them
+    expected = [dict(serializer.data) for serializer in own]
+    assert [e["step_index"] for e in expected] == [None, 0, None]  # they differ, so a mix-up would show
+
+    inputs = [
+        {"message_id": str(results[0].feedback.message_id), "thumbs": "down"},
+        {"message_id": "not-a-uuid", "rating": 9},
+        {"message_id": str(results[1].feedback.message_id), "step_index": 3, "tags": ["a", "b"], "extra": 1},
+    ]
+
+    def validate(payload: dict, own: bool) -> tuple[bool, object]:
+        serializer = FeedbackInputSerializer(data=payload, context={"own": True} if own else {})
+        valid = serializer.is_valid()
+        return valid, (dict(serializer.validated_data) if valid else serializer.errors)
+
+    expected_in = [validate(payload, own=True) for payload in inputs]
+    assert [valid for valid, _ in expected_in] == [True, False, False]
+
+    def both(i: int) -> tuple[dict, tuple[bool, object]]:
+        return dict(FeedbackWriteOutputSerializer(results[i % 3].feedback).data), validate(inputs[i % 3], own=False)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outputs = list(pool.map(both, range(600)))
+    assert outputs == [(expected[i % 3], expected_in[i % 3]) for i in range(600)]
