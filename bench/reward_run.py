@@ -109,12 +109,24 @@ def bare_run(data_dir: str, base_dir: str, config: dict) -> dict:
     return json.loads(out[out.rindex('{\n  "kind"') :])["runs"][0]
 
 
+def bare_here(data_dir: str, base_dir: str, config: dict) -> dict:
+    """The bare script's run, in this process (the one the platform's runs happen in)."""
+    from bench.reward_bare import run_once
+
+    return run_once(Path(data_dir), Path(base_dir), config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default="rlhf_bench_reward")
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--config", default=json.dumps(DEFAULT_CONFIG), help="the run's config as JSON")
+    parser.add_argument(
+        "--bare-here",
+        action="store_true",
+        help="also run the bare script in this process: tells the platform's code from the process it runs in",
+    )
     options = parser.parse_args()
     config = json.loads(options.config)
     setup(options.db)
@@ -124,12 +136,15 @@ def main() -> None:
 
     from training.ml import trainers  # noqa: F401
 
-    platform, bare = [], []
+    platform, bare, here = [], [], []
     for i in range(options.repeat):
         p = platform_run(config)
         b = bare_run(p["data_dir"], p["base_dir"], config)
         platform.append(p)
         bare.append(b)
+        if options.bare_here:
+            here.append(bare_here(p["data_dir"], p["base_dir"], config))
+            print(f"run {i + 1}: bare in this process {here[-1]['wall_seconds']:.1f} s", flush=True)
         print(
             f"run {i + 1}: platform {p['wall_seconds']:.1f} s (dataset {p['dataset_seconds']:.1f}, train"
             f" {p['train_seconds']:.1f}, eval+save+register {p['other_seconds']:.1f}), bare {b['wall_seconds']:.1f} s"
@@ -151,6 +166,11 @@ def main() -> None:
                     for key in ("dataset_seconds", "train_seconds", "other_seconds")
                 },
                 "bare_train_median_seconds": round(statistics.median(r["train_seconds"] for r in bare), 2),
+                **(
+                    {"bare_here_median_seconds": round(statistics.median(r["wall_seconds"] for r in here), 2)}
+                    if here
+                    else {}
+                ),
                 "goal": "platform <= 1.05x bare on a run of at least 60 s",
             },
             indent=2,
