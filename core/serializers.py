@@ -21,12 +21,13 @@ class FieldsOnceMixin:
     rating's server CPU (py-spy; README, "Feedback API under load").
 
     Sharing is safe because a field keeps no state while it validates or represents a value (DRF's
-    ``ListSerializer`` relies on that: one child serves every item); what a field reads from its
-    parent is the context and ``partial``, so an instance given either builds its own fields as DRF does."""
+    ``ListSerializer`` relies on that: one child serves every item); what a field reads from the
+    serializers above it is the context and ``partial`` (its root's), so an instance that has either,
+    or sits under a root that has, builds its own fields as DRF does."""
 
     @cached_property
     def fields(self) -> Any:
-        if self.partial or self._context:  # type: ignore[attr-defined]
+        if self.partial or self.context or getattr(self.root, "partial", False):  # type: ignore[attr-defined]
             return _own_fields(self)
         return type(self)._fields_owner().fields
 

@@ -83,6 +83,9 @@ def test_serializers_sharing_their_fields_give_what_their_own_fields_give_in_eve
     shared = FeedbackWriteOutputSerializer(results[0].feedback).fields
     assert shared is FeedbackWriteOutputSerializer(results[1].feedback).fields  # built once, not per instance
     assert own[0].fields is not shared  # a context: its own fields, as DRF builds them
+    nested = own[0].fields["satisfaction"]  # under a root with a context: its own too
+    assert nested.context == {"own": True}
+    assert nested.fields is not shared["satisfaction"].fields
     expected = [dict(serializer.data) for serializer in own]
     assert [e["step_index"] for e in expected] == [None, 0, None]  # they differ, so a mix-up would show
 
