@@ -385,12 +385,19 @@ async def answer_stream(
     if generation.version_id is None:
         with contextlib.suppress(ServingError):  # the canary arm may answer; else _policy_for says why
             live = await get_policy()  # kept in memory: a database read only every few seconds
-    history, route, answer = await db_async(generation_begin)(
-        prompt=prompt,
-        regenerate_of=regenerate_of,
-        version_id=generation.version_id,
-        live_version_id=live.version_id if live is not None else None,
+    begin = asyncio.ensure_future(
+        db_async(generation_begin)(
+            prompt=prompt,
+            regenerate_of=regenerate_of,
+            version_id=generation.version_id,
+            live_version_id=live.version_id if live is not None else None,
+        )
     )
+    try:
+        history, route, answer = await asyncio.shield(begin)
+    except asyncio.CancelledError:  # stopped during the trip: its thread goes on and writes the row
+        await asyncio.shield(_stopped_once_begun(begin))
+        raise
     try:
         policy = await _policy_for(route, strict=generation.version_id is not None)
         if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
@@ -432,6 +439,17 @@ async def answer_stream(
         await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
     answer.usage = stream.usage
     yield ChatEvent("end", answer)
+
+
+async def _stopped_once_begun(begin: asyncio.Future[tuple[list[dict[str, str]], Route, Message]]) -> None:
+    """A stop during the answer's first trip: once the trip's thread has written the answer row, store
+    it ``stopped`` (it must not stay ``streaming``: it would count as served in the analytics)."""
+    try:
+        _history, _route, answer = await begin
+    except Exception:
+        logger.exception("the answer's first database trip failed after a stop")
+        return
+    await _finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label="")
 
 
 async def _until_stop(chunks: AsyncIterator[str], stop: tuple[str, ...], stream: _Stream) -> AsyncGenerator[str, None]:

@@ -312,3 +312,42 @@ async def test_a_slow_step_write_does_not_hold_up_the_tokens_behind_it(alice, mo
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("content", flat=True)))()
     assert steps == ["Sure.", "1. Boil water for nine minutes."]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_while_the_answer_row_is_being_written_stores_it_as_stopped(alice, monkeypatch):
+    """The answer's first database trip (history, arm, the answer row) goes on in its thread when a
+    stop lands during it; the row it writes must not stay ``streaming``."""
+    from tests.factories import UserMessageFactory
+
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+
+    async def get_policy():
+        return ScriptedPolicy(version)
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    writing = threading.Event()
+    begin = chat.generation_begin
+
+    def slow_begin(**kwargs):
+        writing.set()
+        import time
+
+        time.sleep(0.3)  # the stop lands while this thread writes the answer row
+        return begin(**kwargs)
+
+    monkeypatch.setattr(chat, "generation_begin", slow_begin)
+
+    async def consume():
+        async for _ in chat.answer_stream(prompt=prompt):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.to_thread(writing.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # the trip's thread finishes, whatever the task did
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
