@@ -20,7 +20,7 @@ from django.utils import timezone
 from feedback import metrics
 from feedback.models import Conversation, Message
 from models_registry.models import Canary, ModelVersion
-from models_registry.selectors import running_canary
+from models_registry.selectors import running_canary_row
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def arm_of(conversation: Conversation, canary: Canary) -> str:
         .update(canary=canary, arm=arm, arm_assigned_at=now)
     )
     if stored:
-        logger.info("conversation %s: %s arm of %s", conversation.pk, arm, canary)
+        logger.info(
+            "conversation %s: %s arm of canary %s (version id %s)", conversation.pk, arm, canary.pk, canary.version_id
+        )
         metrics.CANARY_ASSIGNMENTS.labels(canary.kind, arm).inc()
     else:  # another process stored it first (and drew the same)
         arm = Conversation.objects.filter(pk=conversation.pk).values_list("arm", flat=True).get()
@@ -69,7 +71,7 @@ def arm_of(conversation: Conversation, canary: Canary) -> str:
 def route(*, conversation: Conversation, regenerate_of: Message | None = None) -> Route:
     """Which version answers the next answer in ``conversation``: its arm's, or for a regeneration
     the other arm's than the answer it regenerates."""
-    canary = running_canary(ModelVersion.Kind.POLICY)
+    canary = running_canary_row(ModelVersion.Kind.POLICY)
     if canary is None:
         return LIVE
     to_canary = Route(canary.version_id, Conversation.Arm.CANARY)

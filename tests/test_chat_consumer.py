@@ -422,3 +422,23 @@ async def test_a_conversation_older_than_the_canary_stays_on_live(alice, alice_s
     assert answer.model_version_id == live.id
     await sync_to_async(conversation.refresh_from_db)()
     assert conversation.arm == ""
+
+
+@pytest.mark.django_db
+def test_routing_an_answer_reads_the_canary_without_joining_its_versions(alice, canary_policies):
+    """``arms.route`` runs at every answer's start: one query, no join to the versions' columns (three
+    times the cost), and a conversation's first answer during a canary draws and stores its arm."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from feedback import arms
+
+    canary, _live, candidate = canary_policies
+    conversation = conversation_in_arm(alice, canary, "canary")
+    with CaptureQueriesContext(connection) as queries:
+        route = arms.route(conversation=conversation)
+    assert route == arms.Route(candidate.id, "canary")
+    assert "JOIN" not in queries.captured_queries[0]["sql"]
+    assert len(queries.captured_queries) == 2  # the canary, then the arm stored on the conversation
+    conversation.refresh_from_db()
+    assert (conversation.canary_id, conversation.arm) == (canary.id, "canary")
