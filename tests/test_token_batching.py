@@ -216,6 +216,33 @@ async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, 
     assert (answer.status, answer.content) == ("stopped", "")
 
 
+async def stop_while_writing(monkeypatch, prompt: Message, name: str) -> None:
+    """Stream an answer to ``prompt``; stop it while ``chat.<name>`` (a database call) runs in its
+    thread, 0.3 s long; return once that thread has finished, whatever the stopped stream did."""
+    import time
+
+    writing = threading.Event()
+    call = getattr(chat, name)
+
+    def slow(**kwargs):
+        writing.set()
+        time.sleep(0.3)  # the stop lands while this thread writes
+        return call(**kwargs)
+
+    monkeypatch.setattr(chat, name, slow)
+
+    async def consume():
+        async for _ in chat.answer_stream(prompt=prompt):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.to_thread(writing.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # the thread finishes
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_stop_while_a_finished_step_is_being_stored_keeps_the_answer(alice, monkeypatch):
     """The step's row may or may not be written when the stop lands (its thread goes on); the answer
@@ -230,28 +257,7 @@ async def test_a_stop_while_a_finished_step_is_being_stored_keeps_the_answer(ali
         return scripted
 
     monkeypatch.setattr(chat, "get_policy", get_policy)
-    writing = asyncio.Event()
-    create = chat._step_create
-
-    def slow_create(**kwargs):
-        writing.set()
-        import time
-
-        time.sleep(0.3)  # the stop lands while this thread writes the step
-        return create(**kwargs)
-
-    monkeypatch.setattr(chat, "_step_create", slow_create)
-
-    async def consume():
-        async for _ in chat.answer_stream(prompt=prompt):
-            pass
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(writing.wait(), 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(0.5)  # the step thread finishes
+    await stop_while_writing(monkeypatch, prompt, "_step_create")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("index", "content")))()
     assert answer.status == "stopped"
@@ -327,27 +333,6 @@ async def test_a_stop_while_the_answer_row_is_being_written_stores_it_as_stopped
         return ScriptedPolicy(version)
 
     monkeypatch.setattr(chat, "get_policy", get_policy)
-    writing = threading.Event()
-    begin = chat.generation_begin
-
-    def slow_begin(**kwargs):
-        writing.set()
-        import time
-
-        time.sleep(0.3)  # the stop lands while this thread writes the answer row
-        return begin(**kwargs)
-
-    monkeypatch.setattr(chat, "generation_begin", slow_begin)
-
-    async def consume():
-        async for _ in chat.answer_stream(prompt=prompt):
-            pass
-
-    task = asyncio.create_task(consume())
-    await asyncio.to_thread(writing.wait, 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(0.5)  # the trip's thread finishes, whatever the task did
+    await stop_while_writing(monkeypatch, prompt, "generation_begin")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.content) == ("stopped", "")
