@@ -41,20 +41,18 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.ml.config import KINDS, ConfigError, TrainConfig, validate_config
 from training.ml.progress import Progress, RunHooks, TrainResult
+from training.ml.scratch import scratch_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_PREFIX = "rlhf-train-processes-"
@@ -224,7 +222,7 @@ def train_in_processes(
     with a readable message when they fail; no process is left running on any way out."""
     if processes < 2:
         raise ValueError(f"train_in_processes needs at least 2 processes, not {processes}; call train().")
-    with _work_dir() as work:
+    with scratch_dir(WORK_PREFIX) as work:
         spec = Spec(kind, config, Path(data_dir), Path(base_dir), Path(output_dir), reward_dir, hooks.heartbeat_seconds)
         write_spec(work / SPEC_FILE, spec)
         tail = EventTail(work / EVENTS_FILE)
@@ -340,15 +338,6 @@ def _stop(agent: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-@contextlib.contextmanager
-def _work_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _agent_command(processes: int, spec: Path) -> list[str]:

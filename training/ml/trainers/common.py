@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +30,6 @@ from trl.experimental.ppo import PPOConfig
 from training.ml.callbacks import clean_number
 from training.ml.config import TrainConfig
 from training.ml.distributed import per_process_batch_size
-
-SCRATCH_PREFIX = "rlhf-train-"
 
 
 def device_args() -> dict[str, Any]:
@@ -115,16 +111,6 @@ def build_ppo_config(config: TrainConfig, scratch_dir: str | Path, *, rows: int)
         stop_token="eos",
         num_sample_generations=0,
     )
-
-
-@contextmanager
-def scratch_dir() -> Iterator[Path]:
-    """A temporary folder for the trainer's own output_dir; always removed."""
-    path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def quiet(trainer: Trainer) -> None:

@@ -30,6 +30,7 @@ from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
 from training.ml.distributed import is_main_process
 from training.ml.progress import RunHooks, TrainResult
+from training.ml.scratch import scratch_dir
 from training.ml.trainers.common import (
     base_generation_config,
     build_ppo_config,
@@ -41,7 +42,6 @@ from training.ml.trainers.common import (
     quiet,
     require_rows,
     save_checkpoint,
-    scratch_dir,
 )
 
 # PPO log key -> metric name in TrainResult.metrics

@@ -19,6 +19,7 @@ from training.ml.config import TrainConfig, with_min_steps
 from training.ml.data import load_split
 from training.ml.distributed import is_main_process, per_process_batch_size, world_size
 from training.ml.progress import RunHooks, TrainResult
+from training.ml.scratch import scratch_dir
 from training.ml.trainers.common import (
     base_generation_config,
     build_dpo_config,
@@ -32,7 +33,6 @@ from training.ml.trainers.common import (
     quiet,
     require_rows,
     save_checkpoint,
-    scratch_dir,
 )
 
 EMPTY_TEST_NOTE = "test split is empty: no eval metrics"
