@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -202,16 +203,7 @@ async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, 
         return ScriptedPolicy(version)
 
     monkeypatch.setattr(chat, "get_policy", loading)
-
-    async def consume():
-        async for _ in chat.answer_stream(prompt=prompt):
-            pass
-
-    task = asyncio.create_task(consume())
-    await asyncio.sleep(0.3)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await stop_stream(prompt, until=asyncio.sleep(0.3))
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.content) == ("stopped", "")
 
@@ -230,17 +222,23 @@ async def stop_while_writing(monkeypatch, prompt: Message, name: str) -> None:
         return call(**kwargs)
 
     monkeypatch.setattr(chat, name, slow)
+    await stop_stream(prompt, until=asyncio.to_thread(writing.wait, 5))
+    await asyncio.sleep(0.5)  # the thread finishes
+
+
+async def stop_stream(prompt: Message, *, until: Awaitable[object]) -> None:
+    """Stream an answer to ``prompt`` in a task, cancel it (a stop) once ``until`` is done, and check
+    the cancellation reached the caller."""
 
     async def consume():
         async for _ in chat.answer_stream(prompt=prompt):
             pass
 
     task = asyncio.create_task(consume())
-    await asyncio.to_thread(writing.wait, 5)
+    await until
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.5)  # the thread finishes
 
 
 @pytest.mark.django_db(transaction=True)
