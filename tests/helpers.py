@@ -134,6 +134,20 @@ def run_here(run: Any) -> Any:
     return run
 
 
+def soft_time_limit_from_step(monkeypatch: Any, step: int = 0) -> None:
+    """The run's Celery soft time limit fires at its first progress report from ``step`` on (the
+    exception Celery raises in the worker when the limit is reached)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from training import runner
+
+    def limit_reached(self: Any, progress: Any) -> None:
+        if progress.step >= step:
+            raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(runner.Reporter, "report", limit_reached)
+
+
 def no_checkpoints_left(settings: Any) -> bool:
     root = Path(settings.TRAINING_ARTIFACTS_DIR)
     return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())

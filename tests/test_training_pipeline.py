@@ -8,11 +8,16 @@ import threading
 import time
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.models import ModelVersion
-from tests.helpers import make_bootstrapped_live, no_checkpoints_left, run_here, training_run_start
+from tests.helpers import (
+    make_bootstrapped_live,
+    no_checkpoints_left,
+    run_here,
+    soft_time_limit_from_step,
+    training_run_start,
+)
 from tests.training_data import seed_rated_conversations
 from training import runner, services
 from training.models import TrainingRun
@@ -129,11 +134,7 @@ def test_the_soft_time_limit_fails_the_run_cleanly(
 ):
     seed_rated_conversations(alice, 12)
     run = start("reward", django_capture_on_commit_callbacks)
-
-    def limit_reached(self, progress):
-        raise SoftTimeLimitExceeded()
-
-    monkeypatch.setattr(runner.Reporter, "report", limit_reached)
+    soft_time_limit_from_step(monkeypatch)
     run = run_here(run)
     assert run.status == "failed"
     assert run.error_message.startswith("The run took longer than its time limit")

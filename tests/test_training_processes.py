@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
 
 from models_registry.artifacts import resolve_artifact_path, verify_checksums
 from models_registry.models import ModelVersion
@@ -22,6 +21,7 @@ from tests.helpers import (
     make_bootstrapped_live,
     no_checkpoints_left,
     run_here,
+    soft_time_limit_from_step,
     training_run_start,
     wait_until,
 )
@@ -268,12 +268,7 @@ def test_the_soft_time_limit_stops_every_process(
 ):
     seed_rated_conversations(alice, CONVERSATIONS)
     run = start("reward", django_capture_on_commit_callbacks, max_steps=200)
-
-    def limit_reached(self, progress):
-        if progress.step >= 1:
-            raise SoftTimeLimitExceeded()
-
-    monkeypatch.setattr(runner.Reporter, "report", limit_reached)
+    soft_time_limit_from_step(monkeypatch, 1)
     run = run_here(run)
 
     assert run.status == "failed"
