@@ -85,12 +85,15 @@ async def test_tokens_held_go_out_when_the_window_closes_without_waiting_for_the
     assert source.ended == "cancelled"  # closing the batcher stops the model (the answer: stopped)
 
 
-async def test_cancelling_the_reader_while_tokens_are_held_stops_the_stream_and_waits_for_its_clean_up():
+async def read_then_cancel(texts: list[str], *, window_ms: float) -> tuple[list[str], bool]:
+    """Read ``tokens_batched`` over a stream that sends ``texts`` then waits, and whose clean-up takes
+    50 ms (storing what was produced); cancel the reader after 50 ms. Returns the texts the reader
+    saw and whether the stream's clean-up had run to its end when the cancelled reader returned."""
     finished = asyncio.Event()
 
     async def events():
-        yield token("a")
-        yield token("b")  # held: the window is open
+        for text in texts:
+            yield token(text)
         try:
             await asyncio.sleep(10)
             yield token("never")
@@ -101,7 +104,7 @@ async def test_cancelling_the_reader_while_tokens_are_held_stops_the_stream_and_
     seen: list[str] = []
 
     async def read():
-        async for event in chat.tokens_batched(events(), window_ms=60_000):
+        async for event in chat.tokens_batched(events(), window_ms=window_ms):
             seen.append(event.text)
 
     reader = asyncio.create_task(read())
@@ -109,32 +112,18 @@ async def test_cancelling_the_reader_while_tokens_are_held_stops_the_stream_and_
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
+    return seen, finished.is_set()
+
+
+async def test_cancelling_the_reader_while_tokens_are_held_stops_the_stream_and_waits_for_its_clean_up():
+    seen, finished = await read_then_cancel(["a", "b"], window_ms=60_000)  # "b" held: the window is open
     assert seen == ["a"]
-    assert finished.is_set()
+    assert finished
 
 
 async def test_cancelling_the_reader_cancels_the_stream_once_and_waits_for_it():
-    finished = asyncio.Event()
-
-    async def events():
-        yield token("a")
-        try:
-            await asyncio.sleep(10)
-            yield token("never")
-        finally:
-            await asyncio.shield(asyncio.sleep(0.05))  # storing what was produced
-            finished.set()
-
-    async def read():
-        async for _ in chat.tokens_batched(events(), window_ms=5):
-            pass
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(0.05)
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
-    assert finished.is_set()  # the stream's own clean-up ran to the end before the reader returned
+    _seen, finished = await read_then_cancel(["a"], window_ms=5)
+    assert finished  # the stream's own clean-up ran to the end before the reader returned
 
 
 @pytest.mark.django_db(transaction=True)
