@@ -75,6 +75,14 @@ def test_the_loop_raises_the_share_users_like_and_the_monitor_stops_a_worse_mode
     settings.CYCLE_MIN_EVAL_PROMPTS = 8
     settings.MONITOR_MIN_RATINGS = 30
     settings.MONITOR_MIN_VOTES = 8
+    # The calibration gate judges about 9 held-out pairs here, where one wrong pair moves the expected
+    # calibration error by about 0.11 (the model is confident: margins near 3). A reward model right on
+    # 92% of fresh pairs gets two of 8 wrong in 12% of runs (binomial): accuracy 0.75 passes its gate,
+    # but the error, about 0.2, sits on the default ceiling of 0.2 and fails it when the two wrong
+    # pairs were confident ones (CI met it: 0.222). At 0.4 the calibration gate fails only where the
+    # accuracy gate (>= 0.7, left at its default: it also picks the cycle's judge) has already failed.
+    # The reward model's learning is asserted below, on 40 fresh pairs.
+    settings.CYCLE_MAX_REWARD_ECE = 0.4
     # The held-out pairs are the conversations the split draws (about one A/B vote each, and the
     # conversation ids are random): with 80 conversations and 30% held out, fewer than 4 of about 33
     # pairs is a 0.4% chance (binomial); 60 and 25% gave about 25 and a 10% chance, which CI met once.
