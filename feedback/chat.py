@@ -24,7 +24,7 @@ from django.db.models import Prefetch
 
 from core import prompts, ratelimit
 from core.asyncdb import db_async
-from feedback import arms, metrics
+from feedback import arms, heartbeat, metrics
 from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
@@ -379,7 +379,9 @@ async def answer_stream(
     chunk, a ``step`` event per finished step, and last an ``end`` event with the stored answer (its
     ``usage`` attribute: the token counts). Cancelling the consuming task, or closing this generator,
     stops generation and stores what was produced, marked ``stopped``; a serving failure stores the
-    answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of."""
+    answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of.
+    Until the answer is stored as it ended, it is marked alive every CHAT_HEARTBEAT_SECONDS, so that
+    the reaper can tell an answer whose process died (``feedback.heartbeat``)."""
     generation = generation or Generation()
     live: ServedPolicy | None = None
     if generation.version_id is None:
@@ -398,47 +400,53 @@ async def answer_stream(
     except asyncio.CancelledError:  # stopped during the trip: its thread goes on and writes the row
         await asyncio.shield(_stopped_once_begun(begin))
         raise
+    beat = asyncio.ensure_future(heartbeat.beating(answer.id))  # till the answer is stored as it ended
     try:
-        policy = await _policy_for(route, strict=generation.version_id is not None)
-        if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
-            answer.model_version_id = policy.version_id
-            await db_async(answer.save)(update_fields=["model_version"])
-    except ServingError as exc:
-        logger.warning("no policy to answer with: %s", exc.message)
-        await db_async(_answer_fail)(answer=answer, error=exc.message)
-        answer.usage = Usage()
+        try:
+            policy = await _policy_for(route, strict=generation.version_id is not None)
+            if policy.version_id != answer.model_version_id:  # a canary that could not load: the live one answers
+                answer.model_version_id = policy.version_id
+                await db_async(answer.save)(update_fields=["model_version"])
+        except ServingError as exc:
+            logger.warning("no policy to answer with: %s", exc.message)
+            await db_async(_answer_fail)(answer=answer, error=exc.message)
+            answer.usage = Usage()
+            beat.cancel()
+            yield ChatEvent("end", answer)
+            return
+        except asyncio.CancelledError:  # stopped while a version was loading: nothing was generated
+            await asyncio.shield(_finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label=""))
+            raise
+        answer.served_by = policy.label
+        yield ChatEvent("start", answer)
+        stream = _Stream()
+        status, error = Message.Status.COMPLETE, ""
+        metrics.ACTIVE_STREAMS.labels(policy.label).inc()
+        try:
+            chunks = policy.stream(history, options=generation.sampling, usage=stream.usage)
+            async with contextlib.aclosing(_until_stop(chunks, generation.stop, stream)) as pieces:
+                async for chunk in pieces:
+                    async for event in _take(chunk, answer, stream):
+                        yield event
+            async for event in _steps_written(answer, stream, wait=True):
+                yield event
+        except ServingError as exc:
+            status, error = Message.Status.FAILED, exc.message
+        except (asyncio.CancelledError, GeneratorExit):
+            status = Message.Status.STOPPED
+            raise
+        except Exception:
+            logger.exception("generation of answer %s failed", answer.id)
+            status, error = Message.Status.FAILED, "The answer could not be generated; the error has been logged."
+        finally:
+            metrics.ACTIVE_STREAMS.labels(policy.label).dec()
+            # Shielded: a stop or a closed socket must not lose what was produced.
+            await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
+        answer.usage = stream.usage
+        beat.cancel()
         yield ChatEvent("end", answer)
-        return
-    except asyncio.CancelledError:  # stopped while a version was loading: nothing was generated
-        await asyncio.shield(_finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label=""))
-        raise
-    answer.served_by = policy.label
-    yield ChatEvent("start", answer)
-    stream = _Stream()
-    status, error = Message.Status.COMPLETE, ""
-    metrics.ACTIVE_STREAMS.labels(policy.label).inc()
-    try:
-        chunks = policy.stream(history, options=generation.sampling, usage=stream.usage)
-        async with contextlib.aclosing(_until_stop(chunks, generation.stop, stream)) as pieces:
-            async for chunk in pieces:
-                async for event in _take(chunk, answer, stream):
-                    yield event
-        async for event in _steps_written(answer, stream, wait=True):
-            yield event
-    except ServingError as exc:
-        status, error = Message.Status.FAILED, exc.message
-    except (asyncio.CancelledError, GeneratorExit):
-        status = Message.Status.STOPPED
-        raise
-    except Exception:
-        logger.exception("generation of answer %s failed", answer.id)
-        status, error = Message.Status.FAILED, "The answer could not be generated; the error has been logged."
     finally:
-        metrics.ACTIVE_STREAMS.labels(policy.label).dec()
-        # Shielded: a stop or a closed socket must not lose what was produced.
-        await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
-    answer.usage = stream.usage
-    yield ChatEvent("end", answer)
+        beat.cancel()
 
 
 async def _stopped_once_begun(begin: asyncio.Future[tuple[list[dict[str, str]], Route, Message]]) -> None:

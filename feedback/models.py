@@ -81,6 +81,10 @@ class Message(models.Model):
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # While an answer streams, its server process writes this every CHAT_HEARTBEAT_SECONDS; an answer
+    # still streaming with no sign of life for CHAT_STALE_AFTER_SECONDS lost its process (killed,
+    # restarted) and the reaper closes it (feedback.services.stale_answers_reap).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at"]
@@ -88,6 +92,8 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="message_conversation_order"),
             # Per-version analytics and the monitor read a version's answers by time.
             models.Index(fields=["model_version", "created_at"], name="message_version_time"),
+            # The reaper's read: the few answers streaming now, among all answers ever.
+            models.Index(fields=["created_at"], condition=Q(status="streaming"), name="message_streaming"),
         ]
         constraints = [
             models.CheckConstraint(

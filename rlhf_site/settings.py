@@ -304,6 +304,12 @@ CHAT_SOCKET_RATE = envrate("CHAT_SOCKET_RATE", "600/min")
 # Tokens that arrive within this many ms of the last one sent go out together, as one WebSocket frame
 # (one SSE event for /v1/chat/completions); the first token after a pause goes at once. 0: one per token.
 CHAT_TOKEN_BATCH_MS = envfloat("CHAT_TOKEN_BATCH_MS", 5.0, minimum=0.0, maximum=1000.0)
+# An answer streaming in a server process is marked alive every CHAT_HEARTBEAT_SECONDS; one still
+# streaming with no sign of life for CHAT_STALE_AFTER_SECONDS (its process was killed or restarted) is
+# stored as failed, with the steps written before, by the reaper beat runs every CHAT_REAP_EVERY_SECONDS.
+CHAT_HEARTBEAT_SECONDS = envfloat("CHAT_HEARTBEAT_SECONDS", 15.0, minimum=0.01)
+CHAT_STALE_AFTER_SECONDS = envint("CHAT_STALE_AFTER_SECONDS", 120, minimum=max(1, int(3 * CHAT_HEARTBEAT_SECONDS)))
+CHAT_REAP_EVERY_SECONDS = envint("CHAT_REAP_EVERY_SECONDS", 60, minimum=1)
 # Threads per server process that serve the sync HTTP views (everything but /v1/; rlhf_site.asgi), and
 # threads that run the chat socket's and the streamed answers' database calls (core.asyncdb). Each may
 # hold a pooled connection at once: half the pool each by default, and a check warns when together
@@ -418,6 +424,10 @@ if CYCLE_SCHEDULE is not None:
 CELERY_BEAT_SCHEDULE["monitor-versions"] = {
     "task": "training.tasks.monitor_versions",
     "schedule": float(MONITOR_EVERY_SECONDS),
+}
+CELERY_BEAT_SCHEDULE["reap-stale-answers"] = {
+    "task": "feedback.tasks.stale_answers_reap",
+    "schedule": float(CHAT_REAP_EVERY_SECONDS),
 }
 CELERY_BEAT_SCHEDULE["reap-stale-training-runs"] = {
     "task": "training.tasks.training_runs_reap",

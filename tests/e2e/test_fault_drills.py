@@ -1,6 +1,6 @@
 """Fault drills against real processes: PostgreSQL cut for 10 s under feedback load, Redis cut while
-chatting, a training worker killed mid-run. Each cut is a TCP proxy (tests/faults.py) between the
-platform's server process and the service, or a SIGKILL.
+chatting, a training worker killed mid-run, the server process killed mid-answer. Each cut is a TCP
+proxy (tests/faults.py) between the platform's server process and the service, or a SIGKILL.
 
 The figures (time to a 503, recovery after the database returns) are printed: run with ``-s`` to see
 them (README, "Fault drills"). The assertions are about what users see and what is stored, not about
@@ -8,14 +8,20 @@ times: a request that hangs fails on the client's timeout."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psutil
 import pytest
 from rest_framework.authtoken.models import Token
 
@@ -384,5 +390,118 @@ def test_drill_training_worker_killed_mid_run_is_reaped_and_the_retry_succeeds(a
             "killed at step": f"{run.step}/{STEPS}",
             "reaped after the kill": f"{reaped_after:.1f} s (stale after 5 s, reaper every 1 s)",
             "retry trained and registered in": f"{retry_seconds:.1f} s",
+        },
+    )
+
+
+# --- (d) The server process killed while it streams an answer ---------------------------------------
+
+
+@contextmanager
+def model_server_that_hangs(first: list[str]) -> Iterator[str]:
+    """An OpenAI-compatible server on loopback that streams the pieces ``first`` and then hangs (a long
+    answer still being generated); yields its URL."""
+    done = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in first:
+                event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+            done.wait(60)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(alice, tmp_path, settings):
+    from django.test import Client
+    from websockets.sync.client import connect
+
+    from feedback.heartbeat import REAPED_ERROR
+    from feedback.models import Message
+    from feedback.tasks import stale_answers_reap_task
+    from models_registry.services import model_version_make_live, model_version_register
+    from tests.e2e.servers import session_of
+
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.CHAT_STALE_AFTER_SECONDS = 2
+    conversation = ConversationFactory(user=alice)
+    frames: list[str] = []
+
+    def ask(base: str) -> None:  # the user's browser: it sees the socket close when the server dies
+        url = base.replace("http://", "ws://") + f"/ws/chat/{conversation.id}/"
+        headers = {"Cookie": f"sessionid={session_of(alice)}"}
+        with contextlib.suppress(Exception), connect(url, origin=base, additional_headers=headers) as ws:  # type: ignore[arg-type]
+            ws.send(json.dumps({"type": "send", "content": "How do I make tea?"}))
+            while True:
+                frames.append(str(ws.recv(timeout=60)))
+
+    def answer() -> Message | None:
+        return Message.objects.filter(conversation=conversation, role="assistant").first()
+
+    with model_server_that_hangs(["Sure.\n\n", "1. Boil water.\n", "2. Add"]) as model_url:
+        model_version_make_live(
+            version=model_version_register(
+                kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="fake"
+            )
+        )
+        with platform_server(tmp_path, "killed-mid-answer", SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1",
+                             CHAT_HEARTBEAT_SECONDS="0.2") as base:  # fmt: skip
+            client = threading.Thread(target=ask, args=(base,), daemon=True)
+            client.start()
+            # Streaming, its two finished steps stored, and marked alive by the server process.
+            assert wait_until(
+                lambda: (a := answer()) is not None and a.steps.count() == 2 and a.heartbeat_at is not None,
+                timeout=30,
+            ), frames
+            port = int(base.rsplit(":", 1)[1])
+            (server,) = [p for p in psutil.Process().children(recursive=True) if str(port) in p.cmdline()]
+            server.kill()
+            killed = time.monotonic()
+            client.join(timeout=30)
+
+    stuck = answer()
+    assert stuck is not None
+    assert stuck.status == "streaming"  # what a dead process leaves: the page would wait for ever
+    assert wait_until(lambda: stale_answers_reap_task() == 1, timeout=30, interval=0.2)
+    reaped_after = time.monotonic() - killed
+
+    reaped = answer()
+    assert reaped is not None
+    assert (reaped.status, reaped.error) == ("failed", REAPED_ERROR)
+    assert reaped.content == "Sure.\n\n1. Boil water."  # the steps stored before the kill
+    assert stale_answers_reap_task() == 0
+    # On the page: the steps, why it ended, and the way out (Regenerate), instead of an empty bubble.
+    page = Client()
+    page.force_login(alice)
+    html = page.get(f"/c/{conversation.id}/").content.decode()
+    article = html[html.index(f'id="answer-{reaped.id}"') :]
+    article = article[: article.index("</article>")]
+    assert 'data-status="failed"' in html
+    assert "1. Boil water." in article
+    assert "The server stopped while writing this answer" in article
+    assert "Regenerate" in article
+    report(
+        "server killed mid-answer",
+        {
+            "answer": "stored failed with its 2 steps",
+            "reaped after the kill": f"{reaped_after:.1f} s (stale after 2 s, heartbeat every 0.2 s)",
         },
     )
