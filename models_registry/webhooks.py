@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -26,8 +27,11 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from models_registry.models import DeploymentEvent, ModelVersion
+
+logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "models_registry.tasks.webhook_deliver"
 SIGNATURE_HEADER = "X-RLHF-Signature"
@@ -54,7 +58,10 @@ def notify_on_commit(event_type: str, data: dict[str, Any]) -> None:
 
     def send() -> None:
         for url in urls:
-            current_app.send_task(DELIVER_TASK, args=[url, event_type, body, str(uuid.uuid4())])
+            try:
+                current_app.send_task(DELIVER_TASK, args=[url, event_type, body, str(uuid.uuid4())])
+            except BrokerUnreachable:  # the change itself is committed; only its notice is lost
+                logger.error("webhook %s to %s not sent: the broker is unreachable", event_type, url)
 
     transaction.on_commit(send)
 

@@ -176,3 +176,25 @@ def django_db_setup(django_db_setup, django_db_blocker):
         for wrapper in connections.all(initialized_only=True):
             if getattr(wrapper, "pool", None) is not None:
                 wrapper.close_pool()
+
+
+@pytest.fixture
+def broker_unreachable():
+    """Celery's broker moved to a loopback port nothing listens on (a broker that went away): sends
+    fail as they would, with kombu's OperationalError, after its connection retries. Yields ``back``,
+    which puts the broker back (also done after the test)."""
+    from celery import current_app
+
+    from core.processes import free_port
+
+    url = current_app.conf.broker_url
+
+    def point_at(broker_url: str) -> None:
+        current_app.conf.broker_url = broker_url
+        # The connection and producer pools hold the old address (what Celery resets after a fork).
+        current_app._pool = None
+        current_app.amqp._producer_pool = None
+
+    point_at(f"redis://127.0.0.1:{free_port()}/0")
+    yield lambda: point_at(url)
+    point_at(url)

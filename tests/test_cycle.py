@@ -460,3 +460,14 @@ def test_the_api_starts_follows_and_cancels_cycles(api, alice, rated, django_cap
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
     bad = api.get("/api/training/cycles", {"status": "bogus"})
     assert bad.status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cycle_started_while_the_broker_is_away_is_advanced_by_the_sweep(rated, broker_unreachable, caplog):
+    cycle = service.cycle_create(policy_kind="dpo")  # its advance is sent after the commit, and fails
+
+    assert f"cycle {cycle.pk}: the broker is unreachable" in caplog.text
+    assert Cycle.objects.get(pk=cycle.pk).stage == "feedback"
+    assert service.cycles_sweep() == [f"cycle {cycle.pk}: running"]  # beat's sweep, once it runs
+    cycle.refresh_from_db()
+    assert (cycle.stage, cycle.reward_run.status, cycle.reward_run.task_id) == ("reward", "queued", "")

@@ -410,3 +410,41 @@ def test_the_execute_task_is_sent_by_a_name_celery_knows_and_routes_to_training(
     app.loader.import_default_modules()
     assert services.EXECUTE_TASK in app.tasks
     assert settings.CELERY_TASK_ROUTES[services.EXECUTE_TASK] == {"queue": "training"}
+
+
+# --- The broker unreachable when a run starts ---------------------------------------------------------
+@pytest.fixture
+def training_queue(settings):
+    """The broker's ``training`` queue (Redis), empty before and after."""
+    import redis
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("training")
+    yield client
+    client.delete("training")
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_run_started_while_the_broker_is_away_is_queued_and_sent_once_it_is_back(
+    trainer, live_models, broker_unreachable, training_queue, caplog
+):
+    response = client_for(trainer).post("/api/training/runs", {"kind": "dpo", "config": {}}, format="json")
+
+    assert response.status_code == 201, response.content  # not a 500: the run is committed
+    run = TrainingRun.objects.get(id=response.json()["id"])
+    assert (run.status, run.task_id) == ("queued", "")
+    assert f"training run {run.pk}: the broker is unreachable" in caplog.text
+    TrainingRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    assert services.training_runs_resend() == []  # still away: it stays queued, unsent
+    assert TrainingRun.objects.get(pk=run.pk).task_id == ""
+
+    broker_unreachable()  # the broker is back
+    fresh = TrainingRun.objects.create(kind="reward", config=run.config, base_version=live_models[0])
+    assert services.training_runs_resend() == [run.pk]  # the fresh one may still be on its way
+    run.refresh_from_db()
+    assert run.status == "queued"
+    assert run.task_id != ""
+    assert training_queue.llen("training") == 1  # the message a training worker will take
+    assert TrainingRun.objects.get(pk=fresh.pk).task_id == ""
+    assert services.training_runs_resend() == []  # sent once

@@ -143,3 +143,18 @@ def test_urls_without_a_secret_stop_start_up(tmp_path):
     result = run_settings(clean_env(VAR_DIR=str(tmp_path), REGISTRY_WEBHOOK_URLS="http://x/hook"), "print(1)")
     assert result.returncode != 0
     assert "REGISTRY_WEBHOOK_SECRET" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deploy_while_the_broker_is_away_is_committed_and_the_lost_notice_logged(
+    receiver, broker_unreachable, caplog
+):
+    model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+    candidate = ModelVersionFactory(number=2, status="approved")
+
+    model_version_deploy(version_id=candidate.pk, actor=None, reason="ship it")  # no error for the operator
+
+    candidate.refresh_from_db()
+    assert candidate.status == "live"
+    assert f"webhook deployment_event to {receiver.url} not sent: the broker is unreachable" in caplog.text
+    assert receiver.deliveries == []

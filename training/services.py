@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from models_registry.models import ModelVersion
 from models_registry.selectors import live_version
@@ -38,14 +39,35 @@ _ERROR_LIMIT = 20_000
 EXECUTE_TASK = "training.tasks.training_run_execute"
 
 
-def _send_execute(run_id: int) -> None:
-    result = current_app.send_task(
-        EXECUTE_TASK,
-        args=[run_id],
-        soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_SECONDS,
-        time_limit=settings.TRAINING_TIME_LIMIT_SECONDS,
-    )
+# A queued run with no task id this old was never handed to the broker: it is sent again.
+UNSENT_AFTER = timedelta(seconds=30)
+
+
+def _send_execute(run_id: int) -> bool:
+    """Hand a queued run to the broker; its task id is stored. With the broker unreachable the run
+    stays queued, a warning is logged, and ``training_runs_resend`` (beat) sends it once the broker is
+    back: the request that started it still succeeds (it runs after the commit), and nothing is lost.
+    Sent twice, a run is trained once (the claim refuses a run that is no longer queued)."""
+    try:
+        result = current_app.send_task(
+            EXECUTE_TASK,
+            args=[run_id],
+            soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_SECONDS,
+            time_limit=settings.TRAINING_TIME_LIMIT_SECONDS,
+        )
+    except BrokerUnreachable:
+        logger.warning("training run %s: the broker is unreachable; it stays queued and is sent again later", run_id)
+        return False
     TrainingRun.objects.filter(id=run_id, task_id="").update(task_id=result.id or "")
+    return True
+
+
+def training_runs_resend(*, unsent_after: timedelta = UNSENT_AFTER) -> list[int]:
+    """Send the runs queued more than ``unsent_after`` ago that the broker never got (no task id: it
+    was unreachable when they were started). Returns the ids sent."""
+    cutoff = timezone.now() - unsent_after
+    unsent = TrainingRun.objects.filter(status=Status.QUEUED, task_id="", created_at__lt=cutoff)
+    return [run_id for run_id in unsent.order_by("created_at").values_list("id", flat=True) if _send_execute(run_id)]
 
 
 def base_versions_for(kind: str, *, reward_override: bool = False) -> tuple[ModelVersion, ModelVersion | None]:

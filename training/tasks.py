@@ -25,7 +25,9 @@ def training_run_execute(self: Task, run_id: int) -> str:
 
 @shared_task(name="training.tasks.training_runs_reap")
 def training_runs_reap() -> int:
-    """Fail running runs whose heartbeat went stale (periodic, on the default queue)."""
+    """Fail running runs whose heartbeat went stale, and send the queued runs the broker never got
+    (periodic, on the default queue). Returns how many runs were failed."""
+    services.training_runs_resend()
     return len(services.training_runs_reap())
 
 
