@@ -20,8 +20,12 @@ FINAL = re.compile(r'hx-swap-oob="outerHTML"|<article[^>]*data-status="failed"')
 
 
 @contextmanager
-def fake_model_server(answer: str) -> Iterator[str]:
-    """An OpenAI-compatible server on loopback that streams ``answer`` word by word; yields its URL."""
+def fake_model_server(answer: str = "", *, pieces: list[str] | None = None, hang: bool = False) -> Iterator[str]:
+    """An OpenAI-compatible server on loopback that streams ``answer`` word by word (or the chunks
+    ``pieces``); yields its URL. ``hang``: after them it neither ends the stream nor closes it (a long
+    answer still being generated) until the server stops."""
+    chunks = pieces if pieces is not None else [word + " " for word in answer.split(" ")]
+    stopping = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -31,9 +35,13 @@ def fake_model_server(answer: str) -> Iterator[str]:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for word in answer.split(" "):
-                event = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+            for chunk in chunks:
+                event = {"choices": [{"index": 0, "delta": {"content": chunk}}]}
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+            if hang:
+                stopping.wait(60)
+                return
             self.wfile.write(b"data: [DONE]\n\n")
 
         def log_message(self, *args: object) -> None:
@@ -44,6 +52,7 @@ def fake_model_server(answer: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
+        stopping.set()
         server.shutdown()
         server.server_close()
 

@@ -14,10 +14,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -397,39 +394,6 @@ def test_drill_training_worker_killed_mid_run_is_reaped_and_the_retry_succeeds(a
 # --- (d) The server process killed while it streams an answer ---------------------------------------
 
 
-@contextmanager
-def model_server_that_hangs(first: list[str]) -> Iterator[str]:
-    """An OpenAI-compatible server on loopback that streams the pieces ``first`` and then hangs (a long
-    answer still being generated); yields its URL."""
-    done = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            for piece in first:
-                event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
-                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.flush()
-            done.wait(60)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        done.set()
-        server.shutdown()
-        server.server_close()
-
-
 def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(alice, tmp_path, settings):
     from django.test import Client
     from websockets.sync.client import connect
@@ -438,7 +402,7 @@ def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(a
     from feedback.models import Message
     from feedback.tasks import stale_answers_reap_task
     from models_registry.services import model_version_make_live, model_version_register
-    from tests.e2e.servers import session_of
+    from tests.e2e.servers import fake_model_server, session_of
 
     settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.CHAT_STALE_AFTER_SECONDS = 2
@@ -456,7 +420,7 @@ def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(a
     def answer() -> Message | None:
         return Message.objects.filter(conversation=conversation, role="assistant").first()
 
-    with model_server_that_hangs(["Sure.\n\n", "1. Boil water.\n", "2. Add"]) as model_url:
+    with fake_model_server(pieces=["Sure.\n\n", "1. Boil water.\n", "2. Add"], hang=True) as model_url:
         model_version_make_live(
             version=model_version_register(
                 kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="fake"
