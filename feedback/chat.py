@@ -418,11 +418,12 @@ async def answer_stream(
             await asyncio.shield(_finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label=""))
             raise
         answer.served_by = policy.label
-        yield ChatEvent("start", answer)
         stream = _Stream()
         status, error = Message.Status.COMPLETE, ""
         metrics.ACTIVE_STREAMS.labels(policy.label).inc()
         try:
+            # Inside: a stop or a close while the caller handles the start stores the answer stopped too.
+            yield ChatEvent("start", answer)
             chunks = policy.stream(history, options=generation.sampling, usage=stream.usage)
             async with contextlib.aclosing(_until_stop(chunks, generation.stop, stream)) as pieces:
                 async for chunk in pieces:

@@ -153,6 +153,7 @@ async def _sse(
                 yield _sse_event({**usage_chunk, "usage": inference.usage_body(answer)})
         yield b"data: [DONE]\n\n"
     finally:
+        await events.aclose()  # closed before it was read (the client went away): the answer is stored stopped
         await release()
 
 

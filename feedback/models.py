@@ -83,7 +83,7 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # While an answer streams, its server process writes this every CHAT_HEARTBEAT_SECONDS; an answer
     # still streaming with no sign of life for CHAT_STALE_AFTER_SECONDS lost its process (killed,
-    # restarted) and the reaper closes it (feedback.services.stale_answers_reap).
+    # restarted) and the reaper closes it (feedback.heartbeat.stale_answers_reap).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -75,10 +75,10 @@ def test_a_heartbeat_landing_while_the_reaper_reads_keeps_the_answer_streaming(a
 
 
 async def test_a_streaming_answer_is_marked_alive_so_the_reaper_spares_it_until_it_ends(alice, settings, monkeypatch):
-    settings.CHAT_HEARTBEAT_SECONDS = 0.05
+    settings.CHAT_HEARTBEAT_SECONDS = 0.1
     prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
     version = await sync_to_async(ModelVersionFactory)(number=7)
-    scripted = ScriptedPolicy(version, chunks=["Sure.\n", "1. Boil", " water.\n", "2. Add", " tea."], delay=0.2)
+    scripted = ScriptedPolicy(version, chunks=["Sure.\n", "1. Boil", " water.\n", "2. Add", " tea."], delay=0.35)
 
     async def get_policy():
         return scripted
@@ -89,8 +89,8 @@ async def test_a_streaming_answer_is_marked_alive_so_the_reaper_spares_it_until_
         return [event async for event in chat.answer_stream(prompt=prompt)]
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.7)  # the answer is 0.7 s old; its last sign of life much younger
-    reaped_midway = await sync_to_async(heartbeat.stale_answers_reap)(stale_after=timedelta(seconds=0.4))
+    await asyncio.sleep(1.2)  # the answer is 1.2 s old; its last sign of life about 0.1 s
+    reaped_midway = await sync_to_async(heartbeat.stale_answers_reap)(stale_after=timedelta(seconds=0.8))
     events = await task
 
     assert reaped_midway == []
@@ -98,7 +98,7 @@ async def test_a_streaming_answer_is_marked_alive_so_the_reaper_spares_it_until_
     assert events[-1].kind == "end"
     assert (answer.status, answer.content) == ("complete", "Sure.\n1. Boil water.\n2. Add tea.")
     assert answer.heartbeat_at is not None
-    assert answer.heartbeat_at > answer.created_at + timedelta(seconds=0.5)
+    assert answer.heartbeat_at > answer.created_at + timedelta(seconds=1)
     # The beats stopped with the stream: nothing writes the row any more.
     last = answer.heartbeat_at
     await asyncio.sleep(0.3)
@@ -106,7 +106,34 @@ async def test_a_streaming_answer_is_marked_alive_so_the_reaper_spares_it_until_
     assert answer.heartbeat_at == last
     # And without the beats, the same answer would have been reaped midway.
     await sync_to_async(Message.objects.filter(pk=answer.pk).update)(status="streaming", heartbeat_at=None)
-    assert await sync_to_async(heartbeat.stale_answers_reap)(stale_after=timedelta(seconds=0.4)) == [answer.pk]
+    assert await sync_to_async(heartbeat.stale_answers_reap)(stale_after=timedelta(seconds=0.8)) == [answer.pk]
+
+
+async def test_an_answer_closed_while_its_start_is_handled_is_stored_stopped_and_stops_beating(
+    alice, settings, monkeypatch
+):
+    """A stop or a closed socket while the caller handles the ``start`` event (the page's new answer
+    being sent): the answer is stored stopped at once, not left streaming for the reaper."""
+    settings.CHAT_HEARTBEAT_SECONDS = 0.05
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+
+    async def get_policy():
+        return ScriptedPolicy(version)
+
+    monkeypatch.setattr(chat, "get_policy", get_policy)
+    events = chat.answer_stream(prompt=prompt)
+    assert (await anext(events)).kind == "start"
+    await asyncio.sleep(0.2)  # beating meanwhile
+    await events.aclose()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
+    last = answer.heartbeat_at
+    assert last is not None
+    await asyncio.sleep(0.3)
+    await sync_to_async(answer.refresh_from_db)()
+    assert answer.heartbeat_at == last
 
 
 @pytest.mark.django_db(transaction=False)
