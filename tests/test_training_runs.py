@@ -448,3 +448,14 @@ def test_a_run_started_while_the_broker_is_away_is_queued_and_sent_once_it_is_ba
     assert training_queue.llen("training") == 1  # the message a training worker will take
     assert TrainingRun.objects.get(pk=fresh.pk).task_id == ""
     assert services.training_runs_resend() == []  # sent once
+
+
+def test_the_runs_of_a_cycle_trained_in_its_own_process_are_never_sent(live_models):
+    from training.models import Cycle
+
+    here = TrainingRun.objects.create(kind="reward", config={}, base_version=live_models[0])
+    Cycle.objects.create(policy_kind="dpo", reward_run=here, trained_by="manage.py rlhf_cycle --here")
+    TrainingRun.objects.filter(pk=here.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+
+    assert services.training_runs_resend() == []
+    assert TrainingRun.objects.get(pk=here.pk).task_id == ""

@@ -18,6 +18,7 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
@@ -64,9 +65,13 @@ def _send_execute(run_id: int) -> bool:
 
 def training_runs_resend(*, unsent_after: timedelta = UNSENT_AFTER) -> list[int]:
     """Send the runs queued more than ``unsent_after`` ago that the broker never got (no task id: it
-    was unreachable when they were started). Returns the ids sent."""
+    was unreachable when they were started). A run of a cycle trained by its own process
+    (``trained_by``) is never sent: that process trains it. Returns the ids sent."""
     cutoff = timezone.now() - unsent_after
-    unsent = TrainingRun.objects.filter(status=Status.QUEUED, task_id="", created_at__lt=cutoff)
+    unsent = TrainingRun.objects.filter(status=Status.QUEUED, task_id="", created_at__lt=cutoff).filter(
+        Q(cycle_as_reward__isnull=True) | Q(cycle_as_reward__trained_by=""),
+        Q(cycle_as_policy__isnull=True) | Q(cycle_as_policy__trained_by=""),
+    )
     return [run_id for run_id in unsent.order_by("created_at").values_list("id", flat=True) if _send_execute(run_id)]
 
 

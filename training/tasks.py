@@ -5,6 +5,7 @@ its tasks by name, ``services.EXECUTE_TASK``), so there is no import cycle throu
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -14,6 +15,8 @@ from training import runner, services
 from training.cycle import service as cycle_service
 from training.models import Cycle
 from training.monitor.service import monitor_pass
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="training.tasks.training_run_execute", bind=True, acks_late=True)
@@ -27,8 +30,12 @@ def training_run_execute(self: Task, run_id: int) -> str:
 def training_runs_reap() -> int:
     """Fail running runs whose heartbeat went stale, and send the queued runs the broker never got
     (periodic, on the default queue). Returns how many runs were failed."""
-    services.training_runs_resend()
-    return len(services.training_runs_reap())
+    reaped = services.training_runs_reap()
+    try:
+        services.training_runs_resend()
+    except Exception:  # the reap above is done; the next pass sends them
+        logger.exception("could not send the queued runs the broker never got")
+    return len(reaped)
 
 
 @shared_task(name="training.tasks.monitor_versions")

@@ -394,6 +394,14 @@ def test_drill_training_worker_killed_mid_run_is_reaped_and_the_retry_succeeds(a
 # --- (d) The server process killed while it streams an answer ---------------------------------------
 
 
+def command_line(process: psutil.Process) -> list[str]:
+    """Its command line; none for a process that ended meanwhile (another test's child, say)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(alice, tmp_path, settings):
     from django.test import Client
     from websockets.sync.client import connect
@@ -436,7 +444,7 @@ def test_drill_server_killed_mid_answer_the_reaper_stores_the_answer_as_failed(a
                 timeout=30,
             ), frames
             port = int(base.rsplit(":", 1)[1])
-            (server,) = [p for p in psutil.Process().children(recursive=True) if str(port) in p.cmdline()]
+            (server,) = [p for p in psutil.Process().children(recursive=True) if str(port) in command_line(p)]
             server.kill()
             killed = time.monotonic()
             client.join(timeout=30)

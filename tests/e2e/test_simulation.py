@@ -79,8 +79,9 @@ def test_the_loop_raises_the_share_users_like_and_the_monitor_stops_a_worse_mode
     # calibration error by about 0.11 (the model is confident: margins near 3). A reward model right on
     # 92% of fresh pairs gets two of 8 wrong in 12% of runs (binomial): accuracy 0.75 passes its gate,
     # but the error, about 0.2, sits on the default ceiling of 0.2 and fails it when the two wrong
-    # pairs were confident ones (CI met it: 0.222). At 0.4 the calibration gate fails only where the
-    # accuracy gate (>= 0.7, left at its default: it also picks the cycle's judge) has already failed.
+    # pairs were confident ones (CI met it: 0.222). At 0.4 the calibration gate of a model this
+    # confident (its error about 0.95 - accuracy) fails only where the accuracy gate (>= 0.7, left at
+    # its default: it also picks the cycle's judge) has already failed.
     # The reward model's learning is asserted below, on 40 fresh pairs.
     settings.CYCLE_MAX_REWARD_ECE = 0.4
     # The held-out pairs are the conversations the split draws (about one A/B vote each, and the
