@@ -81,28 +81,30 @@ def test_the_loop_raises_the_share_users_like_and_the_monitor_stops_a_worse_mode
     # may run up to 300 conversations (they end at the monitor's decision, usually by 90), and promoting
     # needs the interval above -0.05 rather than -0.02, a margin sized for a run of this size.
     settings.MONITOR_MARGIN = 0.05
-    # The calibration gate judges about 9 held-out pairs here, where one wrong pair moves the expected
-    # calibration error by about 0.11 (the model is confident: margins near 3). A reward model right on
-    # 92% of fresh pairs gets two of 8 wrong in 12% of runs (binomial): accuracy 0.75 passes its gate,
-    # but the error, about 0.2, sits on the default ceiling of 0.2 and fails it when the two wrong
-    # pairs were confident ones (CI met it: 0.222). At 0.4 the calibration gate of a model this
-    # confident (its error about 0.95 - accuracy) fails only where the accuracy gate (>= 0.7, left at
-    # its default: it also picks the cycle's judge) has already failed.
-    # The reward model's learning is asserted below, on 40 fresh pairs.
+    # The calibration gate judges a handful to a few dozen held-out pairs here (8 when CI met what
+    # follows), where one wrong pair of n moves the expected calibration error by about 1/n (the model
+    # is confident: margins near 3). A reward model right on 92% of fresh pairs gets two of 8 wrong in
+    # 12% of runs (binomial): accuracy 0.75 passes its gate, but the error, about 0.2, sits on the
+    # default ceiling of 0.2 and fails it when the two wrong pairs were confident ones (CI met it:
+    # 0.222). At 0.4 the calibration gate of a model this confident (its error about 0.95 - accuracy)
+    # fails only where the accuracy gate (>= 0.7, left at its default: it also picks the cycle's judge)
+    # has already failed. The reward model's learning is asserted below, on 40 fresh pairs.
     settings.CYCLE_MAX_REWARD_ECE = 0.4
-    # The held-out pairs are the conversations the split draws (about one A/B vote each, and the
-    # conversation ids are random): with 80 conversations and 30% held out, fewer than 4 of about 33
-    # pairs is a 0.4% chance (binomial); 60 and 25% gave about 25 and a 10% chance, which CI met once.
+    # The held-out pairs are the conversations the split draws (conversation ids are random), and a
+    # conversation gives a pair only when its vote is not a tie, so the pairs follow the policy's
+    # share: 80 conversations gave 34 pairs at a share of 0.22 but 13 at 0.15, none held out (CI met
+    # it; 60 and 25% held out had met it once before). At 160 and 35%, the fewest seen per
+    # conversation still give about 26 pairs, fewer than 4 of them held out 0.7% of the time (binomial).
     plan = experiment.Plan(
         preference="closing_offer",
         policy="dpo",
         users=8,
-        before=80,
+        before=160,
         during=300,
         after=0,
         heldout_pairs=40,
         seed=0,
-        config={"reward": {"test_fraction": 0.3}},
+        config={"reward": {"test_fraction": 0.35}},
     )
     lines: list[str] = []
     report = experiment.run(plan, log=lines.append, workdir=tmp_path / "sim")
