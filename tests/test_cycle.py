@@ -301,10 +301,10 @@ def test_cancelling_a_cycle_in_canary_stops_the_canary(rated, settings, django_c
 
 
 def test_a_stages_run_ending_tells_its_cycle(rated, django_capture_on_commit_callbacks, monkeypatch):
-    from training import runner
+    from training import runner, services
 
     sent = []
-    monkeypatch.setattr(runner.current_app, "send_task", lambda name, args: sent.append((name, args)))
+    monkeypatch.setattr(services.current_app, "send_task", lambda name, args: sent.append((name, args)))
     cycle = advance(start(django_capture_on_commit_callbacks), django_capture_on_commit_callbacks)
     TrainingRun.objects.filter(pk=cycle.reward_run.pk).update(config={"epochs": "broken"})  # fails at once
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
@@ -40,7 +39,6 @@ from training.processor import ProcessorOptions, snapshot_build
 
 logger = logging.getLogger(__name__)
 
-CYCLE_ADVANCE_TASK = "training.tasks.cycle_advance"  # by name: tasks.py imports this module
 # Share of the progress bar each phase fills.
 _DATASET_SHARE = 0.05
 _TRAIN_SHARE = 0.85
@@ -255,10 +253,7 @@ def _notify_cycle(run_id: int) -> None:
         Cycle.objects.filter(Q(reward_run_id=run_id) | Q(policy_run_id=run_id)).values_list("id", flat=True).first()
     )
     if cycle_id is not None:
-        try:
-            current_app.send_task(CYCLE_ADVANCE_TASK, args=[cycle_id])
-        except Exception:  # the broker is away: the sweep advances it
-            logger.warning("training run %s: could not tell cycle %s; the sweep will", run_id, cycle_id, exc_info=True)
+        services.cycle_advance_send(cycle_id)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,19 @@ EXECUTE_TASK = "training.tasks.training_run_execute"
 
 # A queued run with no task id this old was never handed to the broker: it is sent again.
 UNSENT_AFTER = timedelta(seconds=30)
+CYCLE_ADVANCE_TASK = "training.tasks.cycle_advance"  # by name, as EXECUTE_TASK
+
+
+def cycle_advance_send(cycle_id: int) -> None:
+    """Ask a worker to advance the cycle now (a cycle starts, a stage's run ends). A send that fails
+    (the broker unreachable) is logged and nothing more: the sweep (beat, every CYCLE_SWEEP_SECONDS)
+    advances every active cycle anyway, so the caller (a request, a worker) goes on."""
+    try:
+        current_app.send_task(CYCLE_ADVANCE_TASK, args=[cycle_id])
+    except BrokerUnreachable:
+        logger.warning("cycle %s: the broker is unreachable; the sweep advances it later", cycle_id)
+    except Exception:
+        logger.warning("cycle %s: could not ask a worker to advance it; the sweep will", cycle_id, exc_info=True)
 
 
 def _send_execute(run_id: int) -> bool:

@@ -29,13 +29,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from core.stats import proportion
 from feedback.models import Feedback
@@ -56,7 +54,6 @@ from training.models import Cycle, DatasetSnapshot, TrainingRun
 
 logger = logging.getLogger(__name__)
 
-ADVANCE_TASK = "training.tasks.cycle_advance"
 Status, Stage = Cycle.Status, Cycle.Stage
 RunStatus = TrainingRun.Status
 
@@ -138,22 +135,13 @@ def cycle_create(
                 trained_by=trained_by[:200],
             )
             if not trained_by:
-                transaction.on_commit(lambda: send_advance(cycle.pk))
+                transaction.on_commit(lambda: services.cycle_advance_send(cycle.pk))
     except IntegrityError:
         active = active_cycle()
         state = f"{active} is still {active.get_status_display().lower()}" if active else "A cycle is active"
         raise RunConflict(f"{state}; one cycle runs at a time. Cancel it or wait for it to end.") from None
     logger.info("cycle %s started (%s, by %s)", cycle.pk, policy_kind, trigger)
     return cycle
-
-
-def send_advance(cycle_id: int) -> None:
-    """Ask a worker to advance the cycle now. With the broker unreachable, the sweep (beat, every
-    CYCLE_SWEEP_SECONDS) advances it once the broker is back, so the caller's request still succeeds."""
-    try:
-        current_app.send_task(ADVANCE_TASK, args=[cycle_id])
-    except BrokerUnreachable:
-        logger.warning("cycle %s: the broker is unreachable; the sweep advances it later", cycle_id)
 
 
 def cycle_cancel(*, cycle_id: int, reason: str = "cancelled by an operator") -> Cycle:
