@@ -157,6 +157,11 @@ def test_twenty_threads_changing_the_registry_at_once_keep_one_live_version_and_
                 done += 1
             except RegistryError:
                 pass  # refused: the state had moved on; that is the point
+            finally:
+                # Back to the pool between actions, as a request hands its connection back when it ends:
+                # 20 threads and the sampler holding one each for the whole run would need 22 of the
+                # pool's 20 and wait past its timeout on a slow machine (CI met that).
+                connection.close()
         return done
 
     watcher = threading.Thread(target=sampler)
