@@ -440,20 +440,16 @@ async def pre_token_breakdown(conversation_id: str) -> dict[str, float]:
         times[name] = (time.perf_counter() - t) * 1000
         return result
 
-    prompt = await timed(
-        "user_turn_send (Redis, DB tx)",
-        db_async(chat.user_turn_send)(user=user, conversation=conversation, content=PROMPT),
+    policy = await timed("get_policy", get_policy())
+    prompt, (_, _, answer) = await timed(
+        "send_begin (Redis, DB tx: turn and answer)",
+        db_async(chat.send_begin)(
+            user=user, conversation=conversation, content=PROMPT, live_version_id=policy.version_id
+        ),
     )
     t = time.perf_counter()
     render_to_string("chat/_turn_new.html", {"prompt": prompt})
     times["render _turn_new"] = (time.perf_counter() - t) * 1000
-    policy = await timed("get_policy", get_policy())
-    _, _, answer = await timed(
-        "generation_begin (DB)",
-        db_async(chat.generation_begin)(
-            prompt=prompt, regenerate_of=None, version_id=None, live_version_id=policy.version_id
-        ),
-    )
     t = time.perf_counter()
     render_to_string("chat/_answer_new.html", {"answer": answer, "prompt_id": answer.parent_id})
     times["render _answer_new"] = (time.perf_counter() - t) * 1000

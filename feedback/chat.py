@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -29,9 +29,18 @@ from feedback.arms import Route
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
 from feedback.steps import split_steps
-from models_registry.serving import Sampling, ServedPolicy, ServingError, Usage, get_policy, get_policy_for
+from models_registry.serving import (
+    Sampling,
+    ServedPolicy,
+    ServingError,
+    Usage,
+    get_policy,
+    get_policy_for,
+    served_policy,
+)
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 EventKind = Literal["start", "token", "step", "end"]
 
@@ -46,6 +55,9 @@ class ChatEvent:
 
 
 OnEvent = Callable[[ChatEvent], Awaitable[None]]
+# An answer begun: what the model is sent, the route (version and arm), and the answer's row, stored
+# as streaming by the version expected to answer (``generation_begin``).
+Begun = tuple[list[dict[str, str]], Route, Message]
 
 
 # --- Reads and short writes (sync; the consumer calls them through core.asyncdb.db_async) -----------
@@ -128,7 +140,7 @@ def user_turn_clean(content: object) -> str:
     return content
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside a caller's transaction: no SAVEPOINT trips of its own
 def user_turn_create(*, conversation: Conversation, content: str) -> Message:
     content = user_turn_clean(content)
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
@@ -137,10 +149,16 @@ def user_turn_create(*, conversation: Conversation, content: str) -> Message:
     return message
 
 
-def user_turn_send(*, user: User, conversation: Conversation, content: str) -> Message:
-    """The chat's ``send``: the rate limit, then the user's turn stored; one trip to a database thread."""
+def send_begin(
+    *, user: User, conversation: Conversation, content: str, live_version_id: int | None
+) -> tuple[Message, Begun]:
+    """The chat's ``send``, all before the model is asked in one trip to a database thread: the rate
+    limit, then in one transaction the user's turn and the answer to it begun (``generation_begin``)."""
     generation_allow(user=user)
-    return user_turn_create(conversation=conversation, content=content)
+    with transaction.atomic():
+        prompt = user_turn_create(conversation=conversation, content=content)
+        begun = generation_begin(prompt=prompt, regenerate_of=None, version_id=None, live_version_id=live_version_id)
+    return prompt, begun
 
 
 def answer_get(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
@@ -182,12 +200,18 @@ def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Mess
     return answer
 
 
-def regeneration_start(*, user: User, conversation: Conversation, answer_id: uuid.UUID) -> Message:
-    """The chat's ``regenerate``: the answer to regenerate (``regeneration_of``), then the rate limit;
-    one trip to a database thread."""
+def regeneration_begin(
+    *, user: User, conversation: Conversation, answer_id: uuid.UUID, live_version_id: int | None
+) -> Begun:
+    """The chat's ``regenerate``, all before the model is asked in one trip to a database thread: the
+    answer to regenerate (``regeneration_of``), the rate limit, then the new answer begun
+    (``generation_begin``, which routes it to the other arm of a canary)."""
     answer = regeneration_of(conversation=conversation, answer_id=answer_id)
     generation_allow(user=user)
-    return answer
+    assert answer.parent is not None  # regeneration_of checked it
+    return generation_begin(
+        prompt=answer.parent, regenerate_of=answer, version_id=None, live_version_id=live_version_id
+    )
 
 
 def generation_plan(
@@ -202,7 +226,7 @@ def generation_plan(
 
 def generation_begin(
     *, prompt: Message, regenerate_of: Message | None, version_id: int | None, live_version_id: int | None
-) -> tuple[list[dict[str, str]], Route, Message]:
+) -> Begun:
     """``generation_plan``, and the answer stored as streaming by the version expected to answer (the
     route's, else the live one ``live_version_id``): one trip to a database thread before the model
     is called. ``answer_stream`` corrects the row in the rare case another version ends up answering
@@ -289,11 +313,57 @@ async def _policy_for(route: Route, *, strict: bool = False) -> ServedPolicy:
         return await get_policy()
 
 
-async def answer_generate(*, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None) -> Message:
+def live_version_id() -> int | None:
+    """The version expected to answer for the live arm: the one this process serves now, without a
+    check or a load, so that nothing waits for them before the answer's row is stored (None before the
+    first load). ``answer_stream`` corrects the row when another version answers after all."""
+    policy = served_policy()
+    return policy.version_id if policy is not None else None
+
+
+async def send_begun(*, user: User, conversation: Conversation, content: str) -> tuple[Message, Begun]:
+    """``send_begin`` from async code: the user's turn stored and its answer begun, in one trip."""
+    trip = db_async(send_begin)(
+        user=user, conversation=conversation, content=content, live_version_id=live_version_id()
+    )
+    return await _begun_or_stopped(trip, _answer_sent)
+
+
+async def regeneration_begun(*, user: User, conversation: Conversation, answer_id: uuid.UUID) -> Begun:
+    """``regeneration_begin`` from async code: the regeneration begun, in one trip."""
+    trip = db_async(regeneration_begin)(
+        user=user, conversation=conversation, answer_id=answer_id, live_version_id=live_version_id()
+    )
+    return await _begun_or_stopped(trip, _answer_begun)
+
+
+def _answer_begun(begun: Begun) -> Message:
+    return begun[2]
+
+
+def _answer_sent(sent: tuple[Message, Begun]) -> Message:
+    return sent[1][2]
+
+
+async def _begun_or_stopped(trip: Awaitable[_T], answer_of: Callable[[_T], Message]) -> _T:
+    """Await a trip that stores an answer as streaming. A stop during it does not stop its thread,
+    which goes on and writes the row: that row is then stored ``stopped`` (a ``streaming`` one would
+    count as served in the analytics) before the stop goes on."""
+    begin = asyncio.ensure_future(trip)
+    try:
+        return await asyncio.shield(begin)
+    except asyncio.CancelledError:
+        await asyncio.shield(_stopped_once_begun(begin, answer_of))
+        raise
+
+
+async def answer_generate(
+    *, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None, begun: Begun | None = None
+) -> Message:
     """``answer_stream`` with a callback: ``on_event`` is awaited for each event but the last (tokens
     batched, ``tokens_batched``), and the stored answer is returned."""
     answer: Message | None = None
-    stream = tokens_batched(answer_stream(prompt=prompt, regenerate_of=regenerate_of))
+    stream = tokens_batched(answer_stream(prompt=prompt, regenerate_of=regenerate_of, begun=begun))
     async with contextlib.aclosing(stream) as events:
         async for event in events:
             if event.kind == "end":
@@ -372,7 +442,11 @@ async def tokens_batched(
 
 
 async def answer_stream(
-    *, prompt: Message, regenerate_of: Message | None = None, generation: Generation | None = None
+    *,
+    prompt: Message,
+    regenerate_of: Message | None = None,
+    generation: Generation | None = None,
+    begun: Begun | None = None,
 ) -> AsyncGenerator[ChatEvent, None]:
     """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm, or the
     version ``generation`` names): a ``start`` event once the answer is stored, a ``token`` event per
@@ -381,25 +455,20 @@ async def answer_stream(
     stops generation and stores what was produced, marked ``stopped``; a serving failure stores the
     answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of.
     Until the answer is stored as it ended, it is marked alive every CHAT_HEARTBEAT_SECONDS, so that
-    the reaper can tell an answer whose process died (``feedback.heartbeat``)."""
+    the reaper can tell an answer whose process died (``feedback.heartbeat``). ``begun``: the answer
+    already begun by the caller's own trip (``send_begun``, ``regeneration_begun``); else this
+    begins it (``generation_begin``), one trip to a database thread before the model is asked."""
     generation = generation or Generation()
-    live: ServedPolicy | None = None
-    if generation.version_id is None:
-        with contextlib.suppress(ServingError):  # the canary arm may answer; else _policy_for says why
-            live = await get_policy()  # kept in memory: a database read only every few seconds
-    begin = asyncio.ensure_future(
-        db_async(generation_begin)(
+    if begun is None:
+        trip = db_async(generation_begin)(
             prompt=prompt,
             regenerate_of=regenerate_of,
             version_id=generation.version_id,
-            live_version_id=live.version_id if live is not None else None,
+            live_version_id=live_version_id() if generation.version_id is None else None,
         )
-    )
-    try:
-        history, route, answer = await asyncio.shield(begin)
-    except asyncio.CancelledError:  # stopped during the trip: its thread goes on and writes the row
-        await asyncio.shield(_stopped_once_begun(begin))
-        raise
+        begun = cast(Begun, await _begun_or_stopped(trip, _answer_begun))
+    history, route = begun[0], begun[1]
+    answer: Any = begun[2]  # Any: given ``usage`` and ``served_by`` below
     beat = asyncio.ensure_future(heartbeat.beating(answer.id))  # till the answer is stored as it ended
     try:
         try:
@@ -450,15 +519,21 @@ async def answer_stream(
         beat.cancel()
 
 
-async def _stopped_once_begun(begin: asyncio.Future[tuple[list[dict[str, str]], Route, Message]]) -> None:
+async def answer_stopped(answer: Message) -> None:
+    """Store an answer begun but never streamed (its caller went before the model was asked) as
+    ``stopped``, with nothing produced."""
+    await _finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label="")
+
+
+async def _stopped_once_begun(begin: asyncio.Future[_T], answer_of: Callable[[_T], Message]) -> None:
     """A stop during the answer's first trip: once the trip's thread has written the answer row, store
     it ``stopped`` (it must not stay ``streaming``: it would count as served in the analytics)."""
     try:
-        _history, _route, answer = await begin
+        answer = answer_of(await begin)
     except Exception:
         logger.exception("the answer's first database trip failed after a stop")
         return
-    await _finish(answer, _Stream(), status=Message.Status.STOPPED, error="", label="")
+    await answer_stopped(answer)
 
 
 async def _until_stop(chunks: AsyncIterator[str], stop: tuple[str, ...], stream: _Stream) -> AsyncGenerator[str, None]:

@@ -23,7 +23,6 @@ from core import jsonsafe
 from core.asyncdb import db_async
 from feedback import chat, selectors, services
 from feedback.exceptions import FeedbackError
-from feedback.models import Message
 from feedback.serializers import ComparisonInputSerializer, FeedbackInputSerializer
 
 logger = logging.getLogger(__name__)
@@ -126,18 +125,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_send(self, payload: dict[str, Any]) -> None:
         content = chat.user_turn_clean(payload.get("content"))
         self._refuse_if_busy()
-        prompt = await db_async(chat.user_turn_send)(user=self.user, conversation=self.conversation, content=content)
-        await self.send_html("chat/_turn_new.html", {"prompt": prompt})
-        self._start_generation(prompt)
+        prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
+        try:
+            await self.send_html("chat/_turn_new.html", {"prompt": prompt})
+        except BaseException:  # the socket went: the answer begun is stored stopped, not left streaming
+            await asyncio.shield(chat.answer_stopped(begun[2]))
+            raise
+        self._start_generation(begun)
 
     async def on_regenerate(self, payload: dict[str, Any]) -> None:
         answer_id = self._uuid(payload, "message_id")
         self._refuse_if_busy()
-        answer = await db_async(chat.regeneration_start)(
-            user=self.user, conversation=self.conversation, answer_id=answer_id
-        )
-        assert answer.parent is not None  # regeneration_of checked it
-        self._start_generation(answer.parent, regenerate_of=answer)
+        begun = await chat.regeneration_begun(user=self.user, conversation=self.conversation, answer_id=answer_id)
+        self._start_generation(begun)
 
     async def on_stop(self, payload: dict[str, Any]) -> None:
         answer_id = self.streaming_answer_id
@@ -190,14 +190,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.generation is not None and not self.generation.done():
             raise FeedbackError("Wait for the answer to finish, or press Stop.", code="busy")
 
-    def _start_generation(self, prompt: Message, *, regenerate_of: Message | None = None) -> None:
-        self.generation = asyncio.create_task(self._generate(prompt, regenerate_of))
+    def _start_generation(self, begun: chat.Begun) -> None:
+        # The task takes its first step before this consumer handles its next frame or its disconnect
+        # (both come after an await that yields to the loop), so a stop never finds it unstarted, which
+        # would leave the answer begun ``streaming`` (until the reaper stored it failed).
+        self.generation = asyncio.create_task(self._generate(begun))
 
-    async def _generate(self, prompt: Message, regenerate_of: Message | None) -> None:
+    async def _generate(self, begun: chat.Begun) -> None:
+        answer = begun[2]
+        assert answer.parent is not None  # an answer's row names its user turn
         try:
-            answer = await chat.answer_generate(
-                prompt=prompt, on_event=self._on_chat_event, regenerate_of=regenerate_of
-            )
+            answer = await chat.answer_generate(prompt=answer.parent, on_event=self._on_chat_event, begun=begun)
             # An answer that failed before streaming is not on the page yet: append it rather than replace it.
             await self._send_final(answer.id, new=self.streaming_answer_id != answer.id)
         except asyncio.CancelledError:

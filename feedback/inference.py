@@ -324,7 +324,7 @@ def models_list(*, user: User) -> list[dict[str, Any]]:
 # --- Storing the turn ------------------------------------------------------------------------------
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # inside completion_prepare's transaction: no SAVEPOINT trips
 def completion_prompt_store(*, user: User, request: CompletionRequest) -> Message:
     """The request's last message stored as a user turn (see the module's docstring); returns it."""
     if request.conversation_id is not None:
@@ -413,15 +413,27 @@ def slot_release(*, user: User) -> None:
         cache.decr(_slots_key(user))
 
 
-def completion_prepare(*, user: User, key: str, request: CompletionRequest) -> tuple[int | None, Message]:
-    """Everything between the request and the model, in one trip to the database thread: the rate
-    limit, the model, a generation slot (released again if the turn cannot be stored), the user turn.
-    Returns the version asked for by name (or None) and the stored user turn."""
+def completion_prepare(
+    *, user: User, key: str, request: CompletionRequest, live_version_id: int | None
+) -> tuple[int | None, chat.Begun]:
+    """Everything between the request and the model, in one trip to a database thread: the rate
+    limit, the model, a generation slot (released again if nothing can be stored), then in one
+    transaction the user turn and its answer begun (``chat.generation_begin``; ``live_version_id``:
+    the live version as this process serves it, for a request routed to 'policy'). Returns the
+    version asked for by name (or None) and the answer begun."""
     rate_allow(key=key)
     version_id = model_resolve(user=user, model=request.model)
     slot_acquire(user=user)
     try:
-        return version_id, completion_prompt_store(user=user, request=request)
+        with transaction.atomic():
+            prompt = completion_prompt_store(user=user, request=request)
+            begun = chat.generation_begin(
+                prompt=prompt,
+                regenerate_of=None,
+                version_id=version_id,
+                live_version_id=live_version_id if version_id is None else None,
+            )
+        return version_id, begun
     except BaseException:
         slot_release(user=user)
         raise

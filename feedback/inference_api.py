@@ -9,6 +9,7 @@ answer text is logged; INFO lines carry ids, counts and timings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -70,9 +71,17 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     except ValueError:
         raise InferenceError("The body is not valid JSON.", code="invalid_json") from None
     parsed = inference.completion_request_parse(body)
-    version_id, prompt = await db_async(inference.completion_prepare)(
-        user=user, key=inference.credential_key(user, auth), request=parsed
+    live = chat.live_version_id() if parsed.model == inference.ROUTED_MODEL else None
+    prepare = asyncio.ensure_future(
+        db_async(inference.completion_prepare)(
+            user=user, key=inference.credential_key(user, auth), request=parsed, live_version_id=live
+        )
     )
+    try:
+        version_id, begun = await asyncio.shield(prepare)
+    except asyncio.CancelledError:  # the client went during the trip, whose thread goes on
+        await asyncio.shield(_abandoned(prepare, user))
+        raise
     generation = chat.Generation(
         sampling=parsed.generation.sampling, stop=parsed.generation.stop, version_id=version_id
     )
@@ -85,7 +94,9 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
             await db_async(inference.slot_release)(user=user)
 
     try:
-        events = chat.answer_stream(prompt=prompt, generation=generation)
+        prompt: Message | None = begun[2].parent  # the user turn the answer begun answers
+        assert prompt is not None
+        events = chat.answer_stream(prompt=prompt, generation=generation, begun=begun)
         first = await anext(events)
         if first.kind == "end":  # no answer could be started (the model cannot load): nothing streamed yet
             await events.aclose()
@@ -116,6 +127,17 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     if answer.status == Message.Status.FAILED:
         return _error(InferenceError(answer.error, code="generation_failed", status=503, type="server_error"))
     return JsonResponse(inference.completion_body(answer, model=answer.served_by))  # type: ignore[attr-defined]
+
+
+async def _abandoned(prepare: asyncio.Future[tuple[int | None, chat.Begun]], user: Any) -> None:
+    """A request cancelled during its first trip: once the trip's thread is done, the answer it began
+    is stored ``stopped`` and its generation slot given back (a refused or failed trip holds neither)."""
+    try:
+        _version_id, begun = await prepare
+    except Exception:
+        return
+    await chat.answer_stopped(begun[2])
+    await db_async(inference.slot_release)(user=user)
 
 
 def _sse_event(data: dict[str, Any]) -> bytes:

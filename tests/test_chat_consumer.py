@@ -49,6 +49,7 @@ def policy(monkeypatch):
         return scripted
 
     monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat, "served_policy", lambda: scripted, raising=False)  # as once it is loaded
     return scripted
 
 
@@ -321,6 +322,91 @@ async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, 
     assert (answer.status, answer.content) == ("failed", "Sure")
     assert answer.error == "The answer could not be generated; the error has been logged."
     assert "CUDA" not in frames[-1]
+
+
+@pytest.fixture
+def trips(monkeypatch, policy):
+    """The trips to the shared database threads (``core.asyncdb``), and how many had been made when the
+    model was asked for each answer (``policy.trips_when_asked``)."""
+    from core import asyncdb
+
+    made: list[str] = []
+    pool = asyncdb.executor()
+
+    class Counting:
+        def submit(self, func, *args, **kwargs):
+            made.append(getattr(func, "__qualname__", repr(func)))
+            return pool.submit(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncdb, "executor", Counting)
+    policy.trips_when_asked = []
+    stream = policy.stream
+
+    def counted(messages, **kwargs):
+        policy.trips_when_asked.append(len(made))
+        return stream(messages, **kwargs)
+
+    monkeypatch.setattr(policy, "stream", counted)
+    return made
+
+
+async def test_a_send_asks_the_model_after_one_database_trip(conversation, alice_session, policy, trips):
+    """The rate limit, the user's turn, the history, the arm and the answer's row: one trip before the
+    model is asked (there were two), for a send and for a regenerate."""
+    communicator, _, _ = await connect(conversation, alice_session)
+    trips.clear()
+    frames = await ask(communicator, "Eggs?")
+    first = await sync_to_async(Message.objects.get)(role="assistant")
+    await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
+    at_regenerate = len(trips)
+    frames += await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    assert policy.trips_when_asked == [1, at_regenerate + 1]
+    second = await sync_to_async(Message.objects.exclude(id=first.id).get)(role="assistant")
+    assert (first.status, second.status, second.parent_id) == ("complete", "complete", first.parent_id)
+    assert "Eggs?" in frames[0]  # the turn, then the answer's start
+    assert "-answers" in frames[1]
+
+
+async def test_a_failure_beginning_the_answer_stores_neither_the_turn_nor_the_answer(
+    conversation, alice_session, policy, monkeypatch
+):
+    """The user's turn and its answer begun are one transaction: no turn is left without an answer."""
+
+    def broken(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(chat, "generation_begin", broken)
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    reply = await communicator.receive_from()
+    await communicator.disconnect()
+    assert "Something went wrong on our side" in reply
+    assert not await sync_to_async(Message.objects.exists)()
+    assert policy.seen == []
+
+
+async def test_a_socket_gone_before_its_turn_is_shown_stores_the_begun_answer_stopped(
+    conversation, alice_session, policy, monkeypatch
+):
+    from feedback.consumers import ChatConsumer
+
+    send_html = ChatConsumer.send_html
+
+    async def gone(self, template, context):
+        if template == "chat/_turn_new.html":
+            raise ConnectionResetError("the socket went")
+        await send_html(self, template, context)
+
+    monkeypatch.setattr(ChatConsumer, "send_html", gone)
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, "chat-errors")
+    await communicator.disconnect()
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
+    assert policy.seen == []
 
 
 # --- Canary arms ---------------------------------------------------------------------------------

@@ -419,6 +419,65 @@ async def test_concurrent_generations_per_user_are_bounded(alice, key, policy, s
     assert (await complete(key)).status_code == 200  # each answer gives its slot back
 
 
+async def test_the_model_is_asked_after_two_database_trips(key, policy, monkeypatch):
+    """Authentication, then the rate limit, the model, a slot, the turn and the answer's row in one
+    trip (there were three trips)."""
+    from core import asyncdb
+
+    made: list[object] = []
+    pool = asyncdb.executor()
+
+    class Counting:
+        def submit(self, func, *args, **kwargs):
+            made.append(func)
+            return pool.submit(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncdb, "executor", Counting)
+    monkeypatch.setattr(chat, "served_policy", lambda: policy, raising=False)  # loaded, as after a first answer
+    asked: list[int] = []
+    stream = policy.stream
+
+    def counted(messages, **kwargs):
+        asked.append(len(made))
+        return stream(messages, **kwargs)
+
+    monkeypatch.setattr(policy, "stream", counted)
+    response = await complete(key)
+    assert response.status_code == 200, response.content
+    assert asked == [2]
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.model_version_id) == ("complete", policy.version_id)
+
+
+async def test_a_client_gone_during_the_first_trip_leaves_the_answer_stopped_and_its_slot_free(
+    alice, key, policy, monkeypatch
+):
+    import threading
+    import time
+
+    from django.core.cache import cache
+
+    preparing = threading.Event()
+    prepare = inference.completion_prepare
+
+    def slow(**kwargs):
+        preparing.set()
+        time.sleep(0.3)  # the client goes while this thread stores the turn and the answer
+        return prepare(**kwargs)
+
+    monkeypatch.setattr(inference, "completion_prepare", slow)
+    request = asyncio.ensure_future(complete(key))
+    await asyncio.to_thread(preparing.wait, 5)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.sleep(0.5)  # the thread finishes
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
+    assert await sync_to_async(cache.get)(inference._slots_key(alice)) == 0
+    assert policy.seen == []
+
+
 async def test_a_fast_models_tokens_go_in_fewer_server_sent_events(key, policy, settings):
     settings.CHAT_TOKEN_BATCH_MS = 5000  # the scripted model gives all its chunks at once; the end flushes
     events = await read_events(await complete(key, stream=True))

@@ -183,12 +183,9 @@ async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, 
 
     prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
     version = await sync_to_async(ModelVersionFactory)(number=7)
-    calls = []
 
-    async def loading():
-        calls.append(1)
-        if len(calls) > 1:  # the version that answers is still loading (seconds in real life)
-            await asyncio.sleep(30)
+    async def loading():  # the version that answers is still loading (seconds in real life)
+        await asyncio.sleep(30)
         return ScriptedPolicy(version)
 
     monkeypatch.setattr(chat, "get_policy", loading)

@@ -7,7 +7,7 @@ Importing this package does not import torch; the local backend does, when it fi
 
 from models_registry.serving.base import Sampling, ServedPolicy, Usage
 from models_registry.serving.errors import ServingError
-from models_registry.serving.live import get_policy, get_policy_for, load_policy, reset
+from models_registry.serving.live import get_policy, get_policy_for, load_policy, reset, served_policy
 
 __all__ = [
     "Sampling",
@@ -18,4 +18,5 @@ __all__ = [
     "get_policy_for",
     "load_policy",
     "reset",
+    "served_policy",
 ]

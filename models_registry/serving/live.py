@@ -59,6 +59,11 @@ def _fresh(now: float) -> bool:
     return _served.policy is not None and now - _served.checked_at < settings.SERVING_LIVE_CHECK_SECONDS
 
 
+def served_policy() -> ServedPolicy | None:
+    """The policy this process serves now, as it is: no check, no load (None before the first load)."""
+    return _served.policy
+
+
 async def get_policy() -> ServedPolicy:
     """The policy to answer with: the live policy version, loaded on first use and shared.
 
