@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.template.loader import render_to_string
 from rest_framework.exceptions import ValidationError
 
@@ -123,9 +124,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- Handlers ---------------------------------------------------------------------------------
 
     async def on_send(self, payload: dict[str, Any]) -> None:
-        content = chat.user_turn_clean(payload.get("content"))
-        self._refuse_if_busy()
-        prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
+        try:
+            content = chat.user_turn_clean(payload.get("content"))
+            self._refuse_if_busy()
+            prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
+        except FeedbackError as exc:  # refused (busy, too fast, too long): the page emptied its composer
+            sent = payload.get("content")  # on sending, so the text goes back into it, not lost
+            await self.send_error(exc.message, restore=sent if isinstance(sent, str) else None)
+            return
         try:
             await self.send_html("chat/_turn_new.html", {"prompt": prompt})
         except BaseException:  # the socket went: the answer begun is stored stopped, not left streaming
@@ -244,11 +250,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_html(self, template: str, context: dict[str, Any]) -> None:
         await self.send(text_data=render_to_string(template, context))
 
-    async def send_error(self, message: str) -> None:
-        """Show ``message`` in the page's error box. Never raises: it is what every failure path
-        calls, so a failure here would close the socket (and stop an answer being streamed)."""
+    async def send_error(self, message: str, *, restore: str | None = None) -> None:
+        """Show ``message`` in the page's error box (``restore``: a refused message's text, put back in
+        the composer). Never raises: it is what every failure path calls, so a failure here would
+        close the socket (and stop an answer being streamed)."""
+        context = {
+            "message": jsonsafe.without_surrogates(str(message)),
+            "restore": jsonsafe.without_surrogates(restore) if restore is not None else None,
+            "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        }
         try:
-            await self.send_html("chat/_error.html", {"message": jsonsafe.without_surrogates(str(message))})
+            await self.send_html("chat/_error.html", context)
         except Exception:
             logger.exception("could not send an error frame")
 

@@ -276,11 +276,14 @@ async def test_generation_is_rate_limited_per_user(conversation, alice_session, 
     settings.CHAT_RATE_PER_MINUTE = 1
     communicator, _, _ = await connect(conversation, alice_session)
     await ask(communicator, "One")
-    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two <b>&"}))
     reply = await communicator.receive_from()
     await communicator.disconnect()
     assert "You are sending messages too fast" in reply
     assert await sync_to_async(Message.objects.filter(role="user").count)() == 1
+    # The page empties its composer on sending; the refused text goes back into it.
+    restored = r'<textarea id="composer-text"[^>]*hx-swap-oob="true"[^>]*>Two &lt;b&gt;&amp;</textarea>'
+    assert re.search(restored, reply, re.S)
 
 
 async def test_a_second_send_while_streaming_is_refused(conversation, alice_session, policy):
@@ -291,6 +294,7 @@ async def test_a_second_send_while_streaming_is_refused(conversation, alice_sess
     await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
     frames = await receive_until(communicator, "chat-errors")
     assert "Wait for the answer to finish, or press Stop." in frames[-1]
+    assert re.search(r'<textarea id="composer-text"[^>]*>Two</textarea>', frames[-1])
     await receive_until(communicator, FINAL)
     await communicator.disconnect()
 

@@ -111,3 +111,34 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
     assert answer["steps"][0]["content"] == first_step_text
     assert answer["token_count"] > 3
     assert answer["time_to_first_token_ms"] is not None
+
+
+def test_a_refused_message_goes_back_into_the_composer(carol, live_policy, tmp_path, browser):
+    """The page empties its composer as it sends; when the server refuses the message (here the
+    per-user rate limit), its text comes back into the composer, focused, and the error shows."""
+    with platform_server(tmp_path, "server", DEBUG="1", CHAT_RATE_PER_MINUTE="1", SERVING_MAX_NEW_TOKENS="8") as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.add_init_script(
+            "window.wsOpen = false; document.addEventListener('htmx:wsOpen', () => { window.wsOpen = true; });"
+        )
+        page.goto(f"{base}/")
+        page.fill("#id_username", "carol")
+        page.fill("#id_password", "correct horse battery staple")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/c/**")
+        page.wait_for_function("window.wsOpen === true")
+
+        page.fill("#composer textarea", "How do I make tea?")
+        page.press("#composer textarea", "Enter")
+        page.wait_for_selector("article.assistant:not([data-status=streaming])", timeout=120_000)
+        assert page.input_value("#composer textarea") == ""
+
+        page.fill("#composer textarea", "And coffee, with <milk> & sugar?")
+        page.press("#composer textarea", "Enter")
+        page.wait_for_selector("#chat-errors .error")
+        assert "You are sending messages too fast" in page.inner_text("#chat-errors")
+        page.wait_for_function("document.querySelector('#composer textarea').value !== ''")
+        assert page.input_value("#composer textarea") == "And coffee, with <milk> & sugar?"
+        assert page.evaluate("document.activeElement === document.querySelector('#composer textarea')")
+        assert page.locator("#composer textarea").count() == 1
+        assert page.locator("section.turn").count() == 1
