@@ -144,8 +144,9 @@ def user_turn_clean(content: object) -> str:
 def user_turn_create(*, conversation: Conversation, content: str) -> Message:
     content = user_turn_clean(content)
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
-    if not conversation.title:
-        Conversation.objects.filter(id=conversation.id).update(title=content[:60])
+    if not conversation.title:  # the first turn names the conversation
+        conversation.title = content[:60]  # in memory too: the socket keeps this object for its next sends
+        Conversation.objects.filter(id=conversation.id).update(title=conversation.title)
     return message
 
 
@@ -530,6 +531,8 @@ async def _stopped_once_begun(begin: asyncio.Future[_T], answer_of: Callable[[_T
     it ``stopped`` (it must not stay ``streaming``: it would count as served in the analytics)."""
     try:
         answer = answer_of(await begin)
+    except FeedbackError:  # refused (too fast, not found): no answer was begun
+        return
     except Exception:
         logger.exception("the answer's first database trip failed after a stop")
         return

@@ -24,6 +24,7 @@ from core import jsonsafe
 from core.asyncdb import db_async
 from feedback import chat, selectors, services
 from feedback.exceptions import FeedbackError
+from feedback.models import Message
 from feedback.serializers import ComparisonInputSerializer, FeedbackInputSerializer
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ CLOSE_RATE_LIMITED = 4429
 # Frames that write a row each; limited per user by CHAT_SOCKET_RATE (sends have CHAT_RATE_PER_MINUTE).
 RATE_LIMITED = frozenset({"feedback", "compare"})
 MAX_FRAME_BYTES = 64 * 1024
+SOMETHING_WENT_WRONG = "Something went wrong on our side; it has been logged."
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -64,6 +66,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         self.generation: asyncio.Task[None] | None = None
+        self.unstarted: Message | None = None  # the answer begun for a generation task not started yet
         self.streaming_answer_id: uuid.UUID | None = None
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -119,7 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error(exc.message)
         except Exception:
             logger.exception("chat message failed")
-            await self.send_error("Something went wrong on our side; it has been logged.")
+            await self.send_error(SOMETHING_WENT_WRONG)
 
     # --- Handlers ---------------------------------------------------------------------------------
 
@@ -128,9 +131,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             content = chat.user_turn_clean(payload.get("content"))
             self._refuse_if_busy()
             prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
-        except FeedbackError as exc:  # refused (busy, too fast, too long): the page emptied its composer
-            sent = payload.get("content")  # on sending, so the text goes back into it, not lost
-            await self.send_error(exc.message, restore=sent if isinstance(sent, str) else None)
+        except Exception as exc:  # refused (busy, too fast, too long) or failed: the page emptied its
+            sent = payload.get("content")  # composer on sending, so the text goes back into it, not lost
+            if isinstance(exc, FeedbackError):
+                message = exc.message
+            else:
+                logger.exception("chat message failed")
+                message = SOMETHING_WENT_WRONG
+            await self.send_error(message, restore=sent if isinstance(sent, str) else None)
             return
         try:
             await self.send_html("chat/_turn_new.html", {"prompt": prompt})
@@ -197,12 +205,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise FeedbackError("Wait for the answer to finish, or press Stop.", code="busy")
 
     def _start_generation(self, begun: chat.Begun) -> None:
-        # The task takes its first step before this consumer handles its next frame or its disconnect
-        # (both come after an await that yields to the loop), so a stop never finds it unstarted, which
-        # would leave the answer begun ``streaming`` (until the reaper stored it failed).
+        self.unstarted = begun[2]  # until _generate runs: its stream then owns the answer
         self.generation = asyncio.create_task(self._generate(begun))
 
     async def _generate(self, begun: chat.Begun) -> None:
+        self.unstarted = None
         answer = begun[2]
         assert answer.parent is not None  # an answer's row names its user turn
         try:
@@ -243,6 +250,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # A task cancelled before its first step never ran: its answer, begun, is stored stopped here.
+        # (asyncio runs it before this consumer's next frame, so this is a guard, not a path taken.)
+        if self.unstarted is not None:
+            answer, self.unstarted = self.unstarted, None
+            await asyncio.shield(chat.answer_stopped(answer))
         return True
 
     # --- Output -----------------------------------------------------------------------------------

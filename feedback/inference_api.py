@@ -136,8 +136,10 @@ async def _abandoned(prepare: asyncio.Future[tuple[int | None, chat.Begun]], use
         _version_id, begun = await prepare
     except Exception:
         return
-    await chat.answer_stopped(begun[2])
-    await db_async(inference.slot_release)(user=user)
+    try:
+        await chat.answer_stopped(begun[2])
+    finally:
+        await db_async(inference.slot_release)(user=user)
 
 
 def _sse_event(data: dict[str, Any]) -> bytes:

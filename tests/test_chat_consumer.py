@@ -282,7 +282,7 @@ async def test_generation_is_rate_limited_per_user(conversation, alice_session, 
     assert "You are sending messages too fast" in reply
     assert await sync_to_async(Message.objects.filter(role="user").count)() == 1
     # The page empties its composer on sending; the refused text goes back into it.
-    restored = r'<textarea id="composer-text"[^>]*hx-swap-oob="true"[^>]*>Two &lt;b&gt;&amp;</textarea>'
+    restored = r'<textarea id="composer-text"[^>]*hx-swap-oob="true"[^>]*>\nTwo &lt;b&gt;&amp;</textarea>'
     assert re.search(restored, reply, re.S)
 
 
@@ -294,7 +294,7 @@ async def test_a_second_send_while_streaming_is_refused(conversation, alice_sess
     await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Two"}))
     frames = await receive_until(communicator, "chat-errors")
     assert "Wait for the answer to finish, or press Stop." in frames[-1]
-    assert re.search(r'<textarea id="composer-text"[^>]*>Two</textarea>', frames[-1])
+    assert re.search(r'<textarea id="composer-text"[^>]*>\nTwo</textarea>', frames[-1])
     await receive_until(communicator, FINAL)
     await communicator.disconnect()
 
@@ -387,8 +387,35 @@ async def test_a_failure_beginning_the_answer_stores_neither_the_turn_nor_the_an
     reply = await communicator.receive_from()
     await communicator.disconnect()
     assert "Something went wrong on our side" in reply
+    assert re.search(r'<textarea id="composer-text"[^>]*>\nEggs\?</textarea>', reply)  # the text comes back
     assert not await sync_to_async(Message.objects.exists)()
     assert policy.seen == []
+
+
+async def test_a_generation_cancelled_before_its_first_step_stores_its_answer_stopped(conversation, alice, policy):
+    """The guard for a task that asyncio never ran: its answer, begun, must not stay streaming."""
+    from feedback.consumers import ChatConsumer
+
+    _, begun = await sync_to_async(chat.send_begin)(
+        user=alice, conversation=conversation, content="Eggs?", live_version_id=None
+    )
+    consumer = ChatConsumer()
+    consumer.generation, consumer.unstarted = None, None
+    consumer._start_generation(begun)
+    assert await consumer._cancel_generation()  # before the loop ran the task
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert (answer.status, answer.content) == ("stopped", "")
+    assert policy.seen == []
+
+
+async def test_the_first_message_names_the_conversation_and_later_ones_do_not(alice, alice_session, policy):
+    conversation = await sync_to_async(ConversationFactory)(user=alice, title="")
+    communicator, _, _ = await connect(conversation, alice_session)
+    await ask(communicator, "How do I boil an egg?")
+    await ask(communicator, "And a duck egg?")
+    await communicator.disconnect()
+    await sync_to_async(conversation.refresh_from_db)()
+    assert conversation.title == "How do I boil an egg?"
 
 
 async def test_a_socket_gone_before_its_turn_is_shown_stores_the_begun_answer_stopped(

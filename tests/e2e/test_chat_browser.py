@@ -114,9 +114,11 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
 
 
 def test_a_refused_message_goes_back_into_the_composer(carol, live_policy, tmp_path, browser):
-    """The page empties its composer as it sends; when the server refuses the message (here the
-    per-user rate limit), its text comes back into the composer, focused, and the error shows."""
-    with platform_server(tmp_path, "server", DEBUG="1", CHAT_RATE_PER_MINUTE="1", SERVING_MAX_NEW_TOKENS="8") as base:
+    """The page empties its composer as it sends; when the server refuses the message (here: sent
+    while the first answer streams, or past the rate limit of one a minute), its text comes back into
+    the composer, whole and focused, with the reason, and a later send empties the composer again."""
+    settings = {"DEBUG": "1", "CHAT_RATE_PER_MINUTE": "1", "SERVING_MAX_NEW_TOKENS": "120"}
+    with platform_server(tmp_path, "server", **settings) as base:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.add_init_script(
             "window.wsOpen = false; document.addEventListener('htmx:wsOpen', () => { window.wsOpen = true; });"
@@ -127,18 +129,24 @@ def test_a_refused_message_goes_back_into_the_composer(carol, live_policy, tmp_p
         page.click("button[type=submit]")
         page.wait_for_url(f"{base}/c/**")
         page.wait_for_function("window.wsOpen === true")
+        box = "#composer textarea"
 
-        page.fill("#composer textarea", "How do I make tea?")
-        page.press("#composer textarea", "Enter")
-        page.wait_for_selector("article.assistant:not([data-status=streaming])", timeout=120_000)
-        assert page.input_value("#composer textarea") == ""
-
-        page.fill("#composer textarea", "And coffee, with <milk> & sugar?")
-        page.press("#composer textarea", "Enter")
+        page.fill(box, "How do I make tea?")
+        page.press(box, "Enter")
+        page.wait_for_function(f"document.querySelector('{box}').value === ''")  # emptied as it was sent
+        refused = "\nAnd coffee, with <milk> & sugar?"
+        page.fill(box, refused)
+        page.press(box, "Enter")  # at once: the answer streams, and the minute's one message is spent
         page.wait_for_selector("#chat-errors .error")
-        assert "You are sending messages too fast" in page.inner_text("#chat-errors")
-        page.wait_for_function("document.querySelector('#composer textarea').value !== ''")
-        assert page.input_value("#composer textarea") == "And coffee, with <milk> & sugar?"
-        assert page.evaluate("document.activeElement === document.querySelector('#composer textarea')")
-        assert page.locator("#composer textarea").count() == 1
+        reason = page.inner_text("#chat-errors")
+        assert "Wait for the answer to finish" in reason or "You are sending messages too fast" in reason
+        page.wait_for_function(f"document.querySelector('{box}').value !== ''")
+        assert page.input_value(box) == refused
+        assert page.evaluate(f"document.activeElement === document.querySelector('{box}')")
+        assert page.locator(box).count() == 1
+
+        # What the page does after a send that goes through: the composer is empty, not the restored text.
+        page.evaluate("document.getElementById('composer').dispatchEvent(new CustomEvent('htmx:ws-after-send'))")
+        assert page.input_value(box) == ""
+        page.wait_for_selector("article.assistant:not([data-status=streaming])", timeout=120_000)
         assert page.locator("section.turn").count() == 1
