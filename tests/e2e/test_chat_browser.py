@@ -41,11 +41,10 @@ def carol(settings):
     return get_user_model().objects.create_user(username="carol", password="correct horse battery staple")
 
 
-def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, server, browser):
-    server, log = server
-    key = Token.objects.create(user=carol).key
+def signed_in_chat(browser, base: str):
+    """A page signed in as carol, on a new conversation whose socket is open; it counts the streamed
+    token fragments (``window.tokenFrames``) from its first script on."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    # Count streamed token fragments, and know when the socket is open, from the page's first script on.
     page.add_init_script(
         """
         window.tokenFrames = 0; window.wsOpen = false;
@@ -55,12 +54,19 @@ def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, se
         });
         """
     )
-    page.goto(f"{server}/")
+    page.goto(f"{base}/")
     page.fill("#id_username", "carol")
     page.fill("#id_password", "correct horse battery staple")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{server}/c/**")
+    page.wait_for_url(f"{base}/c/**")
     page.wait_for_function("window.wsOpen === true")
+    return page
+
+
+def test_a_user_chats_rates_a_step_and_the_answer_and_the_api_has_both(carol, server, browser):
+    server, log = server
+    key = Token.objects.create(user=carol).key
+    page = signed_in_chat(browser, server)
 
     page.fill("#composer textarea", "How do I make tea?")
     page.press("#composer textarea", "Enter")
@@ -119,16 +125,7 @@ def test_a_refused_message_goes_back_into_the_composer(carol, live_policy, tmp_p
     the composer, whole and focused, with the reason, and a later send empties the composer again."""
     settings = {"DEBUG": "1", "CHAT_RATE_PER_MINUTE": "1", "SERVING_MAX_NEW_TOKENS": "120"}
     with platform_server(tmp_path, "server", **settings) as base:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.add_init_script(
-            "window.wsOpen = false; document.addEventListener('htmx:wsOpen', () => { window.wsOpen = true; });"
-        )
-        page.goto(f"{base}/")
-        page.fill("#id_username", "carol")
-        page.fill("#id_password", "correct horse battery staple")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{base}/c/**")
-        page.wait_for_function("window.wsOpen === true")
+        page = signed_in_chat(browser, base)
         box = "#composer textarea"
 
         page.fill(box, "How do I make tea?")
