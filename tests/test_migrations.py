@@ -65,3 +65,21 @@ def test_idempotency_keys_move_to_core_with_their_times():
 def executor_leaf_nodes() -> list[tuple[str, str]]:
     executor = MigrationExecutor(connection)
     return executor.loader.graph.leaf_nodes()
+
+
+@pytest.mark.postgres
+def test_the_streaming_answers_index_is_built_without_blocking_writes():
+    """On PostgreSQL the partial index of answers streaming is built CONCURRENTLY (a plain CREATE INDEX
+    blocks every new message while it reads the whole table), outside a transaction."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("sqlmigrate", "feedback", "0008_message_heartbeat", stdout=out)
+    sql = out.getvalue()
+    assert 'CREATE INDEX CONCURRENTLY "message_streaming"' in sql
+    assert "BEGIN" not in sql
+    out = StringIO()
+    call_command("sqlmigrate", "feedback", "0008_message_heartbeat", "--backwards", stdout=out)
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "message_streaming"' in out.getvalue()
