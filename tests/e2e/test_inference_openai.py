@@ -1,6 +1,7 @@
 """The official ``openai`` client (sync, streaming, async) against the platform as deployed (uvicorn),
 serving the bootstrapped policy: answers are stored as the web chat stores them, and their ids are
-rated through the REST API. A client that drops a stream leaves its answer stored as ``stopped``."""
+rated through the REST API. A client that drops a stream, or gives up waiting for a whole answer,
+leaves it stored as ``stopped``."""
 
 from __future__ import annotations
 
@@ -143,25 +144,47 @@ def slow_model_server(words: int = 100, pause: float = 0.1) -> Iterator[str]:
         model_server.server_close()
 
 
-def test_a_client_that_drops_the_stream_leaves_the_answer_stopped(tmp_path, key, settings):
-    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+@contextmanager
+def platform_on_a_slow_model(tmp_path) -> Iterator[str]:
+    """The platform (uvicorn) whose live policy is ``slow_model_server``'s: 100 words, 10 s."""
     with slow_model_server() as model_url:
         version = model_version_register(
             kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="slow"
         )
         model_version_make_live(version=version)
         with platform_server(tmp_path, "server", SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1") as base:
-            body = {"model": "policy", "messages": QUESTION, "stream": True}
-            headers = {"Authorization": f"Bearer {key}"}
-            with httpx.stream(
-                "POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60
-            ) as response:
-                contents = (line for line in response.iter_lines() if '"content":"word' in line)
-                first = next(contents)
-                next(contents)
-            answer_id = first.split('"id":"', 1)[1].split('"', 1)[0]
-            assert wait_until(lambda: stored(answer_id).status != "streaming", timeout=30)
+            yield base
+
+
+def test_a_client_that_drops_the_stream_leaves_the_answer_stopped(tmp_path, key, settings):
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+    with platform_on_a_slow_model(tmp_path) as base:
+        body = {"model": "policy", "messages": QUESTION, "stream": True}
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60) as response:
+            contents = (line for line in response.iter_lines() if '"content":"word' in line)
+            first = next(contents)
+            next(contents)
+        answer_id = first.split('"id":"', 1)[1].split('"', 1)[0]
+        assert wait_until(lambda: stored(answer_id).status != "streaming", timeout=30)
     answer = stored(answer_id)
     assert answer.status == "stopped"
     assert answer.content.startswith("word0 word1 ")
     assert "word99" not in answer.content
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_leaves_it_stopped(tmp_path, key, settings):
+    """Not streamed: the client's timeout (here 1 s) ends the request; the platform stops generating
+    (and gives the slot back) rather than finish a 10 s answer nobody will read."""
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+    with platform_on_a_slow_model(tmp_path) as base:
+        body = {"model": "policy", "messages": QUESTION}
+        headers = {"Authorization": f"Bearer {key}"}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(60, read=1))
+        answers = Message.objects.filter(role="assistant")
+        assert wait_until(lambda: answers.exists() and answers.get().status != "streaming", timeout=5)
+        answer = answers.get()
+        assert answer.status == "stopped", answer.content
+        assert answer.content.startswith("word0 ")
+        assert "word99" not in answer.content
