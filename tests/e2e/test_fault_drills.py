@@ -288,7 +288,9 @@ def queues():
     client.delete(*keys)
 
 
-STEPS = 12
+# Enough steps that the test sees the run training before it ends: on a quick machine 12 steps of the
+# tiny model took 0.26 s and the run had succeeded before the 0.1 s polling saw a step (a flake).
+STEPS = 200
 
 
 @pytest.mark.redis
