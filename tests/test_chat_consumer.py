@@ -48,8 +48,8 @@ def policy(monkeypatch):
     async def get_policy():
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
-    monkeypatch.setattr(chat, "served_policy", lambda: scripted, raising=False)  # as once it is loaded
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "served_policy", lambda: scripted, raising=False)  # as once it is loaded
     return scripted
 
 
@@ -303,7 +303,7 @@ async def test_no_live_policy_gives_a_failed_answer_with_a_clear_message(convers
     async def no_policy():
         raise ServingError("No policy model is live yet; an operator must deploy one.")
 
-    monkeypatch.setattr(chat, "get_policy", no_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", no_policy)
     communicator, _, _ = await connect(conversation, alice_session)
     frames = await ask(communicator, "Hello?")
     await communicator.disconnect()
@@ -381,7 +381,7 @@ async def test_a_failure_beginning_the_answer_stores_neither_the_turn_nor_the_an
     def broken(**kwargs):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(chat, "generation_begin", broken)
+    monkeypatch.setattr(chat.turns, "generation_begin", broken)
     communicator, _, _ = await connect(conversation, alice_session)
     await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
     reply = await communicator.receive_from()
@@ -464,8 +464,8 @@ def canary_policies(monkeypatch, settings):
     async def get_policy_for(version_id):
         return scripted[version_id]
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
-    monkeypatch.setattr(chat, "get_policy_for", get_policy_for)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy_for", get_policy_for)
     return canary, live, candidate
 
 

@@ -58,8 +58,8 @@ def policy(monkeypatch):
         assert version_id == version.id
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
-    monkeypatch.setattr(chat, "get_policy_for", get_policy_for)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy_for", get_policy_for)
     return scripted
 
 
@@ -276,7 +276,7 @@ def canary(policy, settings, monkeypatch):
     async def get_policy_for(version_id):
         return scripted if version_id == candidate.id else policy
 
-    monkeypatch.setattr(chat, "get_policy_for", get_policy_for)
+    monkeypatch.setattr(chat.stream, "get_policy_for", get_policy_for)
     return canary
 
 
@@ -433,7 +433,7 @@ async def test_the_model_is_asked_after_two_database_trips(key, policy, monkeypa
             return pool.submit(func, *args, **kwargs)
 
     monkeypatch.setattr(asyncdb, "executor", Counting)
-    monkeypatch.setattr(chat, "served_policy", lambda: policy, raising=False)  # loaded, as after a first answer
+    monkeypatch.setattr(chat.stream, "served_policy", lambda: policy, raising=False)  # loaded, as after a first answer
     asked: list[int] = []
     stream = policy.stream
 

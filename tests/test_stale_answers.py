@@ -83,7 +83,7 @@ async def test_a_streaming_answer_is_marked_alive_so_the_reaper_spares_it_until_
     async def get_policy():
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
 
     async def consume():
         return [event async for event in chat.answer_stream(prompt=prompt)]
@@ -121,7 +121,7 @@ async def test_an_answer_closed_while_its_start_is_handled_is_stored_stopped_and
     async def get_policy():
         return ScriptedPolicy(version)
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
     events = chat.answer_stream(prompt=prompt)
     assert (await anext(events)).kind == "start"
     await asyncio.sleep(0.2)  # beating meanwhile

@@ -137,7 +137,7 @@ async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(
     async def get_policy():
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
     communicator, connected, _ = await connect(conversation, alice_session)
     assert connected
     await communicator.send_json_to({"type": "send", "content": "How do I boil an egg?"})
@@ -188,7 +188,7 @@ async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, 
         await asyncio.sleep(30)
         return ScriptedPolicy(version)
 
-    monkeypatch.setattr(chat, "get_policy", loading)
+    monkeypatch.setattr(chat.stream, "get_policy", loading)
     await stop_stream(prompt, until=asyncio.sleep(0.3))
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.content) == ("stopped", "")
@@ -200,14 +200,14 @@ async def stop_while_writing(monkeypatch, prompt: Message, name: str) -> None:
     import time
 
     writing = threading.Event()
-    call = getattr(chat, name)
+    call = getattr(chat.stream, name)
 
     def slow(**kwargs):
         writing.set()
         time.sleep(0.3)  # the stop lands while this thread writes
         return call(**kwargs)
 
-    monkeypatch.setattr(chat, name, slow)
+    monkeypatch.setattr(chat.stream, name, slow)
     await stop_stream(prompt, until=asyncio.to_thread(writing.wait, 5))
     await asyncio.sleep(0.5)  # the thread finishes
 
@@ -240,7 +240,7 @@ async def test_a_stop_while_a_finished_step_is_being_stored_keeps_the_answer(ali
     async def get_policy():
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
     await stop_while_writing(monkeypatch, prompt, "_step_create")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("index", "content")))()
@@ -283,8 +283,8 @@ async def test_a_slow_step_write_does_not_hold_up_the_tokens_behind_it(alice, mo
     async def get_policy():
         return scripted
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
-    create = chat._step_create
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
+    create = chat.stream._step_create
 
     def slow_create(**kwargs):
         import time
@@ -292,7 +292,7 @@ async def test_a_slow_step_write_does_not_hold_up_the_tokens_behind_it(alice, mo
         time.sleep(0.3)
         return create(**kwargs)
 
-    monkeypatch.setattr(chat, "_step_create", slow_create)
+    monkeypatch.setattr(chat.stream, "_step_create", slow_create)
     kinds = [(event.kind, event.text) async for event in chat.answer_stream(prompt=prompt)]
 
     tokens_after_step_0 = [text for kind, text in kinds[kinds.index(("token", "1. Boil")) :] if kind == "token"]
@@ -316,7 +316,7 @@ async def test_a_stop_while_the_answer_row_is_being_written_stores_it_as_stopped
     async def get_policy():
         return ScriptedPolicy(version)
 
-    monkeypatch.setattr(chat, "get_policy", get_policy)
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
     await stop_while_writing(monkeypatch, prompt, "generation_begin")
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.content) == ("stopped", "")

@@ -1,9 +1,7 @@
-"""The chat turn: store the user's turn, stream the live policy's answer, cut it into steps as they
-complete, and store the answer with the version that produced it.
-
-The consumer calls these and renders the events; nothing here knows about sockets or HTML. No
-transaction is held open while the model streams: each write is its own short transaction.
-"""
+"""The streamed answer: begin it (one trip: ``turns.send_begin``, ``turns.regeneration_begin`` or
+``turns.generation_begin``), stream the policy's tokens, cut them into steps as they complete and
+store each in the background, and store the answer as it ended (complete, stopped or failed) with the
+version that produced it. Nothing here knows about sockets or HTML."""
 
 from __future__ import annotations
 
@@ -14,20 +12,26 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
-from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
-from django.db.models import Prefetch
 
-from core import prompts, ratelimit
 from core.asyncdb import db_async
-from feedback import arms, heartbeat, metrics
+from feedback import heartbeat, metrics
 from feedback.arms import Route
-from feedback.exceptions import FeedbackError, NotFound
-from feedback.models import Conversation, Feedback, Message, MessageStep
+from feedback.chat.events import ChatEvent, OnEvent, tokens_batched
+from feedback.chat.turns import (
+    Begun,
+    _answer_fail,
+    _answer_store_final,
+    _step_create,
+    generation_begin,
+    regeneration_begin,
+    send_begin,
+)
+from feedback.exceptions import FeedbackError
+from feedback.models import Conversation, Message, MessageStep
 from feedback.steps import split_steps
 from models_registry.serving import (
     Sampling,
@@ -41,234 +45,6 @@ from models_registry.serving import (
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-EventKind = Literal["start", "token", "step", "end"]
-
-
-@dataclass
-class ChatEvent:
-    kind: EventKind
-    answer: Message
-    text: str = ""
-    step: MessageStep | None = None
-    partial: str = field(default="", repr=False)
-
-
-OnEvent = Callable[[ChatEvent], Awaitable[None]]
-# An answer begun: what the model is sent, the route (version and arm), and the answer's row, stored
-# as streaming by the version expected to answer (``generation_begin``).
-Begun = tuple[list[dict[str, str]], Route, Message]
-
-
-# --- Reads and short writes (sync; the consumer calls them through core.asyncdb.db_async) -----------
-
-
-def conversation_for_user(*, user: User, conversation_id: uuid.UUID) -> Conversation | None:
-    return Conversation.objects.filter(id=conversation_id, user=user).first()
-
-
-def conversation_turns(*, conversation: Conversation, for_display: bool = True) -> list[tuple[Message, list[Message]]]:
-    """The conversation as (user turn, its answers) pairs, oldest first. ``for_display`` also loads
-    each answer's steps and model version, which the page shows and the model's history does not."""
-    messages = Message.objects.filter(conversation=conversation).order_by("created_at", "id")
-    if for_display:
-        messages = messages.select_related("model_version").prefetch_related(
-            Prefetch("steps", queryset=MessageStep.objects.order_by("index"))
-        )
-    turns: dict[uuid.UUID, tuple[Message, list[Message]]] = {}
-    for message in messages:
-        if message.role == Message.Role.USER:
-            turns[message.id] = (message, [])
-        elif message.parent_id in turns:
-            turns[message.parent_id][1].append(message)
-    return list(turns.values())
-
-
-def turns_for_page(*, user: User, conversation: Conversation) -> list[tuple[Message, list[Message]]]:
-    """``conversation_turns`` with the user's own feedback attached to each answer and step as
-    ``my_feedback``, so the page shows what they already said."""
-    turns = conversation_turns(conversation=conversation)
-    answers = [answer for _, group in turns for answer in group]
-    given = {
-        (f.message_id, f.step_id): f for f in Feedback.objects.filter(user=user, message__in=[a.id for a in answers])
-    }
-    for answer in answers:
-        answer.my_feedback = given.get((answer.id, None))  # type: ignore[attr-defined]
-        for step in answer.steps.all():
-            step.my_feedback = given.get((answer.id, step.id))  # type: ignore[attr-defined]
-    return turns
-
-
-def history_for(*, prompt: Message) -> list[dict[str, str]]:
-    """What the model is sent to answer ``prompt``: the conversation so far in chat format, by the
-    rule the feedback processor trains on (``core.prompts``)."""
-    rows = (
-        Message.objects.filter(conversation_id=prompt.conversation_id)
-        .order_by("created_at", "id")
-        .values_list("id", "role", "content", "parent_id", "status")
-    )
-    for turn in prompts.conversation_turns(rows):
-        if turn.user[0] == prompt.id:
-            return prompts.as_chat(turn.context)
-    raise NotFound("That message is not a user turn of this conversation.")
-
-
-def generation_allow(*, user: User) -> None:
-    """Per-user limit on answers started (send and regenerate), CHAT_RATE_PER_MINUTE a minute.
-    The counter lives in the cache (Redis when REDIS_URL is set), so it holds across processes;
-    with the cache down it allows (``core.ratelimit``)."""
-    verdict = ratelimit.hit(f"chat-rate:{user.pk}", ratelimit.Rate(settings.CHAT_RATE_PER_MINUTE, 60))
-    if not verdict.allowed:
-        raise FeedbackError(
-            f"You are sending messages too fast; try again in {verdict.retry_after} s.", code="throttled"
-        )
-
-
-def socket_frame_allow(*, user: User) -> bool:
-    """Per-user limit on feedback and compare frames on the chat socket (CHAT_SOCKET_RATE), across
-    all the user's sockets and processes: the REST API's throttle, for the socket."""
-    return ratelimit.hit(f"chat-socket:{user.pk}", settings.CHAT_SOCKET_RATE).allowed
-
-
-def user_turn_clean(content: object) -> str:
-    if not isinstance(content, str) or not content.strip():
-        raise FeedbackError("Type a message first.", code="empty_message")
-    content = content.strip()
-    limit = settings.CHAT_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise FeedbackError(f"Messages are limited to {limit} characters; this one has {len(content)}.")
-    return content
-
-
-@transaction.atomic(savepoint=False)  # inside a caller's transaction: no SAVEPOINT trips of its own
-def user_turn_create(*, conversation: Conversation, content: str) -> Message:
-    content = user_turn_clean(content)
-    message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
-    if not conversation.title:  # the first turn names the conversation
-        conversation.title = content[:60]  # in memory too: the socket keeps this object for its next sends
-        Conversation.objects.filter(id=conversation.id).update(title=conversation.title)
-    return message
-
-
-def send_begin(
-    *, user: User, conversation: Conversation, content: str, live_version_id: int | None
-) -> tuple[Message, Begun]:
-    """The chat's ``send``, all before the model is asked in one trip to a database thread: the rate
-    limit, then in one transaction the user's turn and the answer to it begun (``generation_begin``)."""
-    generation_allow(user=user)
-    with transaction.atomic():
-        prompt = user_turn_create(conversation=conversation, content=content)
-        begun = generation_begin(prompt=prompt, regenerate_of=None, version_id=None, live_version_id=live_version_id)
-    return prompt, begun
-
-
-def answer_get(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
-    answer = (
-        Message.objects.select_related("model_version")
-        .prefetch_related(Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
-        .filter(id=answer_id, conversation=conversation, role=Message.Role.ASSISTANT)
-        .first()
-    )
-    if answer is None:
-        raise NotFound("Answer not found.")
-    return answer
-
-
-def answer_siblings(*, answer: Message) -> list[Message]:
-    """The answers to the same user turn (regenerations), oldest first, failed ones left out."""
-    return list(
-        Message.objects.filter(parent_id=answer.parent_id, role=Message.Role.ASSISTANT)
-        .exclude(status=Message.Status.FAILED)
-        .order_by("created_at", "id")
-    )
-
-
-def answer_with_siblings(*, conversation: Conversation, answer_id: uuid.UUID) -> tuple[Message, list[Message]]:
-    """``answer_get`` and ``answer_siblings``: what the page shows when an answer ends, in one trip."""
-    answer = answer_get(conversation=conversation, answer_id=answer_id)
-    return answer, answer_siblings(answer=answer)
-
-
-def regeneration_of(*, conversation: Conversation, answer_id: uuid.UUID) -> Message:
-    """The answer to regenerate, with its ``parent`` (the user turn to answer again) loaded."""
-    answer = (
-        Message.objects.select_related("parent")
-        .filter(id=answer_id, conversation=conversation, role=Message.Role.ASSISTANT)
-        .first()
-    )
-    if answer is None or answer.parent is None:
-        raise NotFound("Answer not found.")
-    return answer
-
-
-def regeneration_begin(
-    *, user: User, conversation: Conversation, answer_id: uuid.UUID, live_version_id: int | None
-) -> Begun:
-    """The chat's ``regenerate``, all before the model is asked in one trip to a database thread: the
-    answer to regenerate (``regeneration_of``), the rate limit, then the new answer begun
-    (``generation_begin``, which routes it to the other arm of a canary)."""
-    answer = regeneration_of(conversation=conversation, answer_id=answer_id)
-    generation_allow(user=user)
-    assert answer.parent is not None  # regeneration_of checked it
-    return generation_begin(
-        prompt=answer.parent, regenerate_of=answer, version_id=None, live_version_id=live_version_id
-    )
-
-
-def generation_plan(
-    *, prompt: Message, regenerate_of: Message | None = None, version_id: int | None = None
-) -> tuple[list[dict[str, str]], Route]:
-    """What the model is sent, and which version answers (``version_id`` when given, else the
-    conversation's canary arm, or for a regeneration the other arm)."""
-    if version_id is not None:
-        return history_for(prompt=prompt), Route(version_id, "")
-    return history_for(prompt=prompt), arms.route(conversation=prompt.conversation, regenerate_of=regenerate_of)
-
-
-def generation_begin(
-    *, prompt: Message, regenerate_of: Message | None, version_id: int | None, live_version_id: int | None
-) -> Begun:
-    """``generation_plan``, and the answer stored as streaming by the version expected to answer (the
-    route's, else the live one ``live_version_id``): one trip to a database thread before the model
-    is called. ``answer_stream`` corrects the row in the rare case another version ends up answering
-    (a canary that cannot load) or none can."""
-    history, route = generation_plan(prompt=prompt, regenerate_of=regenerate_of, version_id=version_id)
-    expected = route.version_id if route.version_id is not None else live_version_id
-    answer = _answer_create(prompt=prompt, model_version_id=expected, status=Message.Status.STREAMING)
-    return history, route, answer
-
-
-def _answer_create(*, prompt: Message, model_version_id: int | None, status: str, error: str = "") -> Message:
-    return Message.objects.create(
-        conversation=prompt.conversation,
-        role=Message.Role.ASSISTANT,
-        parent=prompt,
-        model_version_id=model_version_id,
-        status=status,
-        error=error,
-    )
-
-
-def _answer_fail(*, answer: Message, error: str) -> None:
-    answer.model_version_id, answer.status, answer.error = None, Message.Status.FAILED, error
-    answer.save(update_fields=["model_version", "status", "error"])
-
-
-def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
-    return MessageStep.objects.create(message=answer, index=index, content=content)
-
-
-def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) -> None:
-    # A stop that lands while a finished step is being stored cannot tell whether its row was written
-    # (the thread goes on; the await does not): a step already there is the same text, and is kept.
-    with transaction.atomic():
-        MessageStep.objects.bulk_create(
-            [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)],
-            ignore_conflicts=True,
-        )
-        answer.save(
-            update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
-        )
 
 
 # --- The streamed answer ---------------------------------------------------------------------------
@@ -373,73 +149,6 @@ async def answer_generate(
                 await on_event(event)
     assert answer is not None  # answer_stream always ends with "end"
     return answer
-
-
-async def tokens_batched(
-    events: AsyncGenerator[ChatEvent, None], *, window_ms: float | None = None
-) -> AsyncGenerator[ChatEvent, None]:
-    """``events`` with the ``token`` events that come within ``window_ms`` (``CHAT_TOKEN_BATCH_MS``) of
-    the last one passed on merged into one, so a fast model costs one WebSocket frame or SSE event per
-    few milliseconds rather than per token. The first token after a pause is passed on at once (time
-    to first token unchanged); the ones behind it wait until the window closes and go as one event.
-    Any other event first passes on the tokens held, so the order is kept.
-
-    While tokens are held, the next event is awaited in a task of its own, so the model goes on
-    streaming while the window runs. Cancelling the caller, or closing this generator, cancels that
-    task: the answer is stored as ``stopped``, as when ``answer_stream`` itself is cancelled."""
-    window = (settings.CHAT_TOKEN_BATCH_MS if window_ms is None else window_ms) / 1000
-    if window <= 0:
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
-        return
-    loop = asyncio.get_running_loop()
-    held: ChatEvent | None = None
-    sent_at = float("-inf")
-    pending: asyncio.Future[ChatEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            if held is not None:
-                if (wait := sent_at + window - loop.time()) > 0:
-                    await asyncio.wait((pending,), timeout=wait)
-                if not pending.done():
-                    yield held
-                    held, sent_at = None, loop.time()
-                    continue
-            try:
-                event = await pending
-            except StopAsyncIteration:
-                break
-            finally:
-                if pending.done():
-                    pending = None
-            if event.kind == "token":
-                if held is not None:
-                    held = replace(held, text=held.text + event.text)
-                elif loop.time() - sent_at >= window:
-                    yield event
-                    sent_at = loop.time()
-                else:
-                    held = event
-                continue
-            if held is not None:
-                yield held
-                held, sent_at = None, loop.time()
-            yield event
-        if held is not None:
-            yield held
-    finally:
-        if pending is not None:
-            if not pending.done():
-                pending.cancel()  # the answer is stored as stopped
-            # Waits for the stream's own clean-up (storing the answer) without passing on a second
-            # cancel of this reader, which would cut that clean-up short.
-            await asyncio.wait((pending,))
-            if not pending.cancelled() and not isinstance(pending.exception(), StopAsyncIteration | None):
-                logger.error("the answer's stream failed while it was closed", exc_info=pending.exception())
-        await events.aclose()
 
 
 async def answer_stream(
