@@ -76,10 +76,45 @@ def test_the_streaming_answers_index_is_built_without_blocking_writes():
     from django.core.management import call_command
 
     out = StringIO()
-    call_command("sqlmigrate", "feedback", "0008_message_heartbeat", stdout=out)
+    call_command("sqlmigrate", "feedback", "0009_message_streaming_index", stdout=out)
     sql = out.getvalue()
     assert 'CREATE INDEX CONCURRENTLY "message_streaming"' in sql
     assert "BEGIN" not in sql
     out = StringIO()
-    call_command("sqlmigrate", "feedback", "0008_message_heartbeat", "--backwards", stdout=out)
+    call_command("sqlmigrate", "feedback", "0009_message_streaming_index", "--backwards", stdout=out)
     assert 'DROP INDEX CONCURRENTLY IF EXISTS "message_streaming"' in out.getvalue()
+
+
+def streaming_index() -> tuple[bool, str] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c "
+            "ON c.oid = i.indexrelid WHERE c.relname = 'message_streaming'"
+        )
+        return cursor.fetchone()
+
+
+@pytest.mark.postgres
+def test_migrate_again_after_a_failed_concurrent_build_rebuilds_the_index_and_keeps_a_good_one():
+    """A CREATE INDEX CONCURRENTLY that fails leaves the migration unrecorded and the index INVALID:
+    migrating again drops it and builds it anew. An index already there and valid (a database that
+    applied the index in an earlier form of 0008) is kept, not an error."""
+    migrate([("feedback", "0008_message_heartbeat")])
+    assert streaming_index() is None
+    with connection.cursor() as cursor:  # what an interrupted build leaves: an invalid index
+        cursor.execute('CREATE INDEX "message_streaming" ON "feedback_message" ("id")')
+        cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'message_streaming'::regclass")
+    assert streaming_index()[0] is False
+
+    migrate(executor_leaf_nodes())
+    valid, definition = streaming_index()
+    assert valid
+    assert "(created_at) WHERE ((status)::text = 'streaming'::text)" in definition
+
+    migrate([("feedback", "0008_message_heartbeat")])
+    with connection.cursor() as cursor:  # valid, built before this migration ran
+        cursor.execute(
+            """CREATE INDEX "message_streaming" ON "feedback_message" ("created_at") WHERE "status" = 'streaming'"""
+        )
+    migrate(executor_leaf_nodes())
+    assert streaming_index()[0] is True

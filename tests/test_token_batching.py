@@ -195,7 +195,7 @@ async def test_a_stop_while_a_version_loads_stores_the_answer_as_stopped(alice, 
 
 
 async def stop_while_writing(monkeypatch, prompt: Message, name: str) -> None:
-    """Stream an answer to ``prompt``; stop it while ``chat.<name>`` (a database call) runs in its
+    """Stream an answer to ``prompt``; stop it while ``chat.stream.<name>`` (a database call) runs in its
     thread, 0.3 s long; return once that thread has finished, whatever the stopped stream did."""
     import time
 

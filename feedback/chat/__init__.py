@@ -6,6 +6,10 @@ transaction is held open while the model streams: each write is its own short tr
 
 ``turns``: the reads and short writes (sync, one trip to a database thread each); ``stream``: the
 streamed answer; ``events``: its events and their batching. Everything public is named here.
+
+The names here are the package's copies: code in ``stream`` and ``turns`` calls its own module's, so a
+test that replaces a function patches the module that calls it (``chat.stream.get_policy``,
+``chat.turns.generation_begin`` on a send, ``chat.stream.generation_begin`` in ``answer_stream``).
 """
 
 from feedback.chat import events, stream, turns

@@ -145,9 +145,9 @@ def slow_model_server(words: int = 100, pause: float = 0.1) -> Iterator[str]:
 
 
 @contextmanager
-def platform_on_a_slow_model(tmp_path) -> Iterator[str]:
-    """The platform (uvicorn) whose live policy is ``slow_model_server``'s: 100 words, 10 s."""
-    with slow_model_server() as model_url:
+def platform_on_a_slow_model(tmp_path, words: int = 100) -> Iterator[str]:
+    """The platform (uvicorn) whose live policy is ``slow_model_server``'s: ``words`` words, 0.1 s apart."""
+    with slow_model_server(words) as model_url:
         version = model_version_register(
             kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="slow"
         )
@@ -174,17 +174,18 @@ def test_a_client_that_drops_the_stream_leaves_the_answer_stopped(tmp_path, key,
 
 
 def test_a_client_that_gives_up_on_a_whole_answer_leaves_it_stopped(tmp_path, key, settings):
-    """Not streamed: the client's timeout (here 1 s) ends the request; the platform stops generating
-    (and gives the slot back) rather than finish a 10 s answer nobody will read."""
+    """Not streamed: the client's timeout (3 s: time for a fresh server's first request and the model's
+    first words) ends the request; the platform stops generating (and gives the slot back) rather than
+    finish a 30 s answer nobody will read."""
     settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
-    with platform_on_a_slow_model(tmp_path) as base:
+    with platform_on_a_slow_model(tmp_path, words=300) as base:
         body = {"model": "policy", "messages": QUESTION}
         headers = {"Authorization": f"Bearer {key}"}
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(60, read=1))
+            httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(60, read=3))
         answers = Message.objects.filter(role="assistant")
-        assert wait_until(lambda: answers.exists() and answers.get().status != "streaming", timeout=5)
+        assert wait_until(lambda: answers.exists() and answers.get().status != "streaming", timeout=30)
         answer = answers.get()
         assert answer.status == "stopped", answer.content
         assert answer.content.startswith("word0 ")
-        assert "word99" not in answer.content
+        assert "word299" not in answer.content
