@@ -77,10 +77,11 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
             user=user, key=inference.credential_key(user, auth), request=parsed, live_version_id=live
         )
     )
-    try:
-        version_id, begun = await asyncio.shield(prepare)
-    except asyncio.CancelledError:  # the client went during the trip, whose thread goes on
-        await asyncio.shield(_abandoned(prepare, user))
+    try:  # the client gone during the trip: its thread goes on, and the answer it begins is stored stopped
+        version_id, begun = await chat.begun_or_stopped(prepare, lambda prepared: prepared[1][2])
+    except BaseException:
+        if prepare.done() and not prepare.cancelled() and prepare.exception() is None:
+            await asyncio.shield(db_async(inference.slot_release)(user=user))  # the slot it took
         raise
     generation = chat.Generation(
         sampling=parsed.generation.sampling, stop=parsed.generation.stop, version_id=version_id
@@ -127,19 +128,6 @@ async def _chat_completions(request: HttpRequest) -> HttpResponse | StreamingHtt
     if answer.status == Message.Status.FAILED:
         return _error(InferenceError(answer.error, code="generation_failed", status=503, type="server_error"))
     return JsonResponse(inference.completion_body(answer, model=answer.served_by))  # type: ignore[attr-defined]
-
-
-async def _abandoned(prepare: asyncio.Future[tuple[int | None, chat.Begun]], user: Any) -> None:
-    """A request cancelled during its first trip: once the trip's thread is done, the answer it began
-    is stored ``stopped`` and its generation slot given back (a refused or failed trip holds neither)."""
-    try:
-        _version_id, begun = await prepare
-    except Exception:
-        return
-    try:
-        await chat.answer_stopped(begun[2])
-    finally:
-        await db_async(inference.slot_release)(user=user)
 
 
 def _sse_event(data: dict[str, Any]) -> bytes:

@@ -103,7 +103,7 @@ async def send_begun(*, user: User, conversation: Conversation, content: str) ->
     trip = db_async(send_begin)(
         user=user, conversation=conversation, content=content, live_version_id=live_version_id()
     )
-    return await _begun_or_stopped(trip, _answer_sent)
+    return await begun_or_stopped(trip, _answer_sent)
 
 
 async def regeneration_begun(*, user: User, conversation: Conversation, answer_id: uuid.UUID) -> Begun:
@@ -111,7 +111,7 @@ async def regeneration_begun(*, user: User, conversation: Conversation, answer_i
     trip = db_async(regeneration_begin)(
         user=user, conversation=conversation, answer_id=answer_id, live_version_id=live_version_id()
     )
-    return await _begun_or_stopped(trip, _answer_begun)
+    return await begun_or_stopped(trip, _answer_begun)
 
 
 def _answer_begun(begun: Begun) -> Message:
@@ -122,10 +122,11 @@ def _answer_sent(sent: tuple[Message, Begun]) -> Message:
     return sent[1][2]
 
 
-async def _begun_or_stopped(trip: Awaitable[_T], answer_of: Callable[[_T], Message]) -> _T:
-    """Await a trip that stores an answer as streaming. A stop during it does not stop its thread,
-    which goes on and writes the row: that row is then stored ``stopped`` (a ``streaming`` one would
-    count as served in the analytics) before the stop goes on."""
+async def begun_or_stopped(trip: Awaitable[_T], answer_of: Callable[[_T], Message]) -> _T:
+    """Await a trip that stores an answer as streaming (``answer_of`` finds it in the trip's result).
+    A stop during it does not stop its thread, which goes on and writes the row: that row is then
+    stored ``stopped`` (a ``streaming`` one would count as served in the analytics) before the stop
+    goes on."""
     begin = asyncio.ensure_future(trip)
     try:
         return await asyncio.shield(begin)
@@ -176,7 +177,7 @@ async def answer_stream(
             version_id=generation.version_id,
             live_version_id=live_version_id() if generation.version_id is None else None,
         )
-        begun = cast(Begun, await _begun_or_stopped(trip, _answer_begun))
+        begun = cast(Begun, await begun_or_stopped(trip, _answer_begun))
     history, route = begun[0], begun[1]
     answer: Any = begun[2]  # Any: given ``usage`` and ``served_by`` below
     beat = asyncio.ensure_future(heartbeat.beating(answer.id))  # till the answer is stored as it ended
