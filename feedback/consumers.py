@@ -35,7 +35,6 @@ CLOSE_RATE_LIMITED = 4429
 # Frames that write a row each; limited per user by CHAT_SOCKET_RATE (sends have CHAT_RATE_PER_MINUTE).
 RATE_LIMITED = frozenset({"feedback", "compare"})
 MAX_FRAME_BYTES = 64 * 1024
-SOMETHING_WENT_WRONG = "Something went wrong on our side; it has been logged."
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -114,32 +113,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("You are sending feedback too fast, so this connection is closed. Reload the page.")
             await self.close(code=CLOSE_RATE_LIMITED)
             return
+        # A send refused or failed: the page emptied its composer on sending, so the text goes back into it.
+        sent = payload.get("content") if payload["type"] == "send" else None
+        restore = sent if isinstance(sent, str) else None
         try:
             await handler(payload)
         except ValidationError as exc:
-            await self.send_error(_first_error(exc))
+            await self.send_error(_first_error(exc), restore=restore)
         except FeedbackError as exc:
-            await self.send_error(exc.message)
+            await self.send_error(exc.message, restore=restore)
         except Exception:
             logger.exception("chat message failed")
-            await self.send_error(SOMETHING_WENT_WRONG)
+            await self.send_error("Something went wrong on our side; it has been logged.", restore=restore)
 
     # --- Handlers ---------------------------------------------------------------------------------
 
     async def on_send(self, payload: dict[str, Any]) -> None:
-        try:
-            content = chat.user_turn_clean(payload.get("content"))
-            self._refuse_if_busy()
-            prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
-        except Exception as exc:  # refused (busy, too fast, too long) or failed: the page emptied its
-            sent = payload.get("content")  # composer on sending, so the text goes back into it, not lost
-            if isinstance(exc, FeedbackError):
-                message = exc.message
-            else:
-                logger.exception("chat message failed")
-                message = SOMETHING_WENT_WRONG
-            await self.send_error(message, restore=sent if isinstance(sent, str) else None)
-            return
+        content = chat.user_turn_clean(payload.get("content"))
+        self._refuse_if_busy()
+        prompt, begun = await chat.send_begun(user=self.user, conversation=self.conversation, content=content)
         try:
             await self.send_html("chat/_turn_new.html", {"prompt": prompt})
         except BaseException:  # the socket went: the answer begun is stored stopped, not left streaming
