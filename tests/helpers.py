@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +151,34 @@ def soft_time_limit_from_step(monkeypatch: Any, step: int = 0) -> None:
 def no_checkpoints_left(settings: Any) -> bool:
     root = Path(settings.TRAINING_ARTIFACTS_DIR)
     return not root.exists() or not any(p for p in root.rglob("*") if p.is_file())
+
+
+@dataclass
+class DatabaseTrips:
+    """Trips made to the shared database threads (``core.asyncdb``), and how many had been made each
+    time the policy was asked for an answer."""
+
+    made: int = 0
+    when_asked: list[int] = field(default_factory=list)
+
+
+def count_database_trips(monkeypatch: Any, policy: Any) -> DatabaseTrips:
+    """Count the trips to ``core.asyncdb``'s threads, and note the count when ``policy.stream`` is called."""
+    from core import asyncdb
+
+    trips, pool = DatabaseTrips(), asyncdb.executor()
+
+    class Counting:
+        def submit(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+            trips.made += 1
+            return pool.submit(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncdb, "executor", Counting)
+    stream = policy.stream
+
+    def counted(messages: Any, **kwargs: Any) -> Any:
+        trips.when_asked.append(trips.made)
+        return stream(messages, **kwargs)
+
+    monkeypatch.setattr(policy, "stream", counted)
+    return trips

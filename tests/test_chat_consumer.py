@@ -330,43 +330,24 @@ async def test_an_unexpected_generation_error_is_stored_as_failed(conversation, 
 
 @pytest.fixture
 def trips(monkeypatch, policy):
-    """The trips to the shared database threads (``core.asyncdb``), and how many had been made when the
-    model was asked for each answer (``policy.trips_when_asked``)."""
-    from core import asyncdb
+    from tests.helpers import count_database_trips
 
-    made: list[str] = []
-    pool = asyncdb.executor()
-
-    class Counting:
-        def submit(self, func, *args, **kwargs):
-            made.append(getattr(func, "__qualname__", repr(func)))
-            return pool.submit(func, *args, **kwargs)
-
-    monkeypatch.setattr(asyncdb, "executor", Counting)
-    policy.trips_when_asked = []
-    stream = policy.stream
-
-    def counted(messages, **kwargs):
-        policy.trips_when_asked.append(len(made))
-        return stream(messages, **kwargs)
-
-    monkeypatch.setattr(policy, "stream", counted)
-    return made
+    return count_database_trips(monkeypatch, policy)
 
 
 async def test_a_send_asks_the_model_after_one_database_trip(conversation, alice_session, policy, trips):
     """The rate limit, the user's turn, the history, the arm and the answer's row: one trip before the
     model is asked (there were two), for a send and for a regenerate."""
     communicator, _, _ = await connect(conversation, alice_session)
-    trips.clear()
+    trips.made = 0
     frames = await ask(communicator, "Eggs?")
     first = await sync_to_async(Message.objects.get)(role="assistant")
     await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
-    at_regenerate = len(trips)
+    at_regenerate = trips.made
     frames += await receive_until(communicator, FINAL)
     await communicator.disconnect()
 
-    assert policy.trips_when_asked == [1, at_regenerate + 1]
+    assert trips.when_asked == [1, at_regenerate + 1]
     second = await sync_to_async(Message.objects.exclude(id=first.id).get)(role="assistant")
     assert (first.status, second.status, second.parent_id) == ("complete", "complete", first.parent_id)
     assert "Eggs?" in frames[0]  # the turn, then the answer's start

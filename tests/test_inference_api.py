@@ -422,29 +422,13 @@ async def test_concurrent_generations_per_user_are_bounded(alice, key, policy, s
 async def test_the_model_is_asked_after_two_database_trips(key, policy, monkeypatch):
     """Authentication, then the rate limit, the model, a slot, the turn and the answer's row in one
     trip (there were three trips)."""
-    from core import asyncdb
+    from tests.helpers import count_database_trips
 
-    made: list[object] = []
-    pool = asyncdb.executor()
-
-    class Counting:
-        def submit(self, func, *args, **kwargs):
-            made.append(func)
-            return pool.submit(func, *args, **kwargs)
-
-    monkeypatch.setattr(asyncdb, "executor", Counting)
     monkeypatch.setattr(chat.stream, "served_policy", lambda: policy, raising=False)  # loaded, as after a first answer
-    asked: list[int] = []
-    stream = policy.stream
-
-    def counted(messages, **kwargs):
-        asked.append(len(made))
-        return stream(messages, **kwargs)
-
-    monkeypatch.setattr(policy, "stream", counted)
+    trips = count_database_trips(monkeypatch, policy)
     response = await complete(key)
     assert response.status_code == 200, response.content
-    assert asked == [2]
+    assert trips.when_asked == [2]
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.model_version_id) == ("complete", policy.version_id)
 
