@@ -207,7 +207,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             answer = await chat.answer_generate(prompt=answer.parent, on_event=self._on_chat_event, begun=begun)
             # An answer that failed before streaming is not on the page yet: append it rather than replace it.
-            await self._send_final(answer.id, new=self.streaming_answer_id != answer.id)
+            new = self.streaming_answer_id != answer.id
+            siblings = getattr(answer, "siblings", None)  # loaded as the answer was stored, if it streamed
+            if siblings is None:
+                await self._send_final(answer.id, new=new)
+            else:
+                await self._send_answer(answer, siblings, new=new)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -231,6 +236,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         answer, siblings = await db_async(chat.answer_with_siblings)(
             conversation=self.conversation, answer_id=answer_id
         )
+        await self._send_answer(answer, siblings, new=new)
+
+    async def _send_answer(self, answer: Message, siblings: list[Message], *, new: bool) -> None:
         context = {"answer": answer, "siblings": siblings, "prompt_id": answer.parent_id, "new": new}
         await self.send_html("chat/_answer_final.html", context)
 

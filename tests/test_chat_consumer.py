@@ -354,6 +354,43 @@ async def test_a_send_asks_the_model_after_one_database_trip(conversation, alice
     assert "-answers" in frames[1]
 
 
+async def test_the_answer_is_stored_and_shown_after_one_last_trip(conversation, alice_session, policy, trips):
+    """Storing the answer as it ended and reading what the page shows of it (its steps, the answers to
+    the same turn) is one trip (there were two): a send makes one trip, one per finished step written
+    while the answer streams, and one at the end."""
+    communicator, _, _ = await connect(conversation, alice_session)
+    trips.made = 0
+    frames = await ask(communicator, "Eggs?")
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    steps = await sync_to_async(list)(answer.steps.order_by("index"))
+    assert [s.content for s in steps] == ["Sure.", "1. Boil water.", "2. Add the egg.", "3. Wait nine minutes."]
+    assert trips.made == 1 + (len(steps) - 1) + 1
+    final = frames[-1]
+    assert 'hx-swap-oob="outerHTML"' in final
+    assert 'data-status="complete"' in final
+    for step in steps:  # every step with its feedback buttons, the last one stored in the final trip
+        assert f'id="step-{answer.id}-{step.index}"' in final
+        assert f'"step_index": "{step.index}"' in final
+    assert "Which answer is better?" not in final  # one answer to the turn: nothing to compare
+
+
+async def test_a_regenerated_answer_is_shown_with_the_compare_form(conversation, alice_session, policy, trips):
+    communicator, _, _ = await connect(conversation, alice_session)
+    await ask(communicator, "Eggs?")
+    first = await sync_to_async(Message.objects.get)(role="assistant")
+    trips.made = 0
+    await communicator.send_to(text_data=json.dumps({"type": "regenerate", "message_id": str(first.id)}))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    second = await sync_to_async(Message.objects.exclude(id=first.id).get)(role="assistant")
+    assert trips.made == 1 + 3 + 1  # begin, the three finished steps, the end
+    assert f'id="turn-{first.parent_id}-compare"' in frames[-1]
+    assert f'"chosen_message_id": "{first.id}", "rejected_message_id": "{second.id}"' in frames[-1]
+
+
 async def test_a_failure_beginning_the_answer_stores_neither_the_turn_nor_the_answer(
     conversation, alice_session, policy, monkeypatch
 ):

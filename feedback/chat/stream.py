@@ -139,9 +139,10 @@ async def answer_generate(
     *, prompt: Message, on_event: OnEvent, regenerate_of: Message | None = None, begun: Begun | None = None
 ) -> Message:
     """``answer_stream`` with a callback: ``on_event`` is awaited for each event but the last (tokens
-    batched, ``tokens_batched``), and the stored answer is returned."""
+    batched, ``tokens_batched``), and the stored answer is returned, with what the page shows of it
+    loaded (``shown``)."""
     answer: Message | None = None
-    stream = tokens_batched(answer_stream(prompt=prompt, regenerate_of=regenerate_of, begun=begun))
+    stream = tokens_batched(answer_stream(prompt=prompt, regenerate_of=regenerate_of, begun=begun, shown=True))
     async with contextlib.aclosing(stream) as events:
         async for event in events:
             if event.kind == "end":
@@ -158,6 +159,7 @@ async def answer_stream(
     regenerate_of: Message | None = None,
     generation: Generation | None = None,
     begun: Begun | None = None,
+    shown: bool = False,
 ) -> AsyncGenerator[ChatEvent, None]:
     """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm, or the
     version ``generation`` names): a ``start`` event once the answer is stored, a ``token`` event per
@@ -168,7 +170,10 @@ async def answer_stream(
     Until the answer is stored as it ended, it is marked alive every CHAT_HEARTBEAT_SECONDS, so that
     the reaper can tell an answer whose process died (``feedback.heartbeat``). ``begun``: the answer
     already begun by the caller's own trip (``send_begun``, ``regeneration_begun``); else this
-    begins it (``generation_begin``), one trip to a database thread before the model is asked."""
+    begins it (``generation_begin``), one trip to a database thread before the model is asked.
+    ``shown``: the page shows the answer as it ended, so the trip that stores it also loads its steps
+    (``answer.steps.all()``) and sets ``answer.siblings``, the answers to the same turn, for a streamed
+    answer (one trip less than reading them again; an answer that failed before streaming has none)."""
     generation = generation or Generation()
     if begun is None:
         trip = db_async(generation_begin)(
@@ -222,7 +227,9 @@ async def answer_stream(
         finally:
             metrics.ACTIVE_STREAMS.labels(policy.label).dec()
             # Shielded: a stop or a closed socket must not lose what was produced.
-            await asyncio.shield(_finish(answer, stream, status=status, error=error, label=policy.label))
+            answer.siblings = await asyncio.shield(
+                _finish(answer, stream, status=status, error=error, label=policy.label, shown=shown)
+            )
         answer.usage = stream.usage
         beat.cancel()
         yield ChatEvent("end", answer)
@@ -322,8 +329,11 @@ async def _steps_settled(stream: _Stream) -> None:
     stream.step_writes.clear()
 
 
-async def _finish(answer: Message, stream: _Stream, *, status: str, error: str, label: str) -> None:
-    """Store the answer as it ended (its text, the steps not stored yet, status and timings)."""
+async def _finish(
+    answer: Message, stream: _Stream, *, status: str, error: str, label: str, shown: bool = False
+) -> list[Message] | None:
+    """Store the answer as it ended (its text, the steps not stored yet, status and timings); with
+    ``shown``, load what the page shows of it in the same trip (``_answer_store_final``)."""
     finished = time.monotonic()
     answer.content, answer.status, answer.error = stream.text, status, error
     # The backend's count of generated tokens when it gives one (a stop string cuts the text short of
@@ -336,8 +346,9 @@ async def _finish(answer: Message, stream: _Stream, *, status: str, error: str, 
     await _steps_settled(stream)
     first_index = stream.stored_steps if stream.step_failed is None else stream.step_failed
     remaining = split_steps(stream.text)[first_index:]
-    await db_async(_answer_store_final)(answer=answer, first_index=first_index, steps=remaining)
+    siblings = await db_async(_answer_store_final)(answer=answer, first_index=first_index, steps=remaining, shown=shown)
     if first is not None:
         metrics.record_generation(
             model_version=label, ttft=first - stream.started, tokens=stream.tokens, seconds=finished - first
         )
+    return siblings

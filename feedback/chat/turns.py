@@ -10,7 +10,7 @@ import uuid
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Prefetch, prefetch_related_objects
 
 from core import prompts, ratelimit
 from feedback import arms
@@ -223,7 +223,10 @@ def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
     return MessageStep.objects.create(message=answer, index=index, content=content)
 
 
-def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) -> None:
+def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], shown: bool) -> list[Message] | None:
+    """Store the answer as it ended and its steps not stored yet. ``shown``: the page shows it next, so
+    in the same trip load its steps onto ``answer`` (``answer.steps.all()``, in order) and return the
+    answers to the same turn (``answer_siblings``): what ``answer_with_siblings`` would read again."""
     # A stop that lands while a finished step is being stored cannot tell whether its row was written
     # (the thread goes on; the await does not): a step already there is the same text, and is kept.
     with transaction.atomic():
@@ -234,3 +237,8 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str]) 
         answer.save(
             update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
         )
+    if not shown:
+        return None
+    # Read back, not built from memory: a step kept by ``ignore_conflicts`` has the stored row's id.
+    prefetch_related_objects([answer], Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
+    return answer_siblings(answer=answer)
