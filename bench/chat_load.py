@@ -76,6 +76,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--no-compression", action="store_true", help="clients offer no permessage-deflate (default: offer it)"
     )
+    parser.add_argument(
+        "--uvicorn-args", default="", help="more uvicorn options, e.g. '--ws-per-message-deflate true' (none)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (printed path)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--fake-openai-port", type=int, help=argparse.SUPPRESS)  # internal: run the fake server
@@ -222,7 +225,7 @@ def start_server(args: argparse.Namespace, env: dict[str, str], logs: Path, labe
         sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application",
         "--host", "127.0.0.1", "--port", str(args.port), "--workers", str(args.workers),
         "--loop", "uvloop", "--http", "httptools", "--ws", "websockets", "--no-access-log", "--log-level", "warning",
-        "--backlog", "4096",
+        "--backlog", "4096", *args.uvicorn_args.split(),
     ]  # fmt: skip
     child = Child(f"uvicorn ({label})", cmd, env, logs / f"uvicorn-{label}.log")
     CHILDREN.append(child)
@@ -536,7 +539,44 @@ def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
 # --- Part "load" --------------------------------------------------------------------------------
 
 
-async def load_round(args: argparse.Namespace, chats: list[dict[str, Any]]) -> dict[str, Any]:
+def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process group named in ``groups`` (name: group id), of PostgreSQL's
+    processes and of this process. Reaped children count for their parent (cutime, cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    totals = dict.fromkeys(groups, 0.0) | {"postgres": 0.0, "client": own.ru_utime + own.ru_stime}
+    by_group = {gid: name for name, gid in groups.items()}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+        if int(fields[2]) in by_group:
+            totals[by_group[int(fields[2])]] += seconds
+        elif comm.startswith("postgres"):
+            totals["postgres"] += seconds
+    return totals
+
+
+def rss_kib(group: int) -> int:
+    """The resident memory of process group ``group``'s processes, KiB."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if int(text[text.rindex(")") + 2 :].split()[2]) != group:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, ValueError):
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total
+
+
+async def load_round(args: argparse.Namespace, chats: list[dict[str, Any]], groups: dict[str, int]) -> dict[str, Any]:
     connect_errors: list[str] = []
 
     async def open_one(chat: dict[str, Any]) -> Any:
@@ -546,18 +586,32 @@ async def load_round(args: argparse.Namespace, chats: list[dict[str, Any]]) -> d
             connect_errors.append(f"{type(exc).__name__}: {exc}"[:120])
             return None
 
+    rss_before = rss_kib(groups["server"])
     t = time.perf_counter()
     sockets = await asyncio.gather(*(open_one(c) for c in chats))
     connect_s = time.perf_counter() - t
     live = [ws for ws in sockets if ws is not None]
     try:
         await asyncio.sleep(0.5)
+        rss_open = rss_kib(groups["server"])
+        cpu_before = cpu_seconds(groups)
         t = time.perf_counter()
         records = await asyncio.gather(*(ws_chat(ws, PROMPT, args.chat_timeout) for ws in live))
         wall_s = time.perf_counter() - t
+        cpu_after = cpu_seconds(groups)
+        rss_done = rss_kib(groups["server"])
     finally:
         await asyncio.gather(*(asyncio.wait_for(ws.close(), 10) for ws in live), return_exceptions=True)
-    return {"connect_errors": connect_errors, "connect_s": connect_s, "records": records, "wall_s": wall_s}
+    # CPU ms per chat from the send to the last final fragment (the last answers' final writes may
+    # land just after: a slight undercount for the server and PostgreSQL).
+    cpu_ms = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(len(live), 1) for k in cpu_after}
+    return {
+        "connect_errors": connect_errors, "connect_s": connect_s, "records": records, "wall_s": wall_s,
+        "cpu_ms": cpu_ms,
+        # The server's resident memory (KiB, all its processes) per socket: once open, and after a chat.
+        "kib_per_socket_open": (rss_open - rss_before) / max(len(live), 1),
+        "kib_per_socket_chatted": (rss_done - rss_before) / max(len(live), 1),
+    }  # fmt: skip
 
 
 def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list[dict[str, Any]]:
@@ -571,10 +625,13 @@ def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list
         rounds = [(n, make_chats(f"load{n}-", n)) for n in args.client_counts]
         server = start_server(args, env, logs, "load")
         try:
-            asyncio.run(load_round(args, warm))
+            assert server.proc is not None
+            assert fake.proc is not None
+            groups = {"server": server.proc.pid, "fake": fake.proc.pid}  # each leads its process group
+            asyncio.run(load_round(args, warm, groups))
             for n, chats in rounds:
                 print(f"load: {n} concurrent chats ...", flush=True)
-                raw = asyncio.run(load_round(args, chats))
+                raw = asyncio.run(load_round(args, chats, groups))
                 time.sleep(1.0)  # the last answers' final writes
                 stored = completed_answers([c["conversation"] for c in chats])
                 recs = raw["records"]
@@ -604,6 +661,9 @@ def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list
                     "complete_stored": stored.get("complete", 0),
                     "stored": stored,
                     "connect_error_samples": raw["connect_errors"][:3],
+                    "cpu_ms": raw["cpu_ms"],
+                    "kib_per_socket_open": raw["kib_per_socket_open"],
+                    "kib_per_socket_chatted": raw["kib_per_socket_chatted"],
                 })  # fmt: skip
         finally:
             server.stop()
@@ -662,6 +722,15 @@ def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[di
                 f"{r['complete_stored']:>6}/{r['clients']:<7}"
             )
             print(f"      p50 ms after the send: _turn_new {r['turn_p50']:.0f}, _answer_new {r['start_p50']:.0f}")
+            c = r["cpu_ms"]
+            print(
+                f"      CPU ms per chat: server {c['server']:.1f}, PostgreSQL {c['postgres']:.1f}, "
+                f"fake model server {c['fake']:.1f}, these clients {c['client']:.1f}"
+            )
+            print(
+                f"      server memory per socket, KiB: {r['kib_per_socket_open']:.0f} once open, "
+                f"{r['kib_per_socket_chatted']:.0f} after its chat"
+            )
             if r["errors"]:
                 print(f"      errors: {r['errors']}; stored statuses {r['stored']} {r['connect_error_samples']}")
         print("times in ms from the send; total = final fragment; errors = failed connects + error fragments")
