@@ -37,23 +37,22 @@ def free_port() -> int:
 def serve_platform(
     log: Path, *, env: dict[str, str], timeout: float = 60, database: str | None = None
 ) -> Iterator[str]:
-    """uvicorn serving the platform on a free loopback port with ``env`` (its whole environment, with
-    this process's database, or ``database`` (a DATABASE_URL: the same database through a proxy), and
-    SECRET_KEY over it: sessions and signatures made here hold there); yields its base URL once it
-    answers, and stops it on the way out."""
+    """The platform's web server (``bin/web``, as ``bin/run`` starts it; one process) on a free loopback
+    port with ``env`` (its whole environment, with this process's database, or ``database`` (a
+    DATABASE_URL: the same database through a proxy), and SECRET_KEY over it: sessions and signatures
+    made here hold there); yields its base URL once it answers, and stops it on the way out."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "rlhf_site.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    full_env = {**env, "DATABASE_URL": database or database_url(), "SECRET_KEY": settings.SECRET_KEY}
+    command = [str(ROOT / "bin" / "web")]
+    full_env = {
+        **env,
+        "WEB_WORKERS": "1",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "PYTHON": sys.executable,
+        "DATABASE_URL": database or database_url(),
+        "SECRET_KEY": settings.SECRET_KEY,
+    }
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,58 @@
+"""``bin/web``, the platform's web server as ``bin/run`` starts it (every end-to-end test's server is
+started by it too): permessage-deflate on the chat's WebSockets is off unless ``WS_COMPRESSION`` turns
+it on, and a value it does not know stops it with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from websockets.sync.client import connect
+
+from core.processes import ROOT
+from tests.e2e.servers import platform_server, session_of
+from tests.factories import ConversationFactory, UserFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def negotiated_extensions(base: str, session: str, conversation_id: object) -> str | None:
+    """The chat socket's extensions, as the server answered a client that offers permessage-deflate
+    (as browsers do)."""
+    url = base.replace("http://", "ws://") + f"/ws/chat/{conversation_id}/"
+    headers = {"Cookie": f"sessionid={session}"}
+    with connect(url, origin=base, additional_headers=headers, compression="deflate", open_timeout=30) as ws:  # type: ignore[arg-type]
+        assert ws.request is not None
+        assert ws.response is not None
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]  # offered
+        return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+
+@pytest.mark.parametrize(("setting", "compressed"), [(None, False), ("0", False), ("on", True)])
+def test_the_chat_socket_is_compressed_only_when_ws_compression_says_so(tmp_path, setting, compressed):
+    user = UserFactory()
+    conversation = ConversationFactory(user=user)
+    env = {} if setting is None else {"WS_COMPRESSION": setting}
+    with platform_server(tmp_path, "web", **env) as base:
+        answer = negotiated_extensions(base, session_of(user), conversation.id)
+    assert (answer is not None and answer.startswith("permessage-deflate")) is compressed
+
+
+def test_an_unknown_ws_compression_stops_the_server_with_a_clear_message():
+    result = subprocess.run(
+        [str(ROOT / "bin" / "web")],
+        env={"PATH": "/usr/bin:/bin", "WS_COMPRESSION": "maybe", "PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "WS_COMPRESSION=maybe is not one of" in result.stderr
+
+
+def test_a_bad_web_workers_stops_the_server_with_a_clear_message():
+    result = subprocess.run(
+        [str(ROOT / "bin" / "web")], env={"PATH": "/usr/bin:/bin", "WEB_WORKERS": "two"}, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "WEB_WORKERS=two is not a whole number" in result.stderr
