@@ -6,7 +6,8 @@ Run by hand (not a test)::
 
 1. Drops and recreates the PostgreSQL database ``rlhf_chat_bench``, migrates it, and creates users,
    one conversation each and a Django session per user (the WebSocket clients send its cookie).
-   The server is uvicorn serving ``rlhf_site.asgi:application`` with DEBUG=0, Redis as channel layer
+   The server is ``bin/web`` (uvicorn serving ``rlhf_site.asgi:application`` as ``bin/run`` starts it;
+   permessage-deflate off unless ``--ws-compression``) with DEBUG=0, Redis as channel layer
    and cache and ``CHAT_RATE_PER_MINUTE=100000``, in its own process group.
 2. ``ratio``: a tiny GPT-2 policy (bootstrapped once into ``--model-cache``) is made live with the
    local backend. Greedy decoding (``SERVING_TEMPERATURE=0``) and ``SERVING_MAX_NEW_TOKENS`` are set
@@ -77,8 +78,9 @@ def parse_args() -> argparse.Namespace:
         "--no-compression", action="store_true", help="clients offer no permessage-deflate (default: offer it)"
     )
     parser.add_argument(
-        "--uvicorn-args", default="", help="more uvicorn options, e.g. '--ws-per-message-deflate true' (none)"
+        "--ws-compression", action="store_true", help="the server offers permessage-deflate (WS_COMPRESSION=1)"
     )
+    parser.add_argument("--uvicorn-args", default="", help="more uvicorn options, e.g. '--ws websockets-sansio'")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server logs (printed path)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--fake-openai-port", type=int, help=argparse.SUPPRESS)  # internal: run the fake server
@@ -221,13 +223,13 @@ CHILDREN: list[Child] = []
 
 
 def start_server(args: argparse.Namespace, env: dict[str, str], logs: Path, label: str) -> Child:
-    cmd = [
-        sys.executable, "-m", "uvicorn", "rlhf_site.asgi:application",
-        "--host", "127.0.0.1", "--port", str(args.port), "--workers", str(args.workers),
-        "--loop", "uvloop", "--http", "httptools", "--ws", "websockets", "--no-access-log", "--log-level", "warning",
-        "--backlog", "4096", *args.uvicorn_args.split(),
-    ]  # fmt: skip
-    child = Child(f"uvicorn ({label})", cmd, env, logs / f"uvicorn-{label}.log")
+    """The production command, ``bin/web`` (uvicorn; its settings: WS_COMPRESSION, WEB_WORKERS)."""
+    cmd = [str(ROOT / "bin" / "web"), "--log-level", "warning", "--backlog", "4096", *args.uvicorn_args.split()]
+    server_env = {
+        **env, "HOST": "127.0.0.1", "PORT": str(args.port), "WEB_WORKERS": str(args.workers),
+        "WS_COMPRESSION": "1" if args.ws_compression else "0", "PYTHON": sys.executable,
+    }  # fmt: skip
+    child = Child(f"uvicorn ({label})", cmd, server_env, logs / f"uvicorn-{label}.log")
     CHILDREN.append(child)
     child.start()
     child.wait_port(args.port, 60 + 10 * args.workers, http=True)
@@ -654,6 +656,7 @@ def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list
                     "start_p50": pct([r["start"] for r in recs if r["start"] is not None], 50),
                     "ttft_p50": pct(ttft, 50),
                     "ttft_p99": pct(ttft, 99),
+                    "frames_p50": pct([len(r["tokens"]) for r in recs if r["tokens"]], 50),
                     "total_p50": pct(total, 50),
                     "total_p99": pct(total, 99),
                     "errors": errors,
@@ -679,7 +682,11 @@ def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[di
     def ok(flag: bool) -> str:
         return "MET" if flag else "MISSED"
 
-    print(f"\n== chat WebSocket benchmark (uvicorn, {args.workers} worker(s), {os.cpu_count()} CPUs)")
+    deflate = "on" if args.ws_compression else "off"
+    print(
+        f"\n== chat WebSocket benchmark (bin/web: uvicorn, {args.workers} worker(s), permessage-deflate {deflate}, "
+        f"{os.cpu_count()} CPUs)"
+    )
     if ratio:
         print(
             f"\n-- ratio: local tiny GPT-2, greedy, max_new_tokens={ratio['max_new_tokens']}, "
@@ -721,7 +728,10 @@ def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[di
                 f"{r['total_p50']:>9.0f} {r['total_p99']:>9.0f} {r['wall_s']:>6.1f} {r['error_count']:>6} "
                 f"{r['complete_stored']:>6}/{r['clients']:<7}"
             )
-            print(f"      p50 ms after the send: _turn_new {r['turn_p50']:.0f}, _answer_new {r['start_p50']:.0f}")
+            print(
+                f"      p50 ms after the send: _turn_new {r['turn_p50']:.0f}, _answer_new {r['start_p50']:.0f}; "
+                f"token frames per answer p50 {r['frames_p50']:.0f} ({args.fake_tokens} tokens)"
+            )
             c = r["cpu_ms"]
             print(
                 f"      CPU ms per chat: server {c['server']:.1f}, PostgreSQL {c['postgres']:.1f}, "
