@@ -190,8 +190,16 @@ async def test_regenerate_makes_a_sibling_and_compare_stores_a_comparison(conver
     assert policy.seen[0] == policy.seen[1]
 
 
-async def test_stop_cancels_generation_and_stores_what_was_produced(conversation, alice_session, policy):
+async def test_stop_cancels_generation_and_stores_what_was_produced(conversation, alice_session, policy, monkeypatch):
     policy.delay = 0.05
+    stores = []
+    store = chat.stream._answer_store_final
+
+    def recorded(**kwargs):
+        stores.append(kwargs["shown"])
+        return store(**kwargs)
+
+    monkeypatch.setattr(chat.stream, "_answer_store_final", recorded)
     communicator, _, _ = await connect(conversation, alice_session)
     await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
     await receive_until(communicator, r"-live\" hx-swap-oob=\"beforeend\">1\. Boil")
@@ -204,6 +212,26 @@ async def test_stop_cancels_generation_and_stores_what_was_produced(conversation
     assert answer.content.startswith("Sure.\n1. Boil")
     assert len(answer.content) < len("".join(ANSWER))
     assert "Stopped." in frames[-1]
+    assert stores == [False]  # the stop's handler reads the answer for the page: its store does not
+
+
+async def test_a_failed_read_back_still_shows_the_stored_answer(conversation, alice_session, policy, monkeypatch):
+    """The answer is stored before what the page shows is read back in the same trip; if that read
+    fails the socket reads it again."""
+    from django.db import DatabaseError
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("the connection went away")
+
+    monkeypatch.setattr(chat.turns, "prefetch_related_objects", broken)
+    communicator, _, _ = await connect(conversation, alice_session)
+    frames = await ask(communicator, "Eggs?")
+    await communicator.disconnect()
+
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    assert answer.status == "complete"
+    assert 'data-status="complete"' in frames[-1]
+    assert f'id="step-{answer.id}-3"' in frames[-1]
 
 
 async def test_closing_the_socket_stops_generation_and_keeps_the_partial_answer(conversation, alice_session, policy):
@@ -389,6 +417,26 @@ async def test_a_regenerated_answer_is_shown_with_the_compare_form(conversation,
     assert trips.made == 1 + 3 + 1  # begin, the three finished steps, the end
     assert f'id="turn-{first.parent_id}-compare"' in frames[-1]
     assert f'"chosen_message_id": "{first.id}", "rejected_message_id": "{second.id}"' in frames[-1]
+
+
+async def test_a_step_rated_while_the_answer_streams_stays_rated_when_it_ends(conversation, alice_session, policy):
+    """The final fragment replaces the streamed steps: it shows the rating given meanwhile."""
+    policy.delay = 0.05
+    communicator, _, _ = await connect(conversation, alice_session)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "content": "Eggs?"}))
+    await receive_until(communicator, r'class="step" id="step-')
+    answer = await sync_to_async(Message.objects.get)(role="assistant")
+    rating = {"type": "feedback", "message_id": str(answer.id), "step_index": "0", "thumbs": "up"}
+    await communicator.send_to(text_data=json.dumps(rating))
+    frames = await receive_until(communicator, FINAL)
+    await communicator.disconnect()
+
+    final = frames[-1]
+    assert 'data-status="complete"' in final
+    step_0 = final.split(f'id="step-{answer.id}-0-feedback"', 1)[1].split("</div>", 1)[0]
+    assert re.search(r'aria-label="Good step" aria-pressed="true"', step_0)
+    step_1 = final.split(f'id="step-{answer.id}-1-feedback"', 1)[1].split("</div>", 1)[0]
+    assert 'aria-pressed="true"' not in step_1
 
 
 async def test_a_failure_beginning_the_answer_stores_neither_the_turn_nor_the_answer(

@@ -227,8 +227,10 @@ async def answer_stream(
         finally:
             metrics.ACTIVE_STREAMS.labels(policy.label).dec()
             # Shielded: a stop or a closed socket must not lose what was produced.
+            # A stopped answer is not shown from here (the stop's own handler shows it): no read-back.
+            shown_now = shown and status != Message.Status.STOPPED
             answer.siblings = await asyncio.shield(
-                _finish(answer, stream, status=status, error=error, label=policy.label, shown=shown)
+                _finish(answer, stream, status=status, error=error, label=policy.label, shown=shown_now)
             )
         answer.usage = stream.usage
         beat.cancel()

@@ -9,7 +9,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Prefetch, prefetch_related_objects
 
 from core import prompts, ratelimit
@@ -53,15 +53,21 @@ def turns_for_page(*, user: User, conversation: Conversation) -> list[tuple[Mess
     """``conversation_turns`` with the user's own feedback attached to each answer and step as
     ``my_feedback``, so the page shows what they already said."""
     turns = conversation_turns(conversation=conversation)
-    answers = [answer for _, group in turns for answer in group]
+    _with_my_feedback([answer for _, group in turns for answer in group], user_id=user.pk)
+    return turns
+
+
+def _with_my_feedback(answers: list[Message], *, user_id: int) -> None:
+    """Attach the user's own feedback to each answer and each of its steps (loaded) as ``my_feedback``
+    (None where they gave none), one query."""
     given = {
-        (f.message_id, f.step_id): f for f in Feedback.objects.filter(user=user, message__in=[a.id for a in answers])
+        (f.message_id, f.step_id): f
+        for f in Feedback.objects.filter(user_id=user_id, message__in=[a.id for a in answers])
     }
     for answer in answers:
         answer.my_feedback = given.get((answer.id, None))  # type: ignore[attr-defined]
         for step in answer.steps.all():
             step.my_feedback = given.get((answer.id, step.id))  # type: ignore[attr-defined]
-    return turns
 
 
 def history_for(*, prompt: Message) -> list[dict[str, str]]:
@@ -149,8 +155,10 @@ def answer_siblings(*, answer: Message) -> list[Message]:
 
 
 def answer_with_siblings(*, conversation: Conversation, answer_id: uuid.UUID) -> tuple[Message, list[Message]]:
-    """``answer_get`` and ``answer_siblings``: what the page shows when an answer ends, in one trip."""
+    """``answer_get`` and ``answer_siblings``: what the page shows when an answer ends, in one trip,
+    with the feedback the conversation's user gave it and its steps while it streamed."""
     answer = answer_get(conversation=conversation, answer_id=answer_id)
+    _with_my_feedback([answer], user_id=conversation.user_id)
     return answer, answer_siblings(answer=answer)
 
 
@@ -225,8 +233,10 @@ def _step_create(*, answer: Message, index: int, content: str) -> MessageStep:
 
 def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], shown: bool) -> list[Message] | None:
     """Store the answer as it ended and its steps not stored yet. ``shown``: the page shows it next, so
-    in the same trip load its steps onto ``answer`` (``answer.steps.all()``, in order) and return the
-    answers to the same turn (``answer_siblings``): what ``answer_with_siblings`` would read again."""
+    in the same trip load its steps onto ``answer`` (``answer.steps.all()``, in order) with the user's
+    feedback on them (given while it streamed) and return the answers to the same turn
+    (``answer_siblings``): what ``answer_with_siblings`` would read again. None if those reads fail
+    (the answer is stored; the caller reads again)."""
     # A stop that lands while a finished step is being stored cannot tell whether its row was written
     # (the thread goes on; the await does not): a step already there is the same text, and is kept.
     with transaction.atomic():
@@ -239,6 +249,11 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], 
         )
     if not shown:
         return None
-    # Read back, not built from memory: a step kept by ``ignore_conflicts`` has the stored row's id.
-    prefetch_related_objects([answer], Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
-    return answer_siblings(answer=answer)
+    try:
+        # Read back, not built from memory: a step kept by ``ignore_conflicts`` has the stored row's id.
+        prefetch_related_objects([answer], Prefetch("steps", queryset=MessageStep.objects.order_by("index")))
+        _with_my_feedback([answer], user_id=answer.conversation.user_id)
+        return answer_siblings(answer=answer)
+    except DatabaseError:
+        logger.warning("answer %s is stored; reading it back for the page failed", answer.id, exc_info=True)
+        return None
