@@ -227,7 +227,7 @@ def start_server(args: argparse.Namespace, env: dict[str, str], logs: Path, labe
     cmd = [str(ROOT / "bin" / "web"), "--log-level", "warning", "--backlog", "4096", *args.uvicorn_args.split()]
     server_env = {
         **env, "HOST": "127.0.0.1", "PORT": str(args.port), "WEB_WORKERS": str(args.workers),
-        "WS_COMPRESSION": "1" if args.ws_compression else "0", "PYTHON": sys.executable,
+        "WS_COMPRESSION": "1" if args.ws_compression else "0", "WEB_PYTHON": sys.executable,
     }  # fmt: skip
     child = Child(f"uvicorn ({label})", cmd, server_env, logs / f"uvicorn-{label}.log")
     CHILDREN.append(child)

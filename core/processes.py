@@ -49,7 +49,7 @@ def serve_platform(
         "WEB_WORKERS": "1",
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "PYTHON": sys.executable,
+        "WEB_PYTHON": sys.executable,
         "DATABASE_URL": database or database_url(),
         "SECRET_KEY": settings.SECRET_KEY,
     }

@@ -13,8 +13,6 @@ from core.processes import ROOT
 from tests.e2e.servers import platform_server, session_of
 from tests.factories import ConversationFactory, UserFactory
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
 
 def negotiated_extensions(base: str, session: str, conversation_id: object) -> str | None:
     """The chat socket's extensions, as the server answered a client that offers permessage-deflate
@@ -28,8 +26,11 @@ def negotiated_extensions(base: str, session: str, conversation_id: object) -> s
         return ws.response.headers.get("Sec-WebSocket-Extensions")
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(("setting", "compressed"), [(None, False), ("0", False), ("on", True)])
-def test_the_chat_socket_is_compressed_only_when_ws_compression_says_so(tmp_path, setting, compressed):
+def test_the_chat_socket_is_compressed_only_when_ws_compression_says_so(tmp_path, monkeypatch, setting, compressed):
+    monkeypatch.delenv("WS_COMPRESSION", raising=False)  # the server's environment is this one's
     user = UserFactory()
     conversation = ConversationFactory(user=user)
     env = {} if setting is None else {"WS_COMPRESSION": setting}
@@ -38,21 +39,25 @@ def test_the_chat_socket_is_compressed_only_when_ws_compression_says_so(tmp_path
     assert (answer is not None and answer.startswith("permessage-deflate")) is compressed
 
 
-def test_an_unknown_ws_compression_stops_the_server_with_a_clear_message():
-    result = subprocess.run(
-        [str(ROOT / "bin" / "web")],
-        env={"PATH": "/usr/bin:/bin", "WS_COMPRESSION": "maybe", "PORT": "1"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def web(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [str(ROOT / "bin" / "web"), *args]
+    return subprocess.run(command, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args", [(), ("--check",)])
+def test_an_unknown_ws_compression_stops_the_server_with_a_clear_message(args):
+    result = web(*args, WS_COMPRESSION="maybe", WEB_PYTHON="/bin/false")
     assert result.returncode == 2
     assert "WS_COMPRESSION=maybe is not one of" in result.stderr
 
 
-def test_a_bad_web_workers_stops_the_server_with_a_clear_message():
-    result = subprocess.run(
-        [str(ROOT / "bin" / "web")], env={"PATH": "/usr/bin:/bin", "WEB_WORKERS": "two"}, capture_output=True, text=True
-    )
+@pytest.mark.parametrize("args", [(), ("--check",)])
+def test_a_bad_web_workers_stops_the_server_with_a_clear_message(args):
+    result = web(*args, WEB_WORKERS="two", WEB_PYTHON="/bin/false")
     assert result.returncode == 2
     assert "WEB_WORKERS=two is not a whole number" in result.stderr
+
+
+def test_check_only_checks_good_settings():
+    result = web("--check", WEB_WORKERS="2", WS_COMPRESSION="yes", WEB_PYTHON="/bin/false")  # never started
+    assert (result.returncode, result.stderr) == (0, "")
