@@ -29,9 +29,10 @@ from django.urls import URLPattern, path, reverse
 
 from core.admin import ReadOnlyAdminMixin
 from core.params import is_whole_number
+from models_registry import webhooks
 from models_registry.exceptions import RegistryError
 from models_registry.extensions import version_sections
-from models_registry.models import Canary, DeploymentEvent, ModelVersion
+from models_registry.models import Canary, DeploymentEvent, ModelVersion, WebhookDelivery
 from models_registry.selectors import live_version, rollback_target, running_canary
 from models_registry.services import (
     APPROVE_PERMISSION,
@@ -379,3 +380,26 @@ class CanaryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["kind", "outcome"]
     list_select_related = ["version", "baseline"]
     date_hierarchy = "started_at"
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The webhooks' outbox: each notice to each receiver, whether it arrived, how many tries it took
+    and the last error. Failed ones (a receiver down for longer than the retries last) can be sent
+    again once the receiver is fixed."""
+
+    list_display = ["created_at", "event_type", "url", "status", "attempts", "last_error", "finished_at"]
+    list_filter = ["status", "event_type"]
+    search_fields = ["url", "id"]
+    date_hierarchy = "created_at"
+    actions = ["send_again"]
+
+    def has_deploy_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(DEPLOY_PERMISSION)
+
+    @admin.action(description="Send the selected deliveries again", permissions=["deploy"])
+    def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        count = webhooks.deliveries_send_again(list(queryset.values_list("id", flat=True)))
+        skipped = queryset.count() - count
+        note = f" ({skipped} already delivered, left alone)" if skipped else ""
+        self.message_user(request, f"{count} deliveries queued again{note}.", messages.SUCCESS)

@@ -1,12 +1,13 @@
 """Model versions: what was trained, where its files are, how it is served, which one is live and
 which one is a canary; the canaries (``Canary``); and the append-only audit log of every change
-(``DeploymentEvent``).
+(``DeploymentEvent``); and the webhooks' outbox (``WebhookDelivery``).
 
 Statuses move only through ``models_registry.services``, along ``ModelVersion.TRANSITIONS``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -206,3 +207,35 @@ class DeploymentEvent(models.Model):
     @property
     def actor_label(self) -> str:
         return self.actor.get_username() if self.actor_id and self.actor else "system"
+
+
+class WebhookDelivery(models.Model):
+    """One webhook to one receiver: the outbox row, written in the transaction of the change it
+    announces (so a change is never committed without its notices, nor a notice sent for a change
+    rolled back), delivered by a Celery task after the commit, and kept until ``REGISTRY_WEBHOOK_KEEP_DAYS``
+    after it is delivered or given up. A notice whose task could not be queued (the broker was away)
+    or was lost stays ``pending`` and is queued again by the sweep (``models_registry.webhooks``)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, help_text="X-RLHF-Delivery")
+    url = models.TextField()
+    event_type = models.CharField(max_length=64)
+    body = models.TextField(help_text="The signed JSON body, as sent.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When its task was last queued.")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Delivered or given up.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["status", "created_at"], name="webhook_delivery_status_at")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} to {self.url} ({self.status})"

@@ -1,35 +1,32 @@
-"""Celery tasks of the registry: webhook deliveries. A leaf: nothing imports it (deliveries are sent by
-name, ``webhooks.DELIVER_TASK``)."""
+"""Celery tasks of the registry: webhook deliveries from the outbox, and its sweep. A leaf: nothing
+imports it (deliveries are sent by name, ``webhooks.SEND_TASK``)."""
 
 from __future__ import annotations
 
 import logging
+import random
 
 import httpx
 from celery import Task, shared_task
 from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
 
+from models_registry import webhooks
+from models_registry.models import WebhookDelivery
 from models_registry.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 
 logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 8  # tries 2 s, 4 s, ... apart, up to 10 min: about 9 min in all
 
 
 class WebhookRejected(Exception):
     """The receiver answered with an error status; retried."""
 
 
-@shared_task(
-    name="models_registry.tasks.webhook_deliver",
-    bind=True,
-    autoretry_for=(httpx.HTTPError, WebhookRejected),
-    retry_backoff=2,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=8,
-)
-def webhook_deliver(self: Task, url: str, event_type: str, body: str, delivery: str) -> int:
-    """POST one signed event to ``url``; returns the receiver's status. Retried with exponential
-    backoff (2 s, 4 s, ... up to 10 min, 8 times) when it fails or cannot be reached."""
+def _post(url: str, event_type: str, body: str, delivery: str) -> int:
+    """POST one signed event to ``url``; the receiver's status (raises for 4xx and 5xx)."""
     payload = body.encode()
     headers = {
         "Content-Type": "application/json",
@@ -41,8 +38,57 @@ def webhook_deliver(self: Task, url: str, event_type: str, body: str, delivery: 
         headers[SIGNATURE_HEADER] = sign(payload, settings.REGISTRY_WEBHOOK_SECRET)
     response = httpx.post(url, content=payload, headers=headers, timeout=settings.REGISTRY_WEBHOOK_TIMEOUT_SECONDS)
     if response.status_code >= 400:
-        logger.warning(
-            "webhook %s to %s: HTTP %s (try %s)", event_type, url, response.status_code, self.request.retries
-        )
         raise WebhookRejected(f"{url} answered HTTP {response.status_code}")
     return response.status_code
+
+
+@shared_task(name=webhooks.SEND_TASK, bind=True, max_retries=MAX_RETRIES)
+def webhook_send(self: Task, delivery_id: str) -> str:
+    """Deliver one pending ``WebhookDelivery``; returns what became of it. A receiver that fails or
+    cannot be reached is tried again with exponential backoff (2 s, 4 s, ... up to 10 min, with
+    jitter), ``MAX_RETRIES`` times; then the delivery is stored ``failed`` with the last error, for an
+    operator to send again from the admin. A delivery no longer pending (delivered by a second task
+    the sweep queued, given up, deleted) is left alone."""
+    delivery = WebhookDelivery.objects.filter(pk=delivery_id, status=WebhookDelivery.Status.PENDING).first()
+    if delivery is None:
+        return "skipped"
+    try:
+        _post(delivery.url, delivery.event_type, delivery.body, str(delivery.pk))
+    except (httpx.HTTPError, WebhookRejected) as exc:
+        error = (str(exc) or type(exc).__name__)[:500]
+        last = self.request.retries >= MAX_RETRIES
+        ended = {"status": WebhookDelivery.Status.FAILED, "finished_at": timezone.now()} if last else {}
+        WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.PENDING).update(
+            attempts=F("attempts") + 1, last_error=error, **ended
+        )
+        if last:
+            kind, url, tries = delivery.event_type, delivery.url, MAX_RETRIES + 1
+            logger.error("webhook %s to %s given up after %d tries: %s", kind, url, tries, error)
+            return "failed"
+        logger.warning("webhook %s to %s: %s (try %s)", delivery.event_type, delivery.url, error, self.request.retries)
+        countdown = min(600, 2 * 2**self.request.retries)
+        raise self.retry(exc=exc, countdown=random.randint(countdown // 2, countdown)) from exc
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=WebhookDelivery.Status.DELIVERED, attempts=F("attempts") + 1, last_error="", finished_at=timezone.now()
+    )
+    return "delivered"
+
+
+@shared_task(name="models_registry.tasks.webhook_outbox_sweep")
+def webhook_outbox_sweep() -> dict[str, int]:
+    """``webhooks.outbox_sweep``: queue the pending deliveries that have no task, delete old ones."""
+    return webhooks.outbox_sweep()
+
+
+@shared_task(
+    name="models_registry.tasks.webhook_deliver",
+    bind=True,
+    autoretry_for=(httpx.HTTPError, WebhookRejected),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
+)
+def webhook_deliver(self: Task, url: str, event_type: str, body: str, delivery: str) -> int:
+    """The delivery task before the outbox (no row): kept for tasks a broker still holds from then."""
+    return _post(url, event_type, body, delivery)

@@ -361,6 +361,12 @@ REGISTRY_FOUR_EYES = envbool("REGISTRY_FOUR_EYES", not DEBUG)
 REGISTRY_WEBHOOK_URLS = envlist("REGISTRY_WEBHOOK_URLS", [])
 REGISTRY_WEBHOOK_SECRET = envsecret("REGISTRY_WEBHOOK_SECRET")
 REGISTRY_WEBHOOK_TIMEOUT_SECONDS = envfloat("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# The outbox (models_registry.webhooks): pending deliveries with no task are queued again every
+# REGISTRY_WEBHOOK_SWEEP_SECONDS (a task lost once queued: after REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS,
+# longer than a task's retries last); delivered and failed ones are deleted after REGISTRY_WEBHOOK_KEEP_DAYS.
+REGISTRY_WEBHOOK_SWEEP_SECONDS = envint("REGISTRY_WEBHOOK_SWEEP_SECONDS", 60, minimum=1)
+REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS = envint("REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS", 3600, minimum=900)
+REGISTRY_WEBHOOK_KEEP_DAYS = envint("REGISTRY_WEBHOOK_KEEP_DAYS", 30, minimum=1)
 if REGISTRY_WEBHOOK_URLS and not REGISTRY_WEBHOOK_SECRET:
     raise ImproperlyConfigured("REGISTRY_WEBHOOK_URLS is set: set REGISTRY_WEBHOOK_SECRET too, to sign the webhooks.")
 
@@ -424,6 +430,10 @@ if CYCLE_SCHEDULE is not None:
 CELERY_BEAT_SCHEDULE["monitor-versions"] = {
     "task": "training.tasks.monitor_versions",
     "schedule": float(MONITOR_EVERY_SECONDS),
+}
+CELERY_BEAT_SCHEDULE["sweep-webhook-outbox"] = {
+    "task": "models_registry.tasks.webhook_outbox_sweep",
+    "schedule": float(REGISTRY_WEBHOOK_SWEEP_SECONDS),
 }
 CELERY_BEAT_SCHEDULE["reap-stale-answers"] = {
     "task": "feedback.tasks.stale_answers_reap",

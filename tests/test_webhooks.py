@@ -1,5 +1,7 @@
 """Signed webhooks: every deployment event and monitor decision is delivered, after the transaction
-commits, to each REGISTRY_WEBHOOK_URLS receiver, signed with HMAC-SHA256; failures are retried."""
+commits, to each REGISTRY_WEBHOOK_URLS receiver, signed with HMAC-SHA256; failures are retried. An
+outbox: each delivery is a row written with the change, kept while the broker is away and queued
+again by the sweep, marked delivered or failed, and sent again from the admin."""
 
 from __future__ import annotations
 
@@ -7,13 +9,17 @@ import hashlib
 import hmac
 import json
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
 from models_registry import webhooks
+from models_registry.models import WebhookDelivery
 from models_registry.services import model_version_deploy, model_version_make_live
-from models_registry.tasks import webhook_deliver
+from models_registry.tasks import MAX_RETRIES, webhook_deliver, webhook_send
 from tests.factories import ModelVersionFactory
 
 pytestmark = pytest.mark.django_db
@@ -60,24 +66,44 @@ def receiver(settings):
     receiver.close()
 
 
-def deliver(callbacks, monkeypatch) -> None:
-    """Run the on-commit callbacks; each send of a delivery task runs the task here, as a worker would."""
-    sent = []
+def worker_runs_sends(monkeypatch) -> list[tuple[str, list]]:
+    """Each send of a task is recorded, for ``run_sent`` to run it here, as a worker would."""
+    sent: list[tuple[str, list]] = []
     monkeypatch.setattr(webhooks.current_app, "send_task", lambda name, args: sent.append((name, args)))
+    return sent
+
+
+def run_sent(sent) -> list[str]:
+    results = []
+    while sent:
+        name, args = sent.pop(0)
+        assert name == webhooks.SEND_TASK
+        results.append(webhook_send.apply(args=args).get())
+    return results
+
+
+def deliver(callbacks, monkeypatch) -> None:
+    """Run the on-commit callbacks, then the delivery tasks they queued."""
+    sent = worker_runs_sends(monkeypatch)
     for callback in callbacks:
         callback()
-    for name, args in sent:
-        assert name == webhooks.DELIVER_TASK
-        webhook_deliver.apply(args=args).get()
+    run_sent(sent)
+
+
+def delivery(url: str, **fields) -> WebhookDelivery:
+    body = webhooks.encode("deployment_event", {"version": "policy:2"}).decode()
+    return WebhookDelivery.objects.create(url=url, event_type="deployment_event", body=body, **fields)
 
 
 def test_a_deploy_is_delivered_signed_after_the_commit(receiver, django_capture_on_commit_callbacks, monkeypatch):
     live = model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+    WebhookDelivery.objects.all().delete()  # the make-live's own notice: not the point here
     candidate = ModelVersionFactory(number=2, status="approved")
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         model_version_deploy(version_id=candidate.pk, actor=None, reason="ship it")
         assert receiver.deliveries == []  # nothing leaves inside the transaction
+        assert WebhookDelivery.objects.filter(status="pending").count() == 2  # but the outbox has them
     deliver(callbacks, monkeypatch)
 
     events = [json.loads(d["body"]) for d in receiver.deliveries]
@@ -90,7 +116,23 @@ def test_a_deploy_is_delivered_signed_after_the_commit(receiver, django_capture_
         expected = "sha256=" + hmac.new(SECRET.encode(), delivery["body"], hashlib.sha256).hexdigest()
         assert hmac.compare_digest(delivery["headers"]["X-RLHF-Signature"], expected)
         assert delivery["headers"]["X-RLHF-Event"] == "deployment_event"
+    rows = WebhookDelivery.objects.order_by("created_at")
+    assert [(r.status, r.attempts, r.last_error) for r in rows] == [("delivered", 1, "")] * 2
+    assert all(r.finished_at is not None and r.enqueued_at is not None for r in rows)
+    assert {d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries} == {str(r.pk) for r in rows}
     assert live.pk
+
+
+def test_a_change_rolled_back_leaves_no_delivery(receiver, django_capture_on_commit_callbacks):
+    def failing_change() -> None:
+        with transaction.atomic():
+            model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+            raise RuntimeError("the change fails after its notice was written")
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks, pytest.raises(RuntimeError):
+        failing_change()
+    assert callbacks == []
+    assert not WebhookDelivery.objects.exists()
 
 
 def test_a_monitor_decision_is_delivered_too(receiver, django_capture_on_commit_callbacks, monkeypatch):
@@ -121,13 +163,108 @@ def test_a_failing_receiver_is_retried_until_it_answers(settings):
     receiver = Receiver(statuses=[500, 503])
     settings.REGISTRY_WEBHOOK_SECRET = SECRET
     try:
-        body = webhooks.encode("deployment_event", {"version": "policy:2"}).decode()
-        result = webhook_deliver.apply(args=[receiver.url, "deployment_event", body, "delivery-1"])
-        assert result.get() == 204
+        row = delivery(receiver.url)
+        assert webhook_send.apply(args=[str(row.pk)]).get() == "delivered"
     finally:
         receiver.close()
     assert len(receiver.deliveries) == 3
-    assert {d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries} == {"delivery-1"}
+    assert {d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries} == {str(row.pk)}
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.last_error) == ("delivered", 3, "")
+
+
+def test_a_receiver_failing_every_try_is_given_up_with_its_last_error(settings, caplog):
+    receiver = Receiver(statuses=[500] * MAX_RETRIES + [502])
+    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    try:
+        row = delivery(receiver.url)
+        assert webhook_send.apply(args=[str(row.pk)]).get() == "failed"
+    finally:
+        receiver.close()
+    assert len(receiver.deliveries) == MAX_RETRIES + 1
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("failed", MAX_RETRIES + 1)
+    assert row.last_error == f"{receiver.url} answered HTTP 502"
+    assert row.finished_at is not None
+    assert f"given up after {MAX_RETRIES + 1} tries" in caplog.text
+
+
+def test_a_delivery_no_longer_pending_is_not_sent_again(settings):
+    receiver = Receiver()
+    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    try:
+        row = delivery(receiver.url, status="delivered", attempts=1)
+        assert webhook_send.apply(args=[str(row.pk)]).get() == "skipped"  # a second task for it, say
+    finally:
+        receiver.close()
+    assert receiver.deliveries == []
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("delivered", 1)
+
+
+def test_a_task_queued_before_the_outbox_still_delivers(settings):
+    receiver = Receiver()
+    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    try:
+        body = webhooks.encode("deployment_event", {"version": "policy:2"}).decode()
+        assert webhook_deliver.apply(args=[receiver.url, "deployment_event", body, "delivery-1"]).get() == 204
+    finally:
+        receiver.close()
+    assert [d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries] == ["delivery-1"]
+
+
+def test_the_sweep_queues_pending_deliveries_without_a_task_and_deletes_old_ones(settings, monkeypatch):
+    settings.REGISTRY_WEBHOOK_SWEEP_SECONDS = 60
+    settings.REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS = 3600
+    settings.REGISTRY_WEBHOOK_KEEP_DAYS = 30
+    now = timezone.now()
+
+    def aged(row, *, created_s, enqueued_s=None, finished_days=None):
+        WebhookDelivery.objects.filter(pk=row.pk).update(
+            created_at=now - timedelta(seconds=created_s),
+            enqueued_at=None if enqueued_s is None else now - timedelta(seconds=enqueued_s),
+            finished_at=None if finished_days is None else now - timedelta(days=finished_days),
+        )
+        return row.pk
+
+    url = "http://127.0.0.1:9/hook"
+    never_queued = aged(delivery(url), created_s=120)
+    just_made = aged(delivery(url), created_s=5)  # its own on-commit send is still on its way
+    queued = aged(delivery(url), created_s=600, enqueued_s=590)  # its task is retrying
+    lost = aged(delivery(url), created_s=7200, enqueued_s=7100)
+    old_done = aged(delivery(url, status="delivered"), created_s=40 * 86400, enqueued_s=1, finished_days=40)
+    old_failed = aged(delivery(url, status="failed"), created_s=40 * 86400, enqueued_s=1, finished_days=35)
+    recent_done = aged(delivery(url, status="delivered"), created_s=86400, enqueued_s=1, finished_days=1)
+    sent = worker_runs_sends(monkeypatch)
+
+    assert webhooks.outbox_sweep() == {"queued": 2, "purged": 2}
+
+    assert sorted(args[0] for _, args in sent) == sorted([str(never_queued), str(lost)])
+    left = set(WebhookDelivery.objects.values_list("pk", flat=True))
+    assert left == {never_queued, just_made, queued, lost, recent_done}
+    assert WebhookDelivery.objects.get(pk=never_queued).enqueued_at is not None
+    assert old_done not in left
+    assert old_failed not in left
+
+
+def test_the_admin_sends_failed_deliveries_again(admin_client_, monkeypatch, django_capture_on_commit_callbacks):
+    url = "http://127.0.0.1:9/hook"
+    failed = delivery(url, status="failed", attempts=MAX_RETRIES + 1, last_error="HTTP 502", finished_at=timezone.now())
+    done = delivery(url, status="delivered", attempts=1, finished_at=timezone.now())
+    sent = worker_runs_sends(monkeypatch)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client_.post(
+            "/admin/models_registry/webhookdelivery/",
+            {"action": "send_again", "_selected_action": [str(failed.pk), str(done.pk)]},
+            follow=True,
+        )
+    assert "1 deliveries queued again (1 already delivered, left alone)." in response.content.decode()
+    assert [args for _, args in sent] == [[str(failed.pk)]]
+    failed.refresh_from_db()
+    done.refresh_from_db()
+    assert (failed.status, failed.finished_at, done.status) == ("pending", None, "delivered")
+    assert failed.enqueued_at is not None
 
 
 def test_no_url_no_delivery(settings, django_capture_on_commit_callbacks):
@@ -146,15 +283,28 @@ def test_urls_without_a_secret_stop_start_up(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_deploy_while_the_broker_is_away_is_committed_and_the_lost_notice_logged(
-    receiver, broker_unreachable, caplog
+def test_a_deploy_while_the_broker_is_away_is_committed_and_its_notices_sent_once_it_is_back(
+    receiver, broker_unreachable, caplog, monkeypatch, settings
 ):
     model_version_make_live(version=ModelVersionFactory(number=1, checksums={"a": "0" * 64}))
+    WebhookDelivery.objects.all().delete()  # the make-live's own notice: not the point here
+    caplog.clear()
     candidate = ModelVersionFactory(number=2, status="approved")
 
     model_version_deploy(version_id=candidate.pk, actor=None, reason="ship it")  # no error for the operator
 
     candidate.refresh_from_db()
     assert candidate.status == "live"
-    assert f"webhook deployment_event to {receiver.url} not sent: the broker is unreachable" in caplog.text
+    assert caplog.text.count("1 webhook(s) kept in the outbox for later: the broker is unreachable") == 2
     assert receiver.deliveries == []
+    kept = WebhookDelivery.objects.all()
+    assert [(r.status, r.enqueued_at) for r in kept] == [("pending", None)] * 2
+
+    broker_unreachable()  # the broker is back; a minute later the sweep runs
+    settings.REGISTRY_WEBHOOK_SWEEP_SECONDS = 0
+    sent = worker_runs_sends(monkeypatch)
+    assert webhooks.outbox_sweep()["queued"] == 2
+    assert run_sent(sent) == ["delivered", "delivered"]
+    events = [json.loads(d["body"])["data"] for d in receiver.deliveries]
+    assert sorted((e["version"], e["to_status"]) for e in events) == [("policy:1", "retired"), ("policy:2", "live")]
+    assert set(WebhookDelivery.objects.values_list("status", flat=True)) == {"delivered"}
