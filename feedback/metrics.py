@@ -50,7 +50,12 @@ TOKENS_PER_SECOND = Histogram(
     buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 GENERATED_TOKENS = Counter("rlhf_chat_generated_tokens_total", "Tokens streamed to users.", ["model_version"])
-ACTIVE_STREAMS = Gauge("rlhf_chat_active_streams", "Answers being streamed now, per model version.", ["model_version"])
+ACTIVE_STREAMS = Gauge(
+    "rlhf_chat_active_streams",
+    "Answers being streamed now, per model version.",
+    ["model_version"],
+    multiprocess_mode="livesum",  # with several processes: the sum over the live ones
+)
 
 
 def record_generation(*, model_version: str, ttft: float, tokens: int, seconds: float) -> None:

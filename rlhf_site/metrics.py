@@ -1,19 +1,29 @@
 """``/metrics`` for Prometheus, open only to METRICS_TOKEN bearers; with DEBUG on, also to
 METRICS_ALLOWED_IPS. Outside DEBUG an address allow-list is not enough: behind a proxy on the same host
-every request comes from loopback."""
+every request comes from loopback.
+
+With several server processes (``PROMETHEUS_MULTIPROC_DIR``), the page adds up the files every
+process writes there. A process that died (uvicorn replaces it) leaves its files: its counters and
+histograms rightly stay in the totals, but its gauges of the moment (``liveall``, ``livesum``) must
+not, so each scrape first forgets the live gauges of processes no longer running
+(``prometheus_client.multiprocess.mark_process_dead``)."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
+import re
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
-from prometheus_client import generate_latest
+from prometheus_client import generate_latest, multiprocess
 
 from core.errors import error_body
 from training.metrics import DATABASE_REGISTRY
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
 def _address_allowed(address: str) -> bool:
@@ -37,6 +47,26 @@ def _token_ok(request: HttpRequest) -> bool:
     return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip(), token)
 
 
+def forget_dead_processes(path: str) -> list[int]:
+    """Remove the live gauges' files of processes that no longer run from the multiprocess folder
+    ``path``; returns their pids. The folder is this machine's, so its pids are too."""
+    dead = set()
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:  # alive, another user's
+            continue
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    return sorted(dead)
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
     by_address = settings.DEBUG and _address_allowed(request.META.get("REMOTE_ADDR", ""))
     if not (_token_ok(request) or by_address):
@@ -44,6 +74,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         if not settings.METRICS_TOKEN and not settings.DEBUG:
             message += " Set METRICS_TOKEN and scrape with 'Authorization: Bearer <token>'."
         return JsonResponse(error_body(403, "forbidden", message), status=403)
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        forget_dead_processes(folder)
     response = ExportToDjangoView(request)
     # Both are Prometheus text format, which concatenates (no end marker, distinct metric names).
     response.content = response.content + generate_latest(DATABASE_REGISTRY)

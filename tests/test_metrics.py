@@ -133,3 +133,47 @@ def test_monitor_decisions_are_exported_from_the_database(db, settings):
     estimate = sample(text, "rlhf_monitor_positive_rate_difference", version="policy:2", bound="estimate")
     assert estimate == pytest.approx(0.6 - 0.62)
     assert sample(text, "rlhf_monitor_positive_rate_difference", version="policy:2", bound="low") < estimate
+
+
+PROCESS_THAT_EXITS = """
+from prometheus_client import Counter, Gauge
+Gauge("rlhf_serving_live_version", "", ["kind"], multiprocess_mode="liveall").labels("policy").set(7)
+Gauge("rlhf_chat_active_streams", "", ["model_version"], multiprocess_mode="livesum").labels("policy:7").set(3)
+Counter("rlhf_chat_generated_tokens", "", ["model_version"]).labels("policy:7").inc(40)
+"""
+
+
+def test_a_dead_server_process_leaves_its_counts_but_not_its_gauges(db, tmp_path, monkeypatch):
+    """With several processes, /metrics adds up their files; one that died (uvicorn replaced it) keeps
+    its counters in the totals, but its live gauges (the version it served, its open streams) go."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", PROCESS_THAT_EXITS], env=env, check=True, timeout=60)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert any(name.startswith("gauge_liveall_") for name in before)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    text = scrape()
+
+    assert sample(text, "rlhf_chat_generated_tokens_total", model_version="policy:7") == 40.0
+    assert "rlhf_serving_live_version{" not in text
+    assert "rlhf_chat_active_streams{" not in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("gauge_live")] == []
+    assert any(p.name.startswith("counter_") for p in tmp_path.iterdir())
+
+
+def test_a_running_process_keeps_its_gauges(db, tmp_path):
+    """Only processes that no longer run are forgotten: this one's files stay."""
+    import os
+
+    from rlhf_site.metrics import forget_dead_processes
+
+    mine = tmp_path / f"gauge_liveall_{os.getpid()}.db"
+    mine.write_bytes(b"")
+    gone = tmp_path / "gauge_livesum_999999999.db"  # beyond any pid this machine hands out
+    gone.write_bytes(b"")
+    assert forget_dead_processes(str(tmp_path)) == [999999999]
+    assert mine.exists()
+    assert not gone.exists()
