@@ -401,5 +401,5 @@ class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def send_again(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
         count = webhooks.deliveries_send_again(list(queryset.values_list("id", flat=True)))
         skipped = queryset.count() - count
-        note = f" ({skipped} already delivered, left alone)" if skipped else ""
+        note = f" ({skipped} not failed, left alone)" if skipped else ""
         self.message_user(request, f"{count} deliveries queued again{note}.", messages.SUCCESS)

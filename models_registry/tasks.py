@@ -18,7 +18,7 @@ from models_registry.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HE
 
 logger = logging.getLogger(__name__)
 
-MAX_RETRIES = 8  # tries 2 s, 4 s, ... apart, up to 10 min: about 9 min in all
+MAX_RETRIES = 8  # 9 tries, 1-2 s, 2-4 s, ... 128-256 s apart: 4-9 minutes in all, plus the tries
 
 
 class WebhookRejected(Exception):
@@ -45,22 +45,29 @@ def _post(url: str, event_type: str, body: str, delivery: str) -> int:
 @shared_task(name=webhooks.SEND_TASK, bind=True, max_retries=MAX_RETRIES)
 def webhook_send(self: Task, delivery_id: str) -> str:
     """Deliver one pending ``WebhookDelivery``; returns what became of it. A receiver that fails or
-    cannot be reached is tried again with exponential backoff (2 s, 4 s, ... up to 10 min, with
-    jitter), ``MAX_RETRIES`` times; then the delivery is stored ``failed`` with the last error, for an
-    operator to send again from the admin. A delivery no longer pending (delivered by a second task
-    the sweep queued, given up, deleted) is left alone."""
+    cannot be reached is tried again with exponential backoff (2 s, 4 s, ... 256 s, each with jitter
+    down to half), ``MAX_RETRIES`` times; then the delivery is stored ``failed`` with the last error,
+    for an operator to send again from the admin. Each try stamps ``enqueued_at``, so the sweep takes
+    only a delivery whose task has been silent for ``REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS`` for
+    lost. Any other error (a malformed URL) fails it at once. A delivery no longer pending (delivered
+    by a second task the sweep queued, given up, deleted) is left alone."""
     delivery = WebhookDelivery.objects.filter(pk=delivery_id, status=WebhookDelivery.Status.PENDING).first()
     if delivery is None:
         return "skipped"
     try:
         _post(delivery.url, delivery.event_type, delivery.body, str(delivery.pk))
-    except (httpx.HTTPError, WebhookRejected) as exc:
+    except Exception as exc:
         error = (str(exc) or type(exc).__name__)[:500]
-        last = self.request.retries >= MAX_RETRIES
-        ended = {"status": WebhookDelivery.Status.FAILED, "finished_at": timezone.now()} if last else {}
+        retryable = isinstance(exc, httpx.HTTPError | WebhookRejected) and not isinstance(exc, httpx.InvalidURL)
+        last = self.request.retries >= MAX_RETRIES or not retryable
+        now = timezone.now()
+        ended = {"status": WebhookDelivery.Status.FAILED, "finished_at": now} if last else {}
         WebhookDelivery.objects.filter(pk=delivery.pk, status=WebhookDelivery.Status.PENDING).update(
-            attempts=F("attempts") + 1, last_error=error, **ended
+            attempts=F("attempts") + 1, last_error=error, enqueued_at=now, **ended
         )
+        if not retryable:
+            logger.exception("webhook %s to %s failed and will not be retried", delivery.event_type, delivery.url)
+            return "failed"
         if last:
             kind, url, tries = delivery.event_type, delivery.url, MAX_RETRIES + 1
             logger.error("webhook %s to %s given up after %d tries: %s", kind, url, tries, error)

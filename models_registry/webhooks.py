@@ -88,12 +88,15 @@ def enqueue(ids: list[uuid.UUID]) -> int:
 
 
 def deliveries_send_again(ids: list[uuid.UUID]) -> int:
-    """Put these deliveries, unless delivered, back to pending and queue them once this commits (an
-    operator, once a receiver is fixed); returns how many."""
+    """Put these deliveries back to pending if they failed, and queue them once this commits (an
+    operator, once a receiver is fixed); returns how many. Delivered ones, and pending ones (their
+    task is still trying), are left alone. Stamped as queued at once, so the sweep does not queue
+    them a second time meanwhile (with the broker away, the sweep takes them after
+    ``REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS``)."""
     with transaction.atomic():
-        rows = WebhookDelivery.objects.filter(pk__in=ids).exclude(status=WebhookDelivery.Status.DELIVERED)
+        rows = WebhookDelivery.objects.filter(pk__in=ids, status=WebhookDelivery.Status.FAILED)
         picked = list(rows.values_list("id", flat=True))
-        rows.update(status=WebhookDelivery.Status.PENDING, enqueued_at=None, finished_at=None)
+        rows.update(status=WebhookDelivery.Status.PENDING, enqueued_at=timezone.now(), finished_at=None)
         transaction.on_commit(lambda: enqueue(picked))
     return len(picked)
 

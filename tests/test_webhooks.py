@@ -259,12 +259,63 @@ def test_the_admin_sends_failed_deliveries_again(admin_client_, monkeypatch, dja
             {"action": "send_again", "_selected_action": [str(failed.pk), str(done.pk)]},
             follow=True,
         )
-    assert "1 deliveries queued again (1 already delivered, left alone)." in response.content.decode()
+    assert "1 deliveries queued again (1 not failed, left alone)." in response.content.decode()
     assert [args for _, args in sent] == [[str(failed.pk)]]
     failed.refresh_from_db()
     done.refresh_from_db()
     assert (failed.status, failed.finished_at, done.status) == ("pending", None, "delivered")
     assert failed.enqueued_at is not None
+
+
+def test_sending_again_needs_the_deploy_permission(db):
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    from tests.factories import UserFactory
+
+    viewer = UserFactory(username="viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookdelivery"))
+    failed = delivery("http://127.0.0.1:9/hook", status="failed", finished_at=timezone.now())
+    client = Client()
+    client.force_login(viewer)
+
+    page = client.get("/admin/models_registry/webhookdelivery/")
+    assert page.status_code == 200
+    assert "send_again" not in page.content.decode()
+    action = {"action": "send_again", "_selected_action": [str(failed.pk)]}
+    client.post("/admin/models_registry/webhookdelivery/", action)
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+
+
+def test_a_malformed_url_fails_at_once_with_its_error(settings):
+    row = delivery("http://[::1/hook")
+    assert webhook_send.apply(args=[str(row.pk)]).get() == "failed"
+    row.refresh_from_db()
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error
+
+
+def test_each_try_stamps_the_delivery_so_the_sweep_leaves_a_retrying_one_alone(settings, monkeypatch):
+    """A task still retrying after REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS since its first queueing is
+    not lost: its last try stamped the row."""
+    receiver = Receiver(statuses=[503])
+    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    settings.REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS = 900
+    row = delivery(receiver.url)
+    WebhookDelivery.objects.filter(pk=row.pk).update(enqueued_at=timezone.now() - timedelta(seconds=1000))
+    monkeypatch.setattr(webhook_send, "retry", lambda **kwargs: RuntimeError("retry queued for later"))
+    try:
+        with pytest.raises(RuntimeError, match="retry queued for later"):  # the first try failed
+            webhook_send.apply(args=[str(row.pk)]).get()
+    finally:
+        receiver.close()
+    row.refresh_from_db()
+    assert row.status == "pending"
+    assert timezone.now() - row.enqueued_at < timedelta(seconds=60)
+    sent = worker_runs_sends(monkeypatch)
+    assert webhooks.outbox_sweep()["queued"] == 0
+    assert sent == []
 
 
 def test_no_url_no_delivery(settings, django_capture_on_commit_callbacks):
