@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import cpu_seconds_by_group  # bench/ is this script's folder, so first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "How do I make a cup of tea?"
 
@@ -543,24 +545,9 @@ def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
 
 def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each process group named in ``groups`` (name: group id), of PostgreSQL's
-    processes and of this process. Reaped children count for their parent (cutime, cstime)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    processes and of this process (``client``)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    totals = dict.fromkeys(groups, 0.0) | {"postgres": 0.0, "client": own.ru_utime + own.ru_stime}
-    by_group = {gid: name for name, gid in groups.items()}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-        if int(fields[2]) in by_group:
-            totals[by_group[int(fields[2])]] += seconds
-        elif comm.startswith("postgres"):
-            totals["postgres"] += seconds
-    return totals
+    return cpu_seconds_by_group(groups) | {"client": own.ru_utime + own.ru_stime}
 
 
 def rss_kib(group: int) -> int:

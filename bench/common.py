@@ -35,3 +35,25 @@ def setup_django(db_url: str, **env: str) -> None:
     import django
 
     django.setup()
+
+
+def cpu_seconds_by_group(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process group in ``groups`` (name: process group id) and of
+    PostgreSQL's processes (``postgres``). Reaped children count for their parent (cutime, cstime), so
+    PostgreSQL backends that already exited still count, through the postmaster."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(groups, 0.0) | {"postgres": 0.0}
+    by_group = {gid: name for name, gid in groups.items()}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+        if int(fields[2]) in by_group:
+            totals[by_group[int(fields[2])]] += seconds
+        elif comm.startswith("postgres"):
+            totals["postgres"] += seconds
+    return totals

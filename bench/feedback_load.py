@@ -46,6 +46,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from common import cpu_seconds_by_group  # bench/ is this script's folder, so first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = ROOT / "bench" / "feedback_load.lua"
 TARGETS = {"feedback": "/api/assistant/feedback", "floor": "/bench/floor"}
@@ -294,29 +296,13 @@ def start_profiler(args: argparse.Namespace, server: Server, label: str) -> subp
 
 
 def cpu_snapshot(server: Server) -> dict[str, float]:
-    """CPU seconds so far: the server's processes, PostgreSQL's, wrk's and the whole machine's busy time.
-
-    Reaped children count for their parent (cutime/cstime), so PostgreSQL backends that already
-    exited still count, through the postmaster."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds so far: the server's processes, PostgreSQL's, wrk's and the whole machine's busy time."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once this process has reaped it
-    groups = {"server": 0.0, "postgres": 0.0, "wrk": children.ru_utime + children.ru_stime}
-    server_group = server.proc.pid if server.proc is not None else -1
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
-        seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-        if int(fields[2]) == server_group:
-            groups["server"] += seconds
-        elif comm.startswith("postgres"):
-            groups["postgres"] += seconds
+    groups = cpu_seconds_by_group({"server": server.proc.pid if server.proc is not None else -1})
+    groups["wrk"] = children.ru_utime + children.ru_stime
     cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     idle = int(cpu[3]) + int(cpu[4])  # idle + iowait
-    groups["total"] = (sum(int(v) for v in cpu[:8]) - idle) / tick
+    groups["total"] = (sum(int(v) for v in cpu[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     return groups
 
 
