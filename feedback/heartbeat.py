@@ -7,7 +7,11 @@ empty bubble with no Regenerate button and counted as served. So while an answer
 writes ``heartbeat_at`` every ``CHAT_HEARTBEAT_SECONDS`` (``beating``), and the reaper (beat, every
 ``CHAT_REAP_EVERY_SECONDS``) stores an answer silent for ``CHAT_STALE_AFTER_SECONDS`` as ``failed``,
 with the steps that were stored before (``stale_answers_reap``). Only the database is involved, so it
-holds across server processes and machines, and behind a transaction pooler."""
+holds across server processes and machines, and behind a transaction pooler; and only the database's
+clock: the beat is stamped and the silence measured with its ``now()``, so servers and workers whose
+clocks disagree do not reap live answers (an answer not yet beaten is judged by its creation time,
+the server's clock: within its first ``CHAT_HEARTBEAT_SECONDS``, only a skew of more than
+``CHAT_STALE_AFTER_SECONDS`` minus that could misjudge it)."""
 
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
-from django.utils import timezone
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, Q, Value
+from django.db.models.functions import Now
 
 from core.asyncdb import db_async
 from feedback.models import Message, MessageStep
@@ -34,7 +38,7 @@ REAPED_ERROR = (
 def answer_beat(*, answer_id: uuid.UUID) -> bool:
     """Mark a streaming answer alive; False if it is no longer streaming (ended, or reaped)."""
     streaming = Message.objects.filter(pk=answer_id, status=Message.Status.STREAMING)
-    return bool(streaming.update(heartbeat_at=timezone.now()))
+    return bool(streaming.update(heartbeat_at=Now()))
 
 
 async def beating(answer_id: uuid.UUID) -> None:
@@ -64,7 +68,7 @@ def stale_answers_reap(*, stale_after: timedelta | None = None) -> list[uuid.UUI
     the stream's process come back to life after all, its last write stores the answer as it ended."""
     stale_after = stale_after or timedelta(seconds=settings.CHAT_STALE_AFTER_SECONDS)
     seconds = int(stale_after.total_seconds())
-    cutoff = timezone.now() - stale_after
+    cutoff = ExpressionWrapper(Now() - Value(stale_after, DurationField()), output_field=DateTimeField())
     reaped = []
     for answer_id in Message.objects.filter(_stale(cutoff)).values_list("id", flat=True):
         steps = MessageStep.objects.filter(message_id=answer_id).order_by("index").values_list("content", flat=True)

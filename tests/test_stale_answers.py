@@ -146,3 +146,30 @@ def test_beat_runs_the_reaper_on_its_setting():
     assert entry == {"task": "feedback.tasks.stale_answers_reap", "schedule": float(settings.CHAT_REAP_EVERY_SECONDS)}
     app.loader.import_default_modules()  # what a worker does at start: autodiscovered tasks modules
     assert app.tasks[entry["task"]].run is stale_answers_reap_task.run
+
+
+def test_a_reaper_whose_clock_runs_ahead_spares_an_answer_beaten_just_now(alice, monkeypatch):
+    """The beat and the silence are measured on the database's clock: a worker whose clock is ten
+    minutes ahead of the server's does not reap a live answer."""
+    answer = streaming_answer(ConversationFactory(user=alice), age_s=5)
+    assert heartbeat.answer_beat(answer_id=answer.pk)
+    ahead = timezone.now() + timedelta(minutes=10)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)
+
+    assert heartbeat.stale_answers_reap(stale_after=timedelta(seconds=120)) == []
+    answer.refresh_from_db()
+    assert answer.status == "streaming"
+
+
+def test_a_server_whose_clock_runs_behind_still_beats_its_answers_alive(alice, monkeypatch):
+    """A beat from a server ten minutes behind is stamped with the database's time, not its own."""
+    answer = streaming_answer(ConversationFactory(user=alice), age_s=600)  # long, but still streaming
+    behind = timezone.now() - timedelta(minutes=10)
+    with monkeypatch.context() as patched:
+        patched.setattr(timezone, "now", lambda: behind)
+        assert heartbeat.answer_beat(answer_id=answer.pk)
+
+    assert heartbeat.stale_answers_reap(stale_after=timedelta(seconds=120)) == []
+    answer.refresh_from_db()
+    assert answer.status == "streaming"
+    assert abs(answer.heartbeat_at - timezone.now()) < timedelta(seconds=60)
