@@ -8,10 +8,9 @@ writes ``heartbeat_at`` every ``CHAT_HEARTBEAT_SECONDS`` (``beating``), and the 
 ``CHAT_REAP_EVERY_SECONDS``) stores an answer silent for ``CHAT_STALE_AFTER_SECONDS`` as ``failed``,
 with the steps that were stored before (``stale_answers_reap``). Only the database is involved, so it
 holds across server processes and machines, and behind a transaction pooler; and only the database's
-clock: the beat is stamped and the silence measured with its ``now()``, so servers and workers whose
-clocks disagree do not reap live answers (an answer not yet beaten is judged by its creation time,
-the server's clock: within its first ``CHAT_HEARTBEAT_SECONDS``, only a skew of more than
-``CHAT_STALE_AFTER_SECONDS`` minus that could misjudge it)."""
+clock: an answer is stamped when its row is inserted (``heartbeat_at``'s ``db_default``) and at each
+beat, and the silence is measured, with the database's ``now()``, so servers and workers whose
+clocks disagree do not reap live answers."""
 
 from __future__ import annotations
 
@@ -55,7 +54,8 @@ async def beating(answer_id: uuid.UUID) -> None:
 
 
 def _stale(cutoff: object) -> Q:
-    """Still streaming, and no sign of life since ``cutoff`` (no heartbeat yet: its creation)."""
+    """Still streaming, and no sign of life since ``cutoff`` (a row from before ``heartbeat_at`` was
+    stamped at insert, with none: its creation)."""
     silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
     return Q(status=Message.Status.STREAMING) & silent
 

@@ -12,6 +12,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from models_registry.models import Canary, ModelVersion
 
@@ -83,8 +84,9 @@ class Message(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     # While an answer streams, its server process writes this every CHAT_HEARTBEAT_SECONDS; an answer
     # still streaming with no sign of life for CHAT_STALE_AFTER_SECONDS lost its process (killed,
-    # restarted) and the reaper closes it (feedback.heartbeat.stale_answers_reap).
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # restarted) and the reaper closes it (feedback.heartbeat.stale_answers_reap). Stamped by the
+    # database's clock, from the row's insert on (db_default), so no server's clock is compared.
+    heartbeat_at = models.DateTimeField(null=True, blank=True, db_default=Now())
 
     class Meta:
         ordering = ["created_at"]

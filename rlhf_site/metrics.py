@@ -5,8 +5,10 @@ every request comes from loopback.
 With several server processes (``PROMETHEUS_MULTIPROC_DIR``), the page adds up the files every
 process writes there. A process that died (uvicorn replaces it) leaves its files: its counters and
 histograms rightly stay in the totals, but its gauges of the moment (``liveall``, ``livesum``) must
-not, so each scrape first forgets the live gauges of processes no longer running
-(``prometheus_client.multiprocess.mark_process_dead``)."""
+not, so each scrape first forgets the live gauges of processes no longer running (as
+``prometheus_client.multiprocess.mark_process_dead`` does). A new process given a dead one's pid
+before a scrape forgets its files takes over its gauges' values (prometheus_client reopens the
+files): a limit of the library, and rare (the kernel reuses a pid only once it has wrapped around)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import hmac
 import ipaddress
 import os
 import re
+from pathlib import Path
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
-from prometheus_client import generate_latest, multiprocess
+from prometheus_client import generate_latest
 
 from core.errors import error_body
 from training.metrics import DATABASE_REGISTRY
@@ -49,8 +52,11 @@ def _token_ok(request: HttpRequest) -> bool:
 
 def forget_dead_processes(path: str) -> list[int]:
     """Remove the live gauges' files of processes that no longer run from the multiprocess folder
-    ``path``; returns their pids. The folder is this machine's, so its pids are too."""
-    dead = set()
+    ``path``; returns their pids. The folder belongs to this machine's (this PID namespace's)
+    processes, so its pids are theirs (README: one folder per machine, never shared by containers).
+    What ``prometheus_client.multiprocess.mark_process_dead`` does, but tolerant of two scrapes at
+    once removing the same file."""
+    dead: dict[int, list[str]] = {}
     for name in os.listdir(path):
         match = _LIVE_GAUGE_FILE.fullmatch(name)
         if match is None:
@@ -59,11 +65,12 @@ def forget_dead_processes(path: str) -> list[int]:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            dead.add(pid)
+            dead.setdefault(pid, []).append(name)
         except PermissionError:  # alive, another user's
             continue
-    for pid in dead:
-        multiprocess.mark_process_dead(pid, path)
+    for names in dead.values():
+        for name in names:
+            (Path(path) / name).unlink(missing_ok=True)
     return sorted(dead)
 
 

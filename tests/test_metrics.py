@@ -164,6 +164,12 @@ def test_a_dead_server_process_leaves_its_counts_but_not_its_gauges(db, tmp_path
     assert any(p.name.startswith("counter_") for p in tmp_path.iterdir())
 
 
+def test_open_streams_are_summed_over_the_live_processes():
+    from feedback.metrics import ACTIVE_STREAMS
+
+    assert ACTIVE_STREAMS._multiprocess_mode == "livesum"
+
+
 def test_a_running_process_keeps_its_gauges(db, tmp_path):
     """Only processes that no longer run are forgotten: this one's files stay."""
     import os

@@ -173,3 +173,19 @@ def test_a_server_whose_clock_runs_behind_still_beats_its_answers_alive(alice, m
     answer.refresh_from_db()
     assert answer.status == "streaming"
     assert abs(answer.heartbeat_at - timezone.now()) < timedelta(seconds=60)
+
+
+def test_an_answer_begun_by_a_server_whose_clock_runs_behind_is_not_reaped_before_its_first_beat(alice, monkeypatch):
+    """Its row is stamped by the database when inserted, so its creation time by the server's clock
+    (ten minutes behind here) does not make it look silent."""
+    conversation = ConversationFactory(user=alice)
+    behind = timezone.now() - timedelta(minutes=10)
+    with monkeypatch.context() as patched:
+        patched.setattr(timezone, "now", lambda: behind)
+        begun = chat.send_begin(user=alice, conversation=conversation, content="Eggs?", live_version_id=None)
+    answer = begun[1][2]
+
+    assert answer.heartbeat_at is not None  # read back from the insert
+    assert heartbeat.stale_answers_reap(stale_after=timedelta(seconds=120)) == []
+    answer.refresh_from_db()
+    assert answer.status == "streaming"
