@@ -52,7 +52,7 @@ def start(kind: str, django_capture_on_commit_callbacks, **config) -> TrainingRu
 
 @pytest.mark.parametrize("kind", ["reward", "dpo", "kto", "ppo"])
 def test_each_kind_trains_and_registers_a_candidate(kind, live, alice, django_capture_on_commit_callbacks):
-    seed_rated_conversations(alice, 24)
+    seed_rated_conversations(alice, 24, held_out=TINY["test_fraction"])  # evaluated on the test split
     run = run_here(start(kind, django_capture_on_commit_callbacks))
 
     assert run.status == "succeeded", f"{run.error_message}\n{run.error}\n{run.log_tail}"
