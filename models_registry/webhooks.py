@@ -103,9 +103,9 @@ def deliveries_send_again(ids: list[uuid.UUID]) -> int:
 
 def outbox_sweep() -> dict[str, int]:
     """Queue again the pending deliveries that have no task: never queued (the broker was away when
-    their change committed) for ``REGISTRY_WEBHOOK_SWEEP_SECONDS``, or queued longer ago than a task's
-    retries can last (``REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS``: its task was lost); and delete the
-    delivered and failed ones older than ``REGISTRY_WEBHOOK_KEEP_DAYS``."""
+    their change committed) for ``REGISTRY_WEBHOOK_SWEEP_SECONDS``, or neither queued nor tried for
+    ``REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS``, longer than a retry waits (its task was lost); and
+    delete the delivered and failed ones older than ``REGISTRY_WEBHOOK_KEEP_DAYS``."""
     now = timezone.now()
     never = Q(enqueued_at__isnull=True, created_at__lt=now - timedelta(seconds=settings.REGISTRY_WEBHOOK_SWEEP_SECONDS))
     lost = Q(enqueued_at__lt=now - timedelta(seconds=settings.REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS))
