@@ -362,8 +362,9 @@ REGISTRY_WEBHOOK_URLS = envlist("REGISTRY_WEBHOOK_URLS", [])
 REGISTRY_WEBHOOK_SECRET = envsecret("REGISTRY_WEBHOOK_SECRET")
 REGISTRY_WEBHOOK_TIMEOUT_SECONDS = envfloat("REGISTRY_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 # The outbox (models_registry.webhooks): pending deliveries with no task are queued again every
-# REGISTRY_WEBHOOK_SWEEP_SECONDS (a task lost once queued: after REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS,
-# longer than a task's retries last); delivered and failed ones are deleted after REGISTRY_WEBHOOK_KEEP_DAYS.
+# REGISTRY_WEBHOOK_SWEEP_SECONDS (a task lost once queued: neither queued nor tried for
+# REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS, longer than a retry waits); delivered and failed ones are deleted
+# after REGISTRY_WEBHOOK_KEEP_DAYS.
 REGISTRY_WEBHOOK_SWEEP_SECONDS = envint("REGISTRY_WEBHOOK_SWEEP_SECONDS", 60, minimum=1)
 REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS = envint("REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS", 3600, minimum=900)
 REGISTRY_WEBHOOK_KEEP_DAYS = envint("REGISTRY_WEBHOOK_KEEP_DAYS", 30, minimum=1)

@@ -57,6 +57,22 @@ class Receiver:
 
 
 @pytest.fixture
+def scripted_receiver(settings):
+    """Makes receivers answering with the given statuses (then 204), for deliveries signed with
+    SECRET; each is closed after the test."""
+    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    made: list[Receiver] = []
+
+    def make(statuses: list[int] | None = None) -> Receiver:
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+@pytest.fixture
 def receiver(settings):
     receiver = Receiver()
     settings.REGISTRY_WEBHOOK_URLS = [receiver.url]
@@ -159,28 +175,20 @@ def test_a_monitor_decision_is_delivered_too(receiver, django_capture_on_commit_
     )
 
 
-def test_a_failing_receiver_is_retried_until_it_answers(settings):
-    receiver = Receiver(statuses=[500, 503])
-    settings.REGISTRY_WEBHOOK_SECRET = SECRET
-    try:
-        row = delivery(receiver.url)
-        assert webhook_send.apply(args=[str(row.pk)]).get() == "delivered"
-    finally:
-        receiver.close()
+def test_a_failing_receiver_is_retried_until_it_answers(scripted_receiver):
+    receiver = scripted_receiver([500, 503])
+    row = delivery(receiver.url)
+    assert webhook_send.apply(args=[str(row.pk)]).get() == "delivered"
     assert len(receiver.deliveries) == 3
     assert {d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries} == {str(row.pk)}
     row.refresh_from_db()
     assert (row.status, row.attempts, row.last_error) == ("delivered", 3, "")
 
 
-def test_a_receiver_failing_every_try_is_given_up_with_its_last_error(settings, caplog):
-    receiver = Receiver(statuses=[500] * MAX_RETRIES + [502])
-    settings.REGISTRY_WEBHOOK_SECRET = SECRET
-    try:
-        row = delivery(receiver.url)
-        assert webhook_send.apply(args=[str(row.pk)]).get() == "failed"
-    finally:
-        receiver.close()
+def test_a_receiver_failing_every_try_is_given_up_with_its_last_error(scripted_receiver, caplog):
+    receiver = scripted_receiver([500] * MAX_RETRIES + [502])
+    row = delivery(receiver.url)
+    assert webhook_send.apply(args=[str(row.pk)]).get() == "failed"
     assert len(receiver.deliveries) == MAX_RETRIES + 1
     row.refresh_from_db()
     assert (row.status, row.attempts) == ("failed", MAX_RETRIES + 1)
@@ -189,27 +197,19 @@ def test_a_receiver_failing_every_try_is_given_up_with_its_last_error(settings, 
     assert f"given up after {MAX_RETRIES + 1} tries" in caplog.text
 
 
-def test_a_delivery_no_longer_pending_is_not_sent_again(settings):
-    receiver = Receiver()
-    settings.REGISTRY_WEBHOOK_SECRET = SECRET
-    try:
-        row = delivery(receiver.url, status="delivered", attempts=1)
-        assert webhook_send.apply(args=[str(row.pk)]).get() == "skipped"  # a second task for it, say
-    finally:
-        receiver.close()
+def test_a_delivery_no_longer_pending_is_not_sent_again(scripted_receiver):
+    receiver = scripted_receiver()
+    row = delivery(receiver.url, status="delivered", attempts=1)
+    assert webhook_send.apply(args=[str(row.pk)]).get() == "skipped"  # a second task for it, say
     assert receiver.deliveries == []
     row.refresh_from_db()
     assert (row.status, row.attempts) == ("delivered", 1)
 
 
-def test_a_task_queued_before_the_outbox_still_delivers(settings):
-    receiver = Receiver()
-    settings.REGISTRY_WEBHOOK_SECRET = SECRET
-    try:
-        body = webhooks.encode("deployment_event", {"version": "policy:2"}).decode()
-        assert webhook_deliver.apply(args=[receiver.url, "deployment_event", body, "delivery-1"]).get() == 204
-    finally:
-        receiver.close()
+def test_a_task_queued_before_the_outbox_still_delivers(scripted_receiver):
+    receiver = scripted_receiver()
+    body = webhooks.encode("deployment_event", {"version": "policy:2"}).decode()
+    assert webhook_deliver.apply(args=[receiver.url, "deployment_event", body, "delivery-1"]).get() == 204
     assert [d["headers"]["X-RLHF-Delivery"] for d in receiver.deliveries] == ["delivery-1"]
 
 
@@ -296,20 +296,18 @@ def test_a_malformed_url_fails_at_once_with_its_error(settings):
     assert row.last_error
 
 
-def test_each_try_stamps_the_delivery_so_the_sweep_leaves_a_retrying_one_alone(settings, monkeypatch):
+def test_each_try_stamps_the_delivery_so_the_sweep_leaves_a_retrying_one_alone(
+    scripted_receiver, settings, monkeypatch
+):
     """A task still retrying after REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS since its first queueing is
     not lost: its last try stamped the row."""
-    receiver = Receiver(statuses=[503])
-    settings.REGISTRY_WEBHOOK_SECRET = SECRET
+    receiver = scripted_receiver([503])
     settings.REGISTRY_WEBHOOK_REQUEUE_AFTER_SECONDS = 900
     row = delivery(receiver.url)
     WebhookDelivery.objects.filter(pk=row.pk).update(enqueued_at=timezone.now() - timedelta(seconds=1000))
     monkeypatch.setattr(webhook_send, "retry", lambda **kwargs: RuntimeError("retry queued for later"))
-    try:
-        with pytest.raises(RuntimeError, match="retry queued for later"):  # the first try failed
-            webhook_send.apply(args=[str(row.pk)]).get()
-    finally:
-        receiver.close()
+    with pytest.raises(RuntimeError, match="retry queued for later"):  # the first try failed
+        webhook_send.apply(args=[str(row.pk)]).get()
     row.refresh_from_db()
     assert row.status == "pending"
     assert timezone.now() - row.enqueued_at < timedelta(seconds=60)
