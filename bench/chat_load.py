@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import cpu_seconds_by_group  # bench/ is this script's folder, so first on sys.path
+from common import cpu_seconds_by_group, processes  # bench/ is this script's folder, so first on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "How do I make a cup of tea?"
@@ -553,13 +553,12 @@ def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
 def rss_kib(group: int) -> int:
     """The resident memory of process group ``group``'s processes, KiB."""
     total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for folder, _, fields in processes():
+        if int(fields[2]) != group:
+            continue
         try:
-            text = stat.read_text()
-            if int(text[text.rindex(")") + 2 :].split()[2]) != group:
-                continue
-            status = (stat.parent / "status").read_text()
-        except (OSError, ValueError):
+            status = (folder / "status").read_text()
+        except OSError:  # gone meanwhile
             continue
         total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,17 @@ def setup_django(db_url: str, **env: str) -> None:
     django.setup()
 
 
+def processes() -> Iterator[tuple[Path, str, list[str]]]:
+    """Each process now: its ``/proc/<pid>`` folder, its command name and the fields of its ``stat``
+    after the name (``fields[2]``: its process group; ``fields[11:15]``: utime stime cutime cstime)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        yield stat.parent, text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
 def cpu_seconds_by_group(groups: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each process group in ``groups`` (name: process group id) and of
     PostgreSQL's processes (``postgres``). Reaped children count for their parent (cutime, cstime), so
@@ -44,13 +56,7 @@ def cpu_seconds_by_group(groups: dict[str, int]) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     totals = dict.fromkeys(groups, 0.0) | {"postgres": 0.0}
     by_group = {gid: name for name, gid in groups.items()}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text[text.rindex(")") + 2 :].split()
+    for _, comm, fields in processes():
         seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
         if int(fields[2]) in by_group:
             totals[by_group[int(fields[2])]] += seconds
