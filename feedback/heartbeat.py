@@ -20,10 +20,11 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, Q, Value
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from core.asyncdb import db_async
+from core.dbclock import db_ago
 from feedback.models import Message, MessageStep
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def stale_answers_reap(*, stale_after: timedelta | None = None) -> list[uuid.UUI
     the stream's process come back to life after all, its last write stores the answer as it ended."""
     stale_after = stale_after or timedelta(seconds=settings.CHAT_STALE_AFTER_SECONDS)
     seconds = int(stale_after.total_seconds())
-    cutoff = ExpressionWrapper(Now() - Value(stale_after, DurationField()), output_field=DateTimeField())
+    cutoff = db_ago(stale_after)
     reaped = []
     for answer_id in Message.objects.filter(_stale(cutoff)).values_list("id", flat=True):
         steps = MessageStep.objects.filter(message_id=answer_id).order_by("index").values_list("content", flat=True)

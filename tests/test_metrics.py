@@ -114,6 +114,23 @@ def test_training_runs_are_reported_from_the_database(db):
     assert 29 <= sample(text, "rlhf_training_run_heartbeat_age_seconds", run=str(running.id), kind="dpo") < 90
 
 
+def test_a_training_runs_heartbeat_age_is_measured_on_the_database_clock(db, monkeypatch):
+    """The heartbeat is stamped by the database: a scraping process whose clock runs ten minutes ahead
+    still reports a run beaten just now as fresh, not ten minutes silent."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training import services
+    from training.models import TrainingRun
+
+    run = TrainingRun.objects.create(kind="kto")
+    assert services.training_run_claim(run_id=run.id, worker="host:1")
+    ahead = timezone.now() + timedelta(minutes=10)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)
+    assert 0 <= sample(scrape(), "rlhf_training_run_heartbeat_age_seconds", run=str(run.id), kind="kto") < 60
+
+
 def test_monitor_decisions_are_exported_from_the_database(db, settings):
     from models_registry.services import canary_start, model_version_make_live
     from tests.monitoring_data import rate

@@ -388,6 +388,39 @@ def test_the_services_refuse_what_the_table_refuses(db):
     assert (done.status, done.error_message) == ("failed", "broken")
 
 
+def test_a_reaper_whose_clock_runs_ahead_spares_a_run_beaten_just_now(monkeypatch):
+    """The heartbeat and its age are on the database's clock: a beat worker whose clock is ten minutes
+    ahead of the training worker's does not fail a live run."""
+    run = TrainingRun.objects.create(kind="reward")
+    assert services.training_run_claim(run_id=run.id, worker="host:1")
+    assert services.training_run_heartbeat(run_id=run.id, progress=0.5)
+    ahead = timezone.now() + timedelta(minutes=10)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)
+
+    assert services.training_runs_reap(stale_after=timedelta(minutes=5)) == []
+    run.refresh_from_db()
+    assert run.status == "running"
+
+
+def test_a_run_claimed_and_beaten_by_a_worker_whose_clock_runs_behind_stays_alive(monkeypatch):
+    """Claimed and beaten by a worker ten minutes behind: both stamps are the database's time, so the
+    run is not reaped before its next beat."""
+    run = TrainingRun.objects.create(kind="dpo")
+    behind = timezone.now() - timedelta(minutes=10)
+    with monkeypatch.context() as patched:
+        patched.setattr(timezone, "now", lambda: behind)
+        assert services.training_run_claim(run_id=run.id, worker="host:1")
+        run.refresh_from_db()
+        claimed_at = run.heartbeat_at
+        assert services.training_run_heartbeat(run_id=run.id, step=1)
+
+    assert services.training_runs_reap(stale_after=timedelta(minutes=5)) == []
+    run.refresh_from_db()
+    assert run.status == "running"
+    assert abs(claimed_at - timezone.now()) < timedelta(seconds=60)
+    assert abs(run.heartbeat_at - timezone.now()) < timedelta(seconds=60)
+
+
 def test_the_reaper_spares_a_run_whose_heartbeat_arrived_after_it_looked(db, monkeypatch):
     stale = TrainingRun.objects.create(
         kind="reward", status="running", heartbeat_at=timezone.now() - timedelta(minutes=30)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from django.db import DatabaseError
 from django.db.models import Count
-from django.utils import timezone
+from django.db.models.functions import Now
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -34,20 +34,19 @@ class TrainingRunsCollector(Collector):
         )
         try:
             counts = list(TrainingRun.objects.order_by().values_list("kind", "status").annotate(n=Count("id")))
-            running = list(
-                TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).values_list(
-                    "id", "kind", "progress", "heartbeat_at"
-                )
+            running = list(  # the age on the database's clock, which stamps the heartbeats (core.dbclock)
+                TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
+                .annotate(db_now=Now())
+                .values_list("id", "kind", "progress", "heartbeat_at", "db_now")
             )
         except DatabaseError:
             return  # the database is down: /metrics still answers with everything else
         for kind, status, n in counts:
             runs.add_metric([kind, status], n)
-        now = timezone.now()
-        for run_id, kind, fraction, heartbeat_at in running:
+        for run_id, kind, fraction, heartbeat_at, db_now in running:
             progress.add_metric([str(run_id), kind], fraction)
             if heartbeat_at is not None:
-                heartbeat_age.add_metric([str(run_id), kind], (now - heartbeat_at).total_seconds())
+                heartbeat_age.add_metric([str(run_id), kind], (db_now - heartbeat_at).total_seconds())
         yield runs
         yield progress
         yield heartbeat_age

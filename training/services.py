@@ -19,9 +19,11 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnreachable
 
+from core.dbclock import db_ago
 from models_registry.models import ModelVersion
 from models_registry.selectors import live_version
 from models_registry.services import model_version_register
@@ -174,13 +176,13 @@ def _transition(run_id: int, to: str, *, only_if: dict[str, Any] | None = None, 
     """Move run ``run_id`` to status ``to`` (and write ``fields``) if, and only if, its status may go
     there along ``TrainingRun.TRANSITIONS`` and it matches ``only_if``. One conditional UPDATE: False
     (and nothing written) when the run is gone or its status does not allow it. The one place that
-    writes a run's status."""
+    writes a run's status. ``heartbeat_at`` is always the database's time (``core.dbclock``)."""
     allowed_from = [status for status, targets in TrainingRun.TRANSITIONS.items() if to in targets]
     if not allowed_from:
         raise ValueError(f"No status may move to {to!r}.")
     now = timezone.now()
     if to not in TrainingRun.TRANSITIONS:  # a final status
-        fields = {"finished_at": now, "heartbeat_at": now, **fields}
+        fields = {"finished_at": now, "heartbeat_at": Now(), **fields}
     runs = TrainingRun.objects.filter(id=run_id, status__in=allowed_from, **(only_if or {}))
     return runs.update(status=to, **fields) == 1
 
@@ -194,7 +196,7 @@ def training_run_claim(*, run_id: int, worker: str, task_id: str = "") -> bool:
         Status.RUNNING,
         only_if={"cancel_requested": False},
         started_at=now,
-        heartbeat_at=now,
+        heartbeat_at=Now(),
         worker=worker[:200],
         phase="starting",
         **({"task_id": task_id} if task_id else {}),
@@ -213,7 +215,7 @@ def training_run_heartbeat(
 ) -> bool:
     """Record that the worker is alive and how far it got. Returns False when the run is no longer
     running or an operator asked to cancel it: the worker should stop."""
-    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    fields: dict[str, Any] = {"heartbeat_at": Now()}  # the database's clock, as the reaper's
     if phase is not None:
         fields["phase"] = phase[:32]
     if progress is not None:
@@ -323,9 +325,11 @@ def training_run_succeed(
 
 def training_runs_reap(*, stale_after: timedelta | None = None) -> list[int]:
     """Fail running runs whose heartbeat is older than ``stale_after`` (TRAINING_STALE_AFTER_SECONDS):
-    their worker died or was killed at the hard time limit. Returns the ids failed."""
+    their worker died or was killed at the hard time limit. Returns the ids failed. The heartbeat is
+    stamped and its age measured with the database's clock, so a reaper (a beat worker) whose clock runs
+    ahead of the training worker's does not fail a live run."""
     stale_after = stale_after or timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
-    cutoff = timezone.now() - stale_after
+    cutoff = db_ago(stale_after)
     reaped = []
     for run_id, worker in TrainingRun.objects.filter(status=Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
         "id", "worker"
