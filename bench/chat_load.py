@@ -2,7 +2,7 @@
 
 Run by hand (not a test)::
 
-    .venv/bin/python bench/chat_load.py [--part ratio|load|all] [--clients 50,200] [--workers 1]
+    .venv/bin/python bench/chat_load.py [--part ratio|load|first|all] [--clients 50,200] [--workers 1]
 
 1. Drops and recreates the PostgreSQL database ``rlhf_chat_bench``, migrates it, and creates users,
    one conversation each and a Django session per user (the WebSocket clients send its cookie).
@@ -21,7 +21,13 @@ Run by hand (not a test)::
    group) streams ``--fake-tokens`` SSE chunks ``--fake-delay-ms`` apart; a version with backend
    openai pointing at it is made live; for each ``--clients`` count, that many users connect, then all
    send at once; each client times the first token fragment and the final fragment.
-4. Prints a table of the figures and whether each goal is met.
+4. ``first`` (not in ``all``): the first chat after a server starts, with the local tiny policy live:
+   ``--reps`` times, alternating, a fresh ``bin/web`` with ``WEB_WARM_UP_SECONDS=0`` (the first chat
+   loads the policy) and with the default (the process loads it before it takes connections); the
+   client connects as soon as the server answers HTTP and sends once. Medians of the time from the
+   server's start until it answered, of the first chat's time to first token, and of the start until
+   that token.
+5. Prints a table of the figures and whether each goal is met.
 
 Everything started here is stopped on exit, on an exception and on Ctrl-C.
 """
@@ -64,7 +70,7 @@ ANSWERS_MARK = '-answers" hx-swap-oob="beforeend"'
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["ratio", "load", "all"], default="all")
+    parser.add_argument("--part", choices=["ratio", "load", "first", "all"], default="all")
     parser.add_argument("--clients", default="50,200", help="comma list of concurrent chats for the load part")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (1)")
     parser.add_argument("--reps", type=int, default=10, help="measured repetitions of the ratio part (10)")
@@ -361,7 +367,7 @@ async def ws_chat(ws: Any, content: str, timeout: float) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "turn": None, "start": None, "tokens": [], "text": "", "final": None, "error": None, "status": None,
     }  # fmt: skip
-    sent = time.perf_counter()
+    sent = rec["sent_at"] = time.perf_counter()
     await ws.send(json.dumps({"type": "send", "content": content}))
     deadline = sent + timeout
     while True:
@@ -540,6 +546,48 @@ def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
     return result
 
 
+# --- Part "first" -------------------------------------------------------------------------------
+
+
+async def first_chat(args: argparse.Namespace, chat: dict[str, Any]) -> dict[str, Any]:
+    ws = await ws_connect(args, chat)
+    try:
+        return await ws_chat(ws, PROMPT, args.chat_timeout)
+    finally:
+        await ws.close()
+
+
+def part_first(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[str, Any]:
+    folder = policy_folder(args)
+    from models_registry.artifacts import sha256_tree
+
+    version = make_live(artifact_path=str(folder), checksums=sha256_tree(folder), backend="local")
+    print(f"live: {version.label} (local, {folder}); first chats after a start ...", flush=True)
+    chats = make_chats("first", 2 * args.reps)
+    rows: dict[str, list[dict[str, Any]]] = {"0": [], "default": []}
+    for rep in range(args.reps):
+        for warm in rows:
+            server_env = {**env, "WEB_WARM_UP_SECONDS": "0"} if warm == "0" else env
+            began = time.perf_counter()
+            server = start_server(args, server_env, logs, f"first-{warm}-{rep}")
+            up_ms = (time.perf_counter() - began) * 1000
+            try:
+                rec = asyncio.run(first_chat(args, chats.pop()))
+            finally:
+                server.stop()
+            ttft = rec["tokens"][0] if rec["tokens"] else None
+            since_start = (rec["sent_at"] - began) * 1000 + ttft if ttft is not None else None
+            row = {"up_ms": up_ms, "ttft_ms": ttft, "start_to_token_ms": since_start, "error": rec["error"]}
+            rows[warm].append(row)
+    return {
+        warm: {
+            key: med([r[key] for r in runs if r[key] is not None]) for key in ("up_ms", "ttft_ms", "start_to_token_ms")
+        }
+        | {"errors": [r["error"] for r in runs if r["error"]], "raw_ttft_ms": [r["ttft_ms"] for r in runs]}
+        for warm, runs in rows.items()
+    }
+
+
 # --- Part "load" --------------------------------------------------------------------------------
 
 
@@ -664,7 +712,9 @@ def part_load(args: argparse.Namespace, env: dict[str, str], logs: Path) -> list
 # --- Report -------------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[dict[str, Any]]) -> None:
+def report(
+    args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[dict[str, Any]], first: dict[str, Any] | None
+) -> None:
     def ok(flag: bool) -> str:
         return "MET" if flag else "MISSED"
 
@@ -697,6 +747,13 @@ def report(args: argparse.Namespace, ratio: dict[str, Any] | None, load: list[di
         print("consumer work before the model is asked, timed call by call in this process (median ms):")
         for name, value in ratio["breakdown"].items():
             print(f"  {name:<28} {value:>7.2f}")
+    if first:
+        print(f"\n-- first chat after a start: local tiny GPT-2, medians of {args.reps} starts each, alternating")
+        print(f"{'WEB_WARM_UP_SECONDS':<20} {'server up, ms':>13} {'first TTFT, ms':>14} {'start to token, ms':>18}")
+        for warm, r in first.items():
+            print(f"{warm:<20} {r['up_ms']:>13.0f} {r['ttft_ms']:>14.0f} {r['start_to_token_ms']:>18.0f}")
+            if r["errors"]:
+                print(f"      errors: {r['errors']}")
     if load:
         print(
             f"\n-- load: fake OpenAI server, {args.fake_tokens} tokens {args.fake_delay_ms:g} ms apart "
@@ -783,7 +840,7 @@ def main() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    ratio, load = None, []
+    ratio, load, first = None, [], None
     try:
         recreate_database(args)
         import django
@@ -796,11 +853,13 @@ def main() -> None:
             ratio = part_ratio(args, env, logs)
         if args.part in ("load", "all"):
             load = part_load(args, env, logs)
+        if args.part == "first":
+            first = part_first(args, env, logs)
     finally:
         stop_children()
-    report(args, ratio, load)
+    report(args, ratio, load, first)
     if args.json:
-        args.json.write_text(json.dumps({"ratio": ratio, "load": load}, indent=2, default=str))
+        args.json.write_text(json.dumps({"ratio": ratio, "load": load, "first": first}, indent=2, default=str))
     if args.keep_logs:
         print(f"server logs: {logs}")
     else:

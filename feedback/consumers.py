@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.template.loader import render_to_string
+from django.template import engines
+from django.template.loader import get_template, render_to_string
 from rest_framework.exceptions import ValidationError
 
 from core import jsonsafe
@@ -35,6 +37,20 @@ CLOSE_RATE_LIMITED = 4429
 # Frames that write a row each; limited per user by CHAT_SOCKET_RATE (sends have CHAT_RATE_PER_MINUTE).
 RATE_LIMITED = frozenset({"feedback", "compare"})
 MAX_FRAME_BYTES = 64 * 1024
+
+
+FRAGMENTS = "chat/_*.html"  # what the socket renders, and what those include
+
+
+def fragments_compile() -> list[str]:
+    """Compile the chat's fragment templates into the template cache (Django's cached loader, on
+    when ``DEBUG`` is off) and return their names. A server process does it as it starts
+    (``rlhf_site.lifespan``); otherwise its first answers compile them, on the event loop."""
+    roots = [Path(root) for root in engines["django"].engine.dirs]
+    names = sorted({path.relative_to(root).as_posix() for root in roots for path in root.glob(FRAGMENTS)})
+    for name in names:
+        get_template(name)
+    return names
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -37,6 +37,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from feedback.routing import websocket_urlpatterns  # noqa: E402
 from feedback.ws_tickets import chat_socket_stack  # noqa: E402
+from rlhf_site.lifespan import lifespan  # noqa: E402
 from rlhf_site.websocket import SameOriginValidator  # noqa: E402
 
 # Paths whose views are async (a test checks that every async view in the URLconf is under one).
@@ -105,6 +106,7 @@ async def _too_large(send):  # type: ignore[no-untyped-def]
 application = ProtocolTypeRouter(
     {
         "http": http,
+        "lifespan": lifespan,  # warms the process up before its first connection
         "websocket": chat_socket_stack(URLRouter(websocket_urlpatterns), origin_check=SameOriginValidator),
     }
 )

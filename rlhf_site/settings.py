@@ -346,6 +346,9 @@ SERVING_TEMPERATURE = envfloat("SERVING_TEMPERATURE", 0.7, minimum=0.0)  # 0: gr
 SERVING_TOP_P = envfloat("SERVING_TOP_P", 0.95, minimum=0.0)
 SERVING_MAX_CONCURRENT = envint("SERVING_MAX_CONCURRENT", 2, minimum=1)
 SERVING_LIVE_CHECK_SECONDS = envint("SERVING_LIVE_CHECK_SECONDS", 2, minimum=0)
+# A starting server process spends at most this long compiling the chat's templates and loading the
+# live policy before it takes connections (rlhf_site.lifespan); 0: none, the first chats do it.
+WEB_WARM_UP_SECONDS = envfloat("WEB_WARM_UP_SECONDS", 60.0, minimum=0.0)
 SERVING_TOKEN_TIMEOUT_SECONDS = envint("SERVING_TOKEN_TIMEOUT_SECONDS", 120, minimum=1)
 SERVING_OPENAI_API_KEY = envsecret("SERVING_OPENAI_API_KEY")
 # Hosts an openai-backend version may point at (host, host:port, *.domain); empty: none. Users'

@@ -91,6 +91,12 @@ class ServedPolicy(abc.ABC):
         generating when the consumer stops iterating (``aclose()`` or cancellation). ``options``
         overrides the sampling settings for this answer; ``usage``, when given, is filled in."""
 
+    async def warm(self) -> None:
+        """Do the work the first answer would otherwise pay for (a client to build, modules that load
+        on first use), on the event loop that will serve. A server process calls it as it starts
+        (``models_registry.serving.live.preload``); nothing by default."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 

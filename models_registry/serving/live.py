@@ -84,6 +84,26 @@ async def get_policy() -> ServedPolicy:
         return await _refresh()
 
 
+async def preload(*, timeout: float) -> ServedPolicy | None:
+    """Load and warm the live policy before this process takes its first chat (``WEB_WARM_UP_SECONDS``,
+    ``rlhf_site.lifespan``), so the first users do not wait for the model to load. Never raises: with
+    no live policy, the registry unreachable or a load that fails, the process starts anyway and
+    ``get_policy`` tries again on the first chat; past ``timeout`` the load goes on in its thread
+    and the process starts meanwhile. Returns the policy, or None."""
+    try:
+        policy = await asyncio.wait_for(get_policy(), timeout)
+        await policy.warm()
+    except ServingError as exc:
+        logger.info("no policy preloaded: %s", exc.message)
+    except TimeoutError:
+        logger.warning("the live policy is still loading after %s s; this process starts meanwhile", timeout)
+    except Exception:
+        logger.exception("preloading the live policy failed; this process starts without it")
+    else:
+        return policy
+    return None
+
+
 async def _refresh() -> ServedPolicy:
     current = _served.policy
     try:

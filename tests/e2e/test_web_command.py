@@ -1,6 +1,7 @@
 """``bin/web``, the platform's web server as ``bin/run`` starts it (every end-to-end test's server is
 started by it too): permessage-deflate on the chat's WebSockets is off unless ``WS_COMPRESSION`` turns
-it on, and a value it does not know stops it with a clear message."""
+it on, a value it does not know stops it with a clear message, and each process warms up (the live
+policy loaded) before it takes connections."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from websockets.sync.client import connect
 from core.processes import ROOT
 from tests.e2e.servers import platform_server, session_of
 from tests.factories import ConversationFactory, UserFactory
+from tests.test_serving import register_openai_live
 
 
 def negotiated_extensions(base: str, session: str, conversation_id: object) -> str | None:
@@ -37,6 +39,20 @@ def test_the_chat_socket_is_compressed_only_when_ws_compression_says_so(tmp_path
     with platform_server(tmp_path, "web", **env) as base:
         answer = negotiated_extensions(base, session_of(user), conversation.id)
     assert (answer is not None and answer.startswith("permessage-deflate")) is compressed
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_server_loads_the_live_policy_before_it_takes_connections(tmp_path, settings):
+    """uvicorn runs the lifespan (``rlhf_site.lifespan``): by the time the server answers, its
+    process has loaded the live policy."""
+    settings.SERVING_OPENAI_ALLOWED_HOSTS = ["127.0.0.1"]
+    register_openai_live("http://127.0.0.1:9")
+    with platform_server(tmp_path, "web", SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1"):
+        log = (tmp_path / "web.log").read_text()
+    assert "serving policy:1 (openai backend)" in log
+    assert "chat templates compiled, policy:1 loaded" in log
+    assert log.index("policy:1 loaded") < log.index("Application startup complete")
 
 
 def web(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
