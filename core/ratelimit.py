@@ -1,10 +1,12 @@
 """Fixed-window rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
 
 A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key in each calendar minute. The
-counter is one cache key per window (``INCR``, expiring with the window), so a check is one round
-trip. Limits **degrade open**: when the cache cannot be reached the hit is allowed (and logged),
-because refusing every chat message and sign-in while Redis is down would turn a cache outage into a
-full one. README "Abuse limits" says so to operators.
+counter is one cache key per window, created expiring with the window and incremented in one
+MULTI/EXEC on Redis, so a check is one round trip (three before 2026-12-01: Django's ``add``, then
+its ``incr``, which asks whether the key exists first). Limits **degrade open**: when the cache
+cannot be reached the hit is allowed (and logged), because refusing every chat message and sign-in
+while Redis is down would turn a cache outage into a full one. README "Abuse limits" says so to
+operators.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 
 from core.cache import CACHE_ERRORS, COUNTER_ERRORS, cache_unreachable
 
@@ -51,14 +54,27 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdi
         return Verdict(True, 0, 0)
     rate = Rate.parse(rate) if isinstance(rate, str) else rate
     window, retry_after = _window(rate, time.time() if now is None else now)
-    cache_key = f"ratelimit:{key}:{window}"
     try:
-        cache.add(cache_key, 0, timeout=rate.seconds + 1)
-        count = int(cache.incr(cache_key))
+        count = _count(f"ratelimit:{key}:{window}", ttl=rate.seconds + 1)
     except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
     return Verdict(count <= rate.count, count, retry_after)
+
+
+def _count(cache_key: str, *, ttl: int) -> int:
+    """Add one to the counter ``cache_key``, created at 0 expiring in ``ttl`` seconds if it is new."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        key = backend.make_and_validate_key(cache_key)
+        client = backend._cache.get_client(key, write=True)  # Django's Redis client: a redis-py Redis
+        with client.pipeline(transaction=True) as pipe:  # both or neither, in one round trip
+            pipe.set(key, 0, nx=True, ex=ttl)
+            pipe.incr(key)
+            _created, count = pipe.execute()
+        return int(count)
+    cache.add(cache_key, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
+    return int(cache.incr(cache_key))
 
 
 def peek(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:

@@ -4,6 +4,7 @@ address, the socket's origin check; and the chat socket never dies on bad text (
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -47,6 +48,42 @@ def test_a_fixed_window_allows_the_rate_then_refuses_until_the_next_window(db):
     assert ratelimit.peek("k", rate, now=130.0).allowed is False
     assert ratelimit.hit("k", rate, now=180.0).allowed is True  # the next minute
     assert ratelimit.hit("other", rate, now=125.0).allowed is True  # keys are separate
+
+
+@pytest.mark.redis
+def test_a_hit_is_one_round_trip_to_redis_and_its_counter_expires_with_the_window(monkeypatch):
+    from django.core.cache import caches
+    from redis.connection import AbstractConnection
+
+    backend = caches["default"]
+    sends = []
+    send = AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        sends.append(command)
+        return send(self, command, check_health)
+
+    key = f"trip-{uuid.uuid4()}"
+    rate = ratelimit.Rate(2, 60)
+    backend.get("warm-up")  # the client's connection opened outside the count
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    verdicts = [ratelimit.hit(key, rate, now=120.0 + i) for i in range(3)]
+    monkeypatch.undo()
+
+    assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
+    assert len(sends) == 3  # one per hit (three each before)
+    stored = backend.make_and_validate_key(f"ratelimit:{key}:2")
+    client = backend._cache.get_client(stored)
+    assert 0 < client.ttl(stored) <= 61
+    assert int(client.get(stored)) == 3
+    assert ratelimit.peek(key, rate, now=130.0).count == 3
+
+
+def test_a_fixed_window_works_on_the_in_memory_cache_too(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rl"}}
+    rate = ratelimit.Rate(1, 60)
+    assert [ratelimit.hit("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
+    assert ratelimit.hit("k", rate, now=120.0).allowed is True
 
 
 def test_limits_degrade_open_when_the_cache_is_unreachable(settings, caplog):
