@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.template import engines
 from django.template.loader import get_template, render_to_string
+from django.utils.html import escape
 from rest_framework.exceptions import ValidationError
 
 from core import jsonsafe
@@ -53,6 +54,24 @@ def fragments_compile() -> list[str]:
     return names
 
 
+class TokenFrames:
+    """The token fragments of one answer, ``chat/_token.html`` rendered once with a marker for the
+    text and then filled in: a frame per few tokens is most of what the socket sends, and a template
+    render costs about 37 us against 2 for this (same bytes: the template escapes the text as
+    ``escape`` does). A template whose text cannot be told apart falls back to rendering each one."""
+
+    def __init__(self, answer: Message) -> None:
+        self.answer = answer
+        mark = uuid.uuid4().hex
+        before, found, after = render_to_string("chat/_token.html", {"answer": answer, "text": mark}).partition(mark)
+        self.parts = (before, after) if found and mark not in after else None
+
+    def frame(self, text: str) -> str:
+        if self.parts is None:
+            return render_to_string("chat/_token.html", {"answer": self.answer, "text": text})
+        return f"{self.parts[0]}{escape(text)}{self.parts[1]}"
+
+
 def _first_error(exc: ValidationError) -> str:
     detail = exc.detail
     if isinstance(detail, dict):
@@ -83,6 +102,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.generation: asyncio.Task[None] | None = None
         self.unstarted: Message | None = None  # the answer begun for a generation task not started yet
         self.streaming_answer_id: uuid.UUID | None = None
+        self.token_frames: TokenFrames | None = None  # the streaming answer's
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -240,9 +260,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _on_chat_event(self, event: chat.ChatEvent) -> None:
         if event.kind == "start":
             self.streaming_answer_id = event.answer.id
+            self.token_frames = TokenFrames(event.answer)
             await self.send_html("chat/_answer_new.html", {"answer": event.answer, "prompt_id": event.answer.parent_id})
         elif event.kind == "token":
-            await self.send_html("chat/_token.html", {"answer": event.answer, "text": event.text})
+            frames = self.token_frames
+            if frames is None or frames.answer.id != event.answer.id:
+                frames = self.token_frames = TokenFrames(event.answer)
+            await self.send(text_data=frames.frame(event.text))
         elif event.kind == "step":
             await self.send_html(
                 "chat/_step_new.html", {"answer": event.answer, "step": event.step, "partial": event.partial}

@@ -8,13 +8,16 @@ import asyncio
 import html
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.template.loader import render_to_string
 
 from feedback import chat
+from feedback.consumers import TokenFrames
 from feedback.models import Comparison, Feedback, Message
 from models_registry.serving import ServingError
 from rlhf_site.asgi import application
@@ -625,3 +628,30 @@ def test_routing_an_answer_reads_the_canary_without_joining_its_versions(alice, 
     assert len(queries.captured_queries) == 2  # the canary, then the arm stored on the conversation
     conversation.refresh_from_db()
     assert (conversation.canary_id, conversation.arm) == (canary.id, "canary")
+
+
+# --- Token frames --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text", ["Boil", " water.\n", "<script>alert(\"x\")</script> & 'q'", "", "é ✓ \u2028", "{{ text }}"]
+)
+def test_a_token_frame_is_the_token_template_rendered(text):
+    answer = Message(id=uuid.uuid4())
+    frames = TokenFrames(answer)
+    assert frames.parts is not None  # filled in, not rendered
+    assert frames.frame(text) == render_to_string("chat/_token.html", {"answer": answer, "text": text})
+
+
+def test_a_token_template_whose_text_cannot_be_found_is_rendered_each_time(monkeypatch):
+    import feedback.consumers as consumers
+
+    answer = Message(id=uuid.uuid4())
+    rendered = consumers.render_to_string
+
+    def no_text(name: str, context: dict) -> str:  # a template that does not show the text
+        return rendered(name, {**context, "text": ""})
+
+    monkeypatch.setattr(consumers, "render_to_string", no_text)
+    frames = TokenFrames(answer)
+    assert frames.parts is None
+    monkeypatch.setattr(consumers, "render_to_string", rendered)
+    assert frames.frame("<b>") == render_to_string("chat/_token.html", {"answer": answer, "text": "<b>"})
