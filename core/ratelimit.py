@@ -67,7 +67,8 @@ def _count(cache_key: str, *, ttl: int) -> int:
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         key = backend.make_and_validate_key(cache_key)
-        client = backend._cache.get_client(key, write=True)  # Django's Redis client: a redis-py Redis
+        # Django's Redis client (not in its stubs), giving redis-py's client for this key.
+        client = backend._cache.get_client(key, write=True)  # type: ignore[attr-defined]
         with client.pipeline(transaction=True) as pipe:  # both or neither, in one round trip
             pipe.set(key, 0, nx=True, ex=ttl)
             pipe.incr(key)
