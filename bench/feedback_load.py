@@ -11,8 +11,8 @@ What it does:
    distinct (user, message) pair, so each request creates exactly one Feedback row. It also creates
    the table ``bench_floor`` that the floor endpoint writes to.
 2. For each target (``feedback``, then ``floor``) starts uvicorn as deployed
-   (``rlhf_site.asgi:application``, uvloop, httptools, no access log, DEBUG=0, throttling off) with
-   ``DJANGO_SETTINGS_MODULE=bench.floor_settings`` -- the project's settings and URLs plus
+   (``rlhf_site.asgi:application``, uvloop, httptools, no access log, DEBUG=0, throttling off unless
+   ``--throttle``) with ``DJANGO_SETTINGS_MODULE=bench.floor_settings`` -- the project's settings and URLs plus
    ``bench/floor`` -- so both runs differ only in the endpoint; warms it up, then drives it with wrk
    (``bench/feedback_load.lua``) for ``--duration`` seconds and stops it.
 3. Counts the rows written, and prints requests/s, p50/p99 latency, errors, requests completed and
@@ -69,6 +69,9 @@ def parse_args() -> argparse.Namespace:
         help="uvicorn worker processes; a comma list (e.g. 1,2,3,4) runs every target for each (2)",
     )
     parser.add_argument("--targets", default="feedback,floor", help="comma list of: feedback, floor")
+    parser.add_argument(
+        "--throttle", default="off", help="API_THROTTLE_RATE of the server (off; the product's default is 600/min)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per (workers, target); the table shows medians")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each run (3)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1: leaves the CPUs to the server)")
@@ -112,7 +115,7 @@ def server_environment(args: argparse.Namespace) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE=args.settings,
         DEBUG="0",
         SECRET_KEY="bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
-        API_THROTTLE_RATE="off",
+        API_THROTTLE_RATE=args.throttle,
         DATABASE_URL=f"{args.pg.rstrip('/')}/{args.db}",
         REDIS_URL=args.redis,
         PYTHONUNBUFFERED="1",

@@ -11,6 +11,7 @@ operators.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -55,27 +56,66 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdi
     rate = Rate.parse(rate) if isinstance(rate, str) else rate
     window, retry_after = _window(rate, time.time() if now is None else now)
     try:
-        count = _count(f"ratelimit:{key}:{window}", ttl=rate.seconds + 1)
+        count, _ = _count(f"ratelimit:{key}:{window}", ttl=rate.seconds + 1)
     except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
     return Verdict(count <= rate.count, count, retry_after)
 
 
-def _count(cache_key: str, *, ttl: int) -> int:
-    """Add one to the counter ``cache_key``, created at 0 expiring in ``ttl`` seconds if it is new."""
+def hit_rolling(key: str, rate: Rate, *, now: float | None = None, name: str | None = None) -> Verdict:
+    """Count one hit on ``key`` against ``rate`` over a rolling period, as Django REST framework's
+    throttles promise, estimated from two fixed windows: this window's hits plus the last window's,
+    weighted by the share of it still inside the period (the "sliding window counter"; exact when
+    the last window's hits were spread evenly). So there is no burst of twice the rate across a
+    window's edge. One round trip to Redis; a refused hit is taken back (a second trip), so only
+    allowed hits count, as with DRF. ``count`` is the estimate, rounded up; ``retry_after`` the
+    seconds until the estimate lets one more through. ``name`` names the limit in the log."""
+    now = time.time() if now is None else now
+    window = int(now // rate.seconds)
+    elapsed = now - window * rate.seconds
+    current = f"ratelimit:{key}:{window}"
+    try:
+        count, before = _count(current, ttl=2 * rate.seconds + 1, previous=f"ratelimit:{key}:{window - 1}")
+        estimate = before * (1 - elapsed / rate.seconds) + count
+        if estimate <= rate.count:
+            return Verdict(True, math.ceil(estimate), 0)
+        cache.decr(current)
+    except COUNTER_ERRORS as exc:  # degrade open
+        cache_unreachable(limit=name or f"Rate limit {key}", exc=exc)
+        return Verdict(True, 0, 0)
+    return Verdict(False, math.ceil(estimate), _rolling_wait(before, count - 1, rate, elapsed))
+
+
+def _rolling_wait(before: int, count: int, rate: Rate, elapsed: float) -> int:
+    """Seconds until ``hit_rolling`` allows one more, ``count`` hits counted in this window so far
+    (``elapsed`` seconds into it) and ``before`` in the last."""
+    room = rate.count - 1 - count  # what the last window may still weigh
+    if room >= 0:  # this window has room: wait for the last one's weight to fall
+        wait = rate.seconds * (1 - room / before) - elapsed if before else 0.0
+    else:  # this window alone is full: wait for its own weight to fall, in the next window
+        wait = (rate.seconds - elapsed) + rate.seconds * (1 - (rate.count - 1) / count)
+    return max(1, math.ceil(wait))
+
+
+def _count(cache_key: str, *, ttl: int, previous: str | None = None) -> tuple[int, int]:
+    """Add one to the counter ``cache_key``, created at 0 expiring in ``ttl`` seconds if it is new;
+    returns its new value and the value of the counter ``previous`` (0 without one)."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
         key = backend.make_and_validate_key(cache_key)
         # Django's Redis client (not in its stubs), giving redis-py's client for this key.
         client = backend._cache.get_client(key, write=True)  # type: ignore[attr-defined]
-        with client.pipeline(transaction=True) as pipe:  # both or neither, in one round trip
+        with client.pipeline(transaction=True) as pipe:  # all or nothing, in one round trip
             pipe.set(key, 0, nx=True, ex=ttl)
             pipe.incr(key)
-            _created, count = pipe.execute()
-        return int(count)
+            if previous is not None:
+                pipe.get(backend.make_and_validate_key(previous))
+            replies = pipe.execute()
+        return int(replies[1]), int(replies[2] or 0) if previous is not None else 0
     cache.add(cache_key, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
-    return int(cache.incr(cache_key))
+    count = int(cache.incr(cache_key))
+    return count, int(cache.get(previous, 0)) if previous is not None else 0
 
 
 def peek(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:

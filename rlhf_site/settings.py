@@ -147,7 +147,7 @@ if REDIS_URL:
     # timeouts keep a Redis that does not answer from holding each request for redis-py's default 5 s.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.cache.RedisCache",  # Django's, with one connection pool per process
             "LOCATION": REDIS_URL,
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }

@@ -86,10 +86,63 @@ def test_a_fixed_window_works_on_the_in_memory_cache_too(settings):
     assert ratelimit.hit("k", rate, now=120.0).allowed is True
 
 
+def test_a_rolling_limit_counts_the_last_window_by_its_share_of_the_period(db):
+    rate = ratelimit.Rate(2, 60)
+    verdicts = [ratelimit.hit_rolling("r", rate, now=120.0 + i) for i in range(3)]
+    assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
+    # At 2 hits and 2 s into the window, one more fits once the window's own weight has fallen to
+    # one hit: 58 s to its end, then half the next window.
+    assert verdicts[-1].retry_after == 88
+    assert ratelimit.peek("r", rate, now=130.0).count == 2  # the refused hit was taken back
+    assert ratelimit.hit_rolling("r", rate, now=180.0).allowed is False  # a new window, the same minute
+    assert ratelimit.hit_rolling("r", rate, now=209.0).allowed is False
+    assert ratelimit.hit_rolling("r", rate, now=210.0).allowed is True  # 120 + 2 + 88
+    assert ratelimit.hit_rolling("other", rate, now=125.0).allowed is True  # keys are separate
+
+
+def test_a_rolling_limit_allows_no_burst_across_a_windows_edge(db):
+    rate = ratelimit.Rate(2, 60)
+    assert [ratelimit.hit_rolling("edge", rate, now=t).allowed for t in (179.0, 179.5, 180.0, 180.5)] == [
+        True,
+        True,
+        False,
+        False,
+    ]  # a fixed window would allow all four
+
+
+@pytest.mark.redis
+def test_a_rolling_hit_is_one_round_trip_to_redis(monkeypatch):
+    from redis.connection import AbstractConnection
+
+    sends = []
+    send = AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        sends.append(command)
+        return send(self, command, check_health)
+
+    key = f"rolling-trip-{uuid.uuid4()}"
+    ratelimit.hit_rolling("warm-up", ratelimit.Rate(9, 60))  # the client's connection opened outside the count
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(9, 60), now=60.0 + i) for i in range(5)]
+    monkeypatch.undo()
+    assert [v.count for v in verdicts] == [1, 2, 3, 4, 5]
+    assert len(sends) == 5
+
+
+def test_a_rolling_limit_works_on_the_in_memory_cache_too(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rr"}}
+    rate = ratelimit.Rate(1, 60)
+    assert [ratelimit.hit_rolling("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
+    assert ratelimit.hit_rolling("k", rate, now=120.0).allowed is False
+    assert ratelimit.hit_rolling("k", rate, now=150.0).retry_after == 30  # half the last hit still counts
+    assert ratelimit.hit_rolling("k", rate, now=180.0).allowed is True
+
+
 def test_limits_degrade_open_when_the_cache_is_unreachable(settings, caplog):
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.cache.RedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
             "OPTIONS": {"socket_connect_timeout": 1},
         }

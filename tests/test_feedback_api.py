@@ -316,14 +316,22 @@ def test_a_failed_request_does_not_burn_the_key(api, answer):
 def test_it_throttles_per_user_with_retry_after(api, bob_api, answer, monkeypatch):
     from rest_framework.throttling import UserRateThrottle
 
+    clock = [600.0]  # 0 s into a minute
     monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "3/min"})
+    monkeypatch.setattr(UserRateThrottle, "timer", lambda self: clock[0])
     for _ in range(3):
         assert api.get(URL).status_code == 200
     response = api.get(URL)
     error = assert_error(response, 429, "throttled")
-    assert 0 < int(response["Retry-After"]) <= 60
-    assert "available in" in error["message"]
+    # Over a rolling minute (core.ratelimit.hit_rolling): 60 s for the window's end, then a third of
+    # the next minute for its weight to fall to two requests.
+    assert response["Retry-After"] == "80"
+    assert "available in 80 seconds" in error["message"]
     assert bob_api.get(URL).status_code == 200  # bob has his own budget
+    clock[0] = 679.0
+    assert api.get(URL).status_code == 429
+    clock[0] = 680.0
+    assert api.get(URL).status_code == 200
 
 
 # --- Lists, retrieve, delete ----------------------------------------------------------------------

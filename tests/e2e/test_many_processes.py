@@ -5,6 +5,7 @@ module."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -128,7 +129,30 @@ def test_the_api_throttle_is_one_budget_across_both_processes(servers):
         refused = httpx.get(f"{base}/api/assistant/conversations", headers=headers, timeout=30)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "throttled"
-    assert len(cache.get(f"throttle_user_{bob.pk}")) == THROTTLE_PER_MINUTE
+    window = int(time.time() // 60)  # counted per minute (core.ratelimit.hit_rolling), refusals taken back
+    keys = [f"ratelimit:throttle_user_{bob.pk}:{w}" for w in (window - 1, window)]
+    assert sum(int(cache.get(key, 0)) for key in keys) == THROTTLE_PER_MINUTE
+
+
+def test_a_server_process_keeps_its_redis_connections_across_requests(servers):
+    """Each request used to get its own cache instance, with its own pool and a new TCP connection to
+    Redis (core.cache.RedisCache): 18 throttled requests, over the two processes, now open at most a
+    few connections, not 18."""
+    import redis
+
+    users = [UserFactory(username=f"conn{i}") for i in range(3)]
+    tokens = [Token.objects.create(user=user).key for user in users]
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    opened_before = client.info("stats")["total_connections_received"]
+    statuses = [
+        httpx.get(f"{base}/api/assistant/conversations", headers={"Authorization": f"Token {token}"}, timeout=30)
+        for token in tokens
+        for base in (servers[0], servers[1], servers[0])
+        for _ in range(2)
+    ]
+    opened = client.info("stats")["total_connections_received"] - opened_before
+    assert [response.status_code for response in statuses] == [200] * 18
+    assert opened <= 4, f"{opened} new Redis connections for 18 requests"
 
 
 def test_a_deploy_is_served_by_both_processes(servers, alice):
