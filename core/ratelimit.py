@@ -71,6 +71,8 @@ def hit_rolling(key: str, rate: Rate, *, now: float | None = None, name: str | N
     window's edge. One round trip to Redis; a refused hit is taken back (a second trip), so only
     allowed hits count, as with DRF. ``count`` is the estimate, rounded up; ``retry_after`` the
     seconds until the estimate lets one more through. ``name`` names the limit in the log."""
+    if rate.count < 1:  # nothing allowed (DRF's "0/min")
+        return Verdict(False, 0, rate.seconds)
     now = time.time() if now is None else now
     window = int(now // rate.seconds)
     elapsed = now - window * rate.seconds
@@ -92,9 +94,9 @@ def _rolling_wait(before: int, count: int, rate: Rate, elapsed: float) -> int:
     (``elapsed`` seconds into it) and ``before`` in the last."""
     room = rate.count - 1 - count  # what the last window may still weigh
     if room >= 0:  # this window has room: wait for the last one's weight to fall
-        wait = rate.seconds * (1 - room / before) - elapsed if before else 0.0
+        wait = rate.seconds * (before - room) / before - elapsed if before else 0.0
     else:  # this window alone is full: wait for its own weight to fall, in the next window
-        wait = (rate.seconds - elapsed) + rate.seconds * (1 - (rate.count - 1) / count)
+        wait = (rate.seconds - elapsed) + rate.seconds * (count - rate.count + 1) / count
     return max(1, math.ceil(wait))
 
 

@@ -119,7 +119,7 @@ def envrate(name: str, default: str | None, *, environ: Mapping[str, str] | None
     if value.lower() in {"off", "none", "0"}:
         return None
     count, _, period = value.partition("/")
-    if not count.isdigit() or not period or period[0] not in "smhd":
+    if not count.isdigit() or int(count) < 1 or not period or period[0] not in "smhd":
         raise ImproperlyConfigured(f"{name}={value!r} is not a rate: use e.g. 120/min, 10/s, 1000/hour or off.")
     return value
 

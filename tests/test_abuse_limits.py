@@ -100,6 +100,15 @@ def test_a_rolling_limit_counts_the_last_window_by_its_share_of_the_period(db):
     assert ratelimit.hit_rolling("other", rate, now=125.0).allowed is True  # keys are separate
 
 
+def test_a_rolling_limit_of_zero_refuses_without_an_error(db):
+    assert ratelimit.hit_rolling("zero", ratelimit.Rate(0, 60), now=10.0) == ratelimit.Verdict(False, 0, 60)
+
+
+def test_a_rolling_wait_is_not_rounded_up_past_the_allowed_second(db):
+    rate = ratelimit.Rate(2, 60)  # 3 counted, 37 s in: 63 s, where 1 - 1/3 rounding made 64
+    assert ratelimit._rolling_wait(0, 3, rate, 37.0) == 63
+
+
 def test_a_rolling_limit_allows_no_burst_across_a_windows_edge(db):
     rate = ratelimit.Rate(2, 60)
     assert [ratelimit.hit_rolling("edge", rate, now=t).allowed for t in (179.0, 179.5, 180.0, 180.5)] == [
