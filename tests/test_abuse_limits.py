@@ -3,8 +3,10 @@ address, the socket's origin check; and the chat socket never dies on bad text (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -50,25 +52,33 @@ def test_a_fixed_window_allows_the_rate_then_refuses_until_the_next_window(db):
     assert ratelimit.hit("other", rate, now=125.0).allowed is True  # keys are separate
 
 
-@pytest.mark.redis
-def test_a_hit_is_one_round_trip_to_redis_and_its_counter_expires_with_the_window(monkeypatch):
-    from django.core.cache import caches
+@contextlib.contextmanager
+def redis_sends() -> Iterator[list[bytes]]:
+    """The writes to Redis's sockets inside the block: one per round trip (a pipeline is one)."""
     from redis.connection import AbstractConnection
 
-    backend = caches["default"]
-    sends = []
+    sends: list[bytes] = []
     send = AbstractConnection.send_packed_command
 
     def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
         sends.append(command)
         return send(self, command, check_health)
 
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(AbstractConnection, "send_packed_command", counted)
+        yield sends
+
+
+@pytest.mark.redis
+def test_a_hit_is_one_round_trip_to_redis_and_its_counter_expires_with_the_window():
+    from django.core.cache import caches
+
+    backend = caches["default"]
     key = f"trip-{uuid.uuid4()}"
     rate = ratelimit.Rate(2, 60)
     backend.get("warm-up")  # the client's connection opened outside the count
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    verdicts = [ratelimit.hit(key, rate, now=120.0 + i) for i in range(3)]
-    monkeypatch.undo()
+    with redis_sends() as sends:
+        verdicts = [ratelimit.hit(key, rate, now=120.0 + i) for i in range(3)]
 
     assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
     assert len(sends) == 3  # one per hit (three each before)
@@ -120,21 +130,11 @@ def test_a_rolling_limit_allows_no_burst_across_a_windows_edge(db):
 
 
 @pytest.mark.redis
-def test_a_rolling_hit_is_one_round_trip_to_redis(monkeypatch):
-    from redis.connection import AbstractConnection
-
-    sends = []
-    send = AbstractConnection.send_packed_command
-
-    def counted(self, command, check_health=True):  # type: ignore[no-untyped-def]
-        sends.append(command)
-        return send(self, command, check_health)
-
+def test_a_rolling_hit_is_one_round_trip_to_redis():
     key = f"rolling-trip-{uuid.uuid4()}"
     ratelimit.hit_rolling("warm-up", ratelimit.Rate(9, 60))  # the client's connection opened outside the count
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(9, 60), now=60.0 + i) for i in range(5)]
-    monkeypatch.undo()
+    with redis_sends() as sends:
+        verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(9, 60), now=60.0 + i) for i in range(5)]
     assert [v.count for v in verdicts] == [1, 2, 3, 4, 5]
     assert len(sends) == 5
 
