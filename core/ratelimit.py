@@ -1,9 +1,10 @@
-"""Fixed-window rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
+"""Rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
 
 A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key in each calendar minute. The
 counter is one cache key per window, created expiring with the window and incremented in one
 MULTI/EXEC on Redis, so a check is one round trip (three before 2026-12-01: Django's ``add``, then
-its ``incr``, which asks whether the key exists first). Limits **degrade open**: when the cache
+its ``incr``, which asks whether the key exists first). ``hit_rolling`` counts over a rolling period
+instead (the API throttle). Limits **degrade open**: when the cache
 cannot be reached the hit is allowed (and logged), because refusing every chat message and sign-in
 while Redis is down would turn a cache outage into a full one. README "Abuse limits" says so to
 operators.
@@ -40,8 +41,10 @@ class Rate:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    count: int  # hits in this window so far, this one included (0 when the cache was unreachable)
-    retry_after: int  # seconds until the window ends
+    # Hits in this window so far, this one included (hit_rolling: its estimate over the rolling
+    # period); 0 when the cache was unreachable.
+    count: int
+    retry_after: int  # seconds until a hit is allowed again (hit: the window's end; 0 when allowed by hit_rolling)
 
 
 def _window(rate: Rate, now: float) -> tuple[int, int]:

@@ -44,8 +44,8 @@ FRAGMENTS = "chat/_*.html"  # what the socket renders, and what those include
 
 
 def fragments_compile() -> list[str]:
-    """Compile the chat's fragment templates into the template cache (Django's cached loader, on
-    when ``DEBUG`` is off) and return their names. A server process does it as it starts
+    """Compile the chat's fragment templates into the template cache (Django's cached loader, on by
+    default since Django 4.1) and return their names. A server process does it as it starts
     (``rlhf_site.lifespan``); otherwise its first answers compile them, on the event loop."""
     roots = [Path(root) for root in engines["django"].engine.dirs]
     names = sorted({path.relative_to(root).as_posix() for root in roots for path in root.glob(FRAGMENTS)})

@@ -113,7 +113,7 @@ async def test_a_load_longer_than_the_warm_up_goes_on_while_the_process_starts(s
 
 def test_the_chats_fragments_are_compiled_into_the_template_cache():
     (loader,) = engines["django"].engine.template_loaders
-    assert isinstance(loader, CachedLoader)  # DEBUG off, as in production
+    assert isinstance(loader, CachedLoader)  # Django's default loaders
     loader.reset()
 
     names = fragments_compile()
