@@ -32,14 +32,15 @@ class _SharedPoolClient(RedisCacheClient):
     """Django's Redis cache client, with its connection pools kept per process instead of per
     instance (see ``RedisCache``)."""
 
-    _shared: ClassVar[dict[tuple[str, str], Any]] = {}
+    _shared: ClassVar[dict[tuple[Any, str, str], Any]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def _get_connection_pool(self, write: bool) -> Any:
         client: Any = self  # RedisCacheClient's own attributes, which django-stubs do not declare
         server = client._servers[client._get_connection_pool_index(write)]
         options = client._pool_options
-        key = (server, repr(sorted(options.items(), key=lambda item: item[0])))
+        # The pool's class too: two caches on one server, one with OPTIONS["pool_class"], share none.
+        key = (client._pool_class, server, repr(sorted(options.items(), key=lambda item: item[0])))
         pool = self._shared.get(key)
         if pool is None:
             with self._lock:

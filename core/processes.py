@@ -35,12 +35,14 @@ def free_port() -> int:
 
 @contextmanager
 def serve_platform(
-    log: Path, *, env: dict[str, str], timeout: float = 60, database: str | None = None
+    log: Path, *, env: dict[str, str], timeout: float | None = None, database: str | None = None
 ) -> Iterator[str]:
     """The platform's web server (``bin/web``, as ``bin/run`` starts it; one process) on a free loopback
     port with ``env`` (its whole environment, with this process's database, or ``database`` (a
     DATABASE_URL: the same database through a proxy), and SECRET_KEY over it: sessions and signatures
-    made here hold there); yields its base URL once it answers, and stops it on the way out."""
+    made here hold there); yields its base URL once it answers, and stops it on the way out. It must
+    answer within ``timeout`` seconds: by default 60 beyond its warm-up's limit (``WEB_WARM_UP_SECONDS``,
+    in ``env`` or this process's), during which it loads the live policy and accepts no connection."""
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [str(ROOT / "bin" / "web")]
@@ -56,6 +58,7 @@ def serve_platform(
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    timeout = start_limit(env) if timeout is None else timeout
     try:
         deadline = time.monotonic() + timeout
         while not _answers(base):
@@ -70,6 +73,11 @@ def serve_platform(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_limit(env: dict[str, str]) -> float:
+    """Seconds a server started with ``env`` may take to answer: 60 more than its warm-up may."""
+    return float(env.get("WEB_WARM_UP_SECONDS", settings.WEB_WARM_UP_SECONDS)) + 60
 
 
 def _answers(base: str) -> bool:

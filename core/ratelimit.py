@@ -71,25 +71,64 @@ def hit_rolling(key: str, rate: Rate, *, now: float | None = None, name: str | N
     throttles promise, estimated from two fixed windows: this window's hits plus the last window's,
     weighted by the share of it still inside the period (the "sliding window counter"; exact when
     the last window's hits were spread evenly). So there is no burst of twice the rate across a
-    window's edge. One round trip to Redis; a refused hit is taken back (a second trip), so only
-    allowed hits count, as with DRF. ``count`` is the estimate, rounded up; ``retry_after`` the
-    seconds until the estimate lets one more through. ``name`` names the limit in the log."""
+    window's edge. One round trip to Redis (``_ROLLING``, a script), which also takes a refused hit
+    back, so only allowed hits count, as with DRF. ``count`` is the estimate, rounded up;
+    ``retry_after`` the seconds until the estimate lets one more through. ``name`` names the limit
+    in the log."""
     if rate.count < 1:  # nothing allowed (DRF's "0/min")
         return Verdict(False, 0, rate.seconds)
     now = time.time() if now is None else now
     window = int(now // rate.seconds)
     elapsed = now - window * rate.seconds
-    current = f"ratelimit:{key}:{window}"
+    weight = 1 - elapsed / rate.seconds  # the last window's share still inside the period
     try:
-        count, before = _count(current, ttl=2 * rate.seconds + 1, previous=f"ratelimit:{key}:{window - 1}")
-        estimate = before * (1 - elapsed / rate.seconds) + count
-        if estimate <= rate.count:
-            return Verdict(True, math.ceil(estimate), 0)
-        cache.decr(current)
+        count, before, allowed = _count_rolling(
+            f"ratelimit:{key}:{window}", f"ratelimit:{key}:{window - 1}", 2 * rate.seconds + 1, weight, rate.count
+        )
     except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=name or f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
-    return Verdict(False, math.ceil(estimate), _rolling_wait(before, count - 1, rate, elapsed))
+    estimate = math.ceil(before * weight + count)
+    if allowed:
+        return Verdict(True, estimate, 0)
+    return Verdict(False, estimate, _rolling_wait(before, count - 1, rate, elapsed))
+
+
+# KEYS: this window's counter, the last window's. ARGV: the counter's time to live, the last window's
+# weight, the limit. Counts the hit, and takes it back if the estimate is over the limit, atomically:
+# no other request sees a refused hit counted (two round trips, DECR apart, before 2026-12-02). Lua's
+# numbers are doubles, as Python's floats, and ARGV[2] is ``repr`` of one: the same estimate both
+# sides. Replies {the count with this hit, the last window's count, 1 if allowed else 0}.
+_ROLLING = """
+redis.call('SET', KEYS[1], 0, 'NX', 'EX', ARGV[1])
+local count = redis.call('INCR', KEYS[1])
+local before = tonumber(redis.call('GET', KEYS[2]) or '0')
+if before * tonumber(ARGV[2]) + count > tonumber(ARGV[3]) then
+  redis.call('DECR', KEYS[1])
+  return {count, before, 0}
+end
+return {count, before, 1}
+"""
+
+
+def _count_rolling(current: str, previous: str, ttl: int, weight: float, limit: int) -> tuple[int, int, bool]:
+    """Count a hit on the counter ``current`` (created expiring in ``ttl`` seconds) unless the last
+    window's ``previous`` times ``weight`` plus it would be over ``limit``; returns the count with the
+    hit, the last window's, and whether it was allowed (and kept)."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        key = backend.make_and_validate_key(current)
+        client = backend._cache.get_client(key, write=True)  # type: ignore[attr-defined]
+        # redis-py's Script: EVALSHA, loading the script once per Redis server (NOSCRIPT) if needed.
+        replies = client.register_script(_ROLLING)(
+            keys=[key, backend.make_and_validate_key(previous)], args=[ttl, repr(weight), limit]
+        )
+        return int(replies[0]), int(replies[1]), bool(replies[2])
+    count, before = _count(current, ttl=ttl, previous=previous)  # other caches (the in-memory one)
+    allowed = before * weight + count <= limit
+    if not allowed:
+        cache.decr(current)
+    return count, before, allowed
 
 
 def _rolling_wait(before: int, count: int, rate: Rate, elapsed: float) -> int:

@@ -4,7 +4,7 @@
 DRF keeps, per user, the list of the period's request times: each request reads it from the cache,
 drops the old times, adds its own and writes it back whole. At a few hundred requests a minute per
 user that list is a few KB pickled both ways per request, and two requests at once read the same list
-and one of them goes uncounted. Here each request is one ``MULTI`` on Redis (``hit_rolling``: an
+and one of them goes uncounted. Here each request is one round trip to Redis (``hit_rolling``: an
 atomic counter per window, the last window weighted by its share of the rolling period). Measured
 with ``bench/feedback_load.py --throttle 600/min`` (README, Benchmarks). Like every limit, it fails
 open when the cache is unreachable (``core.cache``)."""

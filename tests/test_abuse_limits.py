@@ -134,9 +134,28 @@ def test_a_rolling_hit_is_one_round_trip_to_redis():
     key = f"rolling-trip-{uuid.uuid4()}"
     ratelimit.hit_rolling("warm-up", ratelimit.Rate(9, 60))  # the client's connection opened outside the count
     with redis_sends() as sends:
-        verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(9, 60), now=60.0 + i) for i in range(5)]
-    assert [v.count for v in verdicts] == [1, 2, 3, 4, 5]
-    assert len(sends) == 5
+        verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(3, 60), now=60.0 + i) for i in range(5)]
+    assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (True, 3), (False, 4), (False, 4)]
+    assert len(sends) == 5  # a refused hit is taken back in the same trip (a second trip before 2026-12-02)
+    from django.core.cache import caches
+
+    backend = caches["default"]
+    stored = backend.make_and_validate_key(f"ratelimit:{key}:1")
+    client = backend._cache.get_client(stored)
+    assert int(client.get(stored)) == 3  # only the allowed hits are counted
+    assert 60 < client.ttl(stored) <= 121  # kept for the next window's estimate
+
+
+@pytest.mark.redis
+def test_a_rolling_hit_weighs_the_last_window_in_redis_as_in_python():
+    """The script's estimate (Lua's doubles) agrees with the in-memory path's at the edge: 2 hits
+    in the last window weighted 0.5 plus 1 is exactly the limit of 2, allowed; one more is not."""
+    key = f"rolling-edge-{uuid.uuid4()}"
+    rate = ratelimit.Rate(2, 60)
+    assert [ratelimit.hit_rolling(key, rate, now=60.0 + i).allowed for i in range(2)] == [True, True]
+    assert ratelimit.hit_rolling(key, rate, now=150.0) == ratelimit.Verdict(True, 2, 0)
+    refused = ratelimit.hit_rolling(key, rate, now=150.0)
+    assert (refused.allowed, refused.count, refused.retry_after) == (False, 3, 30)
 
 
 def test_a_rolling_limit_works_on_the_in_memory_cache_too(settings):

@@ -46,3 +46,15 @@ def test_instances_made_for_each_request_and_thread_share_the_connections(monkey
 
     assert len({id(cache) for cache in instances}) == 6  # Django's: one per context and thread
     assert connects == []  # the connection opened before serves them all (six before)
+
+
+def test_caches_with_another_pool_class_do_not_share_a_pool(settings):
+    from redis.connection import BlockingConnectionPool, ConnectionPool
+
+    location = settings.CACHES["default"]["LOCATION"]
+    plain = RedisCache(location, {})
+    blocking = RedisCache(location, {"OPTIONS": {"pool_class": BlockingConnectionPool}})
+    pools = [cache._cache._get_connection_pool(write=True) for cache in (plain, blocking)]
+    assert type(pools[0]) is ConnectionPool
+    assert type(pools[1]) is BlockingConnectionPool  # the same server and options but the class
+    assert RedisCache(location, {})._cache._get_connection_pool(write=True) is pools[0]

@@ -111,6 +111,36 @@ async def test_a_load_longer_than_the_warm_up_goes_on_while_the_process_starts(s
     assert (await serving.get_policy()).label == "policy:1"
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_a_warm_up_that_fails_keeps_the_loaded_policy(monkeypatch, caplog):
+    await sync_to_async(register_openai_live)(UNREACHABLE)
+
+    async def broken(self: Any) -> None:
+        raise RuntimeError("the warm-up request failed")
+
+    monkeypatch.setattr(openai_compat.OpenAIPolicy, "warm", broken)
+    policy = await live.preload(timeout=30)
+
+    assert policy is not None
+    assert serving.served_policy() is policy  # loaded: the first chat uses it
+    assert "policy:1 is loaded but warming it failed" in caplog.text
+    assert "preloading the live policy failed" not in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_timeout_inside_the_load_is_a_failure_not_the_warm_ups_own(monkeypatch, caplog):
+    await sync_to_async(register_openai_live)(UNREACHABLE)
+
+    def timed_out(kind: str) -> Any:
+        raise TimeoutError("timed out")  # a socket's timeout, not a DatabaseError
+
+    monkeypatch.setattr(live.selectors, "live_version_key", timed_out)
+    assert await live.preload(timeout=30) is None
+
+    assert "preloading the live policy failed" in caplog.text
+    assert "still loading" not in caplog.text
+
+
 def test_the_chats_fragments_are_compiled_into_the_template_cache():
     (loader,) = engines["django"].engine.template_loaders
     assert isinstance(loader, CachedLoader)  # Django's default loaders
@@ -121,3 +151,11 @@ def test_the_chats_fragments_are_compiled_into_the_template_cache():
     assert {"chat/_token.html", "chat/_answer_final.html", "chat/_step.html", "chat/_turn_new.html"} <= set(names)
     assert "chat/page.html" not in names  # the page is rendered by a view, not over the socket
     assert set(names) <= set(loader.get_template_cache)
+
+
+def test_a_started_server_is_given_its_warm_up_and_a_minute_more_to_answer(settings):
+    from core.processes import start_limit
+
+    settings.WEB_WARM_UP_SECONDS = 60
+    assert start_limit({}) == 120  # the limit was 60, the warm-up's own: a slow load failed the start
+    assert start_limit({"WEB_WARM_UP_SECONDS": "5"}) == 65  # the child's own setting wins

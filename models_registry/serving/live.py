@@ -90,17 +90,24 @@ async def preload(*, timeout: float) -> ServedPolicy | None:
     no live policy, the registry unreachable or a load that fails, the process starts anyway and
     ``get_policy`` tries again on the first chat; past ``timeout`` the load goes on in its thread
     and the process starts meanwhile. Returns the policy, or None."""
+    limit = asyncio.timeout(timeout)
     try:
-        policy = await asyncio.wait_for(get_policy(), timeout)
-        await policy.warm()
+        async with limit:
+            policy = await get_policy()
+            try:
+                await policy.warm()
+            except Exception:  # loaded all the same: the first chat warms what is left
+                logger.exception("%s is loaded but warming it failed; this process starts with it", policy.label)
+            return policy
     except ServingError as exc:
         logger.info("no policy preloaded: %s", exc.message)
     except TimeoutError:
-        logger.warning("the live policy is still loading after %s s; this process starts meanwhile", timeout)
+        if not limit.expired():  # a timeout inside the load (a socket's), not this one
+            logger.exception("preloading the live policy failed; this process starts without it")
+        else:
+            logger.warning("the live policy is still loading or warming after %s s; starting meanwhile", timeout)
     except Exception:
         logger.exception("preloading the live policy failed; this process starts without it")
-    else:
-        return policy
     return None
 
 
