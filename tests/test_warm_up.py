@@ -141,6 +141,58 @@ async def test_a_timeout_inside_the_load_is_a_failure_not_the_warm_ups_own(monke
     assert "still loading" not in caplog.text
 
 
+def start_openai_canary(base_url: str) -> ModelVersion:
+    from models_registry.services import canary_start, model_version_approve, model_version_register
+
+    candidate = model_version_register(
+        kind="policy", artifact_path="", checksums={}, backend="openai", base_url=base_url, model_name="tiny-chat-2"
+    )
+    model_version_approve(version_id=candidate.id, actor=None)
+    canary_start(version_id=candidate.id, share=0.5, actor=None)
+    return candidate
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_startup_also_loads_a_running_canarys_version(monkeypatch):
+    await sync_to_async(register_openai_live)(UNREACHABLE)
+    candidate = await sync_to_async(start_openai_canary)(UNREACHABLE)
+    loaded: list[str] = []
+    load_policy = live.load_policy
+
+    def counted(version: ModelVersion) -> Any:
+        loaded.append(version.label)
+        return load_policy(version)
+
+    monkeypatch.setattr(live, "load_policy", counted)
+    assert await start_and_stop() == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+    assert loaded == ["policy:1", candidate.label]  # the canary's arm too, not on its first answer
+    assert (await live.get_policy_for(candidate.id)).label == candidate.label
+    assert loaded == ["policy:1", candidate.label]  # found loaded
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_canary_that_cannot_load_does_not_stop_the_live_policys_warm_up(monkeypatch, caplog):
+    await sync_to_async(register_openai_live)(UNREACHABLE)
+    candidate = await sync_to_async(start_openai_canary)(UNREACHABLE)
+    load_policy = live.load_policy
+
+    def canary_broken(version: ModelVersion) -> Any:
+        if version.id == candidate.id:
+            raise OSError("the canary's weights are missing")
+        return load_policy(version)
+
+    monkeypatch.setattr(live, "load_policy", canary_broken)
+    policy = await live.preload(timeout=30)
+
+    assert policy is not None
+    assert policy.label == "policy:1"
+    assert serving.served_policy() is policy
+    assert "the canary's version was not preloaded" in caplog.text
+    await sync_to_async(candidate.refresh_from_db)()
+    assert "the canary's weights are missing" in candidate.load_error  # stored for the operators
+
+
 def test_the_chats_fragments_are_compiled_into_the_template_cache():
     (loader,) = engines["django"].engine.template_loaders
     assert isinstance(loader, CachedLoader)  # Django's default loaders

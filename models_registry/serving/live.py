@@ -89,8 +89,11 @@ async def preload(*, timeout: float) -> ServedPolicy | None:
     ``rlhf_site.lifespan``), so the first users do not wait for the model to load. Never raises: with
     no live policy, the registry unreachable or a load that fails, the process starts anyway and
     ``get_policy`` tries again on the first chat; past ``timeout`` the load goes on in its thread
-    and the process starts meanwhile. Returns the policy, or None."""
+    and the process starts meanwhile. A running canary's version is loaded and warmed next, within
+    the same ``timeout`` (``_preload_canary``). Returns the live policy, or None."""
     limit = asyncio.timeout(timeout)
+    policy: ServedPolicy | None = None
+    loading = "the live policy"
     try:
         async with limit:
             policy = await get_policy()
@@ -98,17 +101,34 @@ async def preload(*, timeout: float) -> ServedPolicy | None:
                 await policy.warm()
             except Exception:  # loaded all the same: the first chat warms what is left
                 logger.exception("%s is loaded but warming it failed; this process starts with it", policy.label)
-            return policy
+            loading = "the canary's version"
+            await _preload_canary(live=policy)
     except ServingError as exc:
         logger.info("no policy preloaded: %s", exc.message)
     except TimeoutError:
         if not limit.expired():  # a timeout inside the load (a socket's), not this one
             logger.exception("preloading the live policy failed; this process starts without it")
         else:
-            logger.warning("the live policy is still loading or warming after %s s; starting meanwhile", timeout)
+            logger.warning("%s is still loading or warming after %s s; starting meanwhile", loading, timeout)
     except Exception:
         logger.exception("preloading the live policy failed; this process starts without it")
-    return None
+    return policy
+
+
+async def _preload_canary(*, live: ServedPolicy) -> None:
+    """The running policy canary's version too, if another than ``live``: its conversations' first
+    answers would otherwise wait for it to load. A failure is logged (and stored on the version, by
+    ``get_policy_for``); its conversations are answered by the live version meanwhile."""
+    try:
+        canary = await db_async(selectors.running_canary_row)(_POLICY)
+        if canary is None or canary.version_id == live.version_id:
+            return
+        arm = await get_policy_for(canary.version_id)
+        await arm.warm()
+    except ServingError as exc:
+        logger.warning("the canary's version was not preloaded: %s", exc.message)
+    except Exception:  # a warm-up: the first answer routed to it tries again
+        logger.exception("preloading the canary's version failed; its first answer loads it")
 
 
 async def _refresh() -> ServedPolicy:
