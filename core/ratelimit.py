@@ -1,13 +1,14 @@
 """Rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
 
-A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key in each calendar minute. The
-counter is one cache key per window, created expiring with the window and incremented in one
-MULTI/EXEC on Redis, so a check is one round trip (three before 2026-12-01: Django's ``add``, then
-its ``incr``, which asks whether the key exists first). ``hit_rolling`` counts over a rolling period
-instead (the API throttle). Limits **degrade open**: when the cache
-cannot be reached the hit is allowed (and logged), because refusing every chat message and sign-in
-while Redis is down would turn a cache outage into a full one. README "Abuse limits" says so to
-operators.
+A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key over any rolling minute, as
+Django REST framework's throttles promise. ``hit`` estimates the period's hits from two fixed
+windows (the "sliding window counter"): this window's counter plus the last window's, weighted by
+the share of it still inside the period, so there is no burst of twice the rate across a window's
+edge (the chat's, the inference API's and sign-in's limits were plain fixed windows before
+2026-12-02; the API throttle was first). A hit is one round trip to Redis (a Lua script), and a
+refused hit is not counted. Limits **degrade open**: when the cache cannot be reached the hit is
+allowed (and logged), because refusing every chat message and sign-in while Redis is down would
+turn a cache outage into a full one. README "Abuse limits" says so to operators.
 """
 
 from __future__ import annotations
@@ -41,46 +42,25 @@ class Rate:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    # Hits in this window so far, this one included (hit_rolling: its estimate over the rolling
-    # period); 0 when the cache was unreachable.
+    # The estimate of the hits over the rolling period, this one included, rounded up; 0 when the
+    # cache was unreachable.
     count: int
-    retry_after: int  # seconds until a hit is allowed again (hit: the window's end; 0 when allowed by hit_rolling)
+    retry_after: int  # seconds until a hit is allowed again; 0 when allowed
 
 
-def _window(rate: Rate, now: float) -> tuple[int, int]:
-    window = int(now // rate.seconds)
-    return window, int((window + 1) * rate.seconds - now) + 1
-
-
-def hit(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:
-    """Count one hit on ``key`` and say whether it is within ``rate`` (None: no limit)."""
+def hit(key: str, rate: Rate | str | None, *, now: float | None = None, name: str | None = None) -> Verdict:
+    """Count one hit on ``key`` against ``rate`` (None: no limit) over a rolling period, estimated
+    from two fixed windows: this window's hits plus the last window's, weighted by the share of it
+    still inside the period (exact when the last window's hits were spread evenly). One round trip
+    to Redis (``_ROLLING``, a script), which also takes a refused hit back, so only allowed hits
+    count, as with DRF. ``count`` is the estimate, rounded up; ``retry_after`` the seconds until the
+    estimate lets one more through. ``name`` names the limit in the log."""
     if rate is None:
         return Verdict(True, 0, 0)
     rate = Rate.parse(rate) if isinstance(rate, str) else rate
-    window, retry_after = _window(rate, time.time() if now is None else now)
-    try:
-        count, _ = _count(f"ratelimit:{key}:{window}", ttl=rate.seconds + 1)
-    except COUNTER_ERRORS as exc:  # degrade open
-        cache_unreachable(limit=f"Rate limit {key}", exc=exc)
-        return Verdict(True, 0, 0)
-    return Verdict(count <= rate.count, count, retry_after)
-
-
-def hit_rolling(key: str, rate: Rate, *, now: float | None = None, name: str | None = None) -> Verdict:
-    """Count one hit on ``key`` against ``rate`` over a rolling period, as Django REST framework's
-    throttles promise, estimated from two fixed windows: this window's hits plus the last window's,
-    weighted by the share of it still inside the period (the "sliding window counter"; exact when
-    the last window's hits were spread evenly). So there is no burst of twice the rate across a
-    window's edge. One round trip to Redis (``_ROLLING``, a script), which also takes a refused hit
-    back, so only allowed hits count, as with DRF. ``count`` is the estimate, rounded up;
-    ``retry_after`` the seconds until the estimate lets one more through. ``name`` names the limit
-    in the log."""
     if rate.count < 1:  # nothing allowed (DRF's "0/min")
         return Verdict(False, 0, rate.seconds)
-    now = time.time() if now is None else now
-    window = int(now // rate.seconds)
-    elapsed = now - window * rate.seconds
-    weight = 1 - elapsed / rate.seconds  # the last window's share still inside the period
+    window, elapsed, weight = _windows(rate, time.time() if now is None else now)
     try:
         count, before, allowed = _count_rolling(
             f"ratelimit:{key}:{window}", f"ratelimit:{key}:{window - 1}", 2 * rate.seconds + 1, weight, rate.count
@@ -124,15 +104,24 @@ def _count_rolling(current: str, previous: str, ttl: int, weight: float, limit: 
             keys=[key, backend.make_and_validate_key(previous)], args=[ttl, repr(weight), limit]
         )
         return int(replies[0]), int(replies[1]), bool(replies[2])
-    count, before = _count(current, ttl=ttl, previous=previous)  # other caches (the in-memory one)
+    cache.add(current, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
+    count, before = int(cache.incr(current)), int(cache.get(previous, 0))
     allowed = before * weight + count <= limit
     if not allowed:
         cache.decr(current)
     return count, before, allowed
 
 
+def _windows(rate: Rate, now: float) -> tuple[int, float, float]:
+    """This window's number, the seconds elapsed in it, and the last window's weight (its share
+    still inside the rolling period)."""
+    window = int(now // rate.seconds)
+    elapsed = now - window * rate.seconds
+    return window, elapsed, 1 - elapsed / rate.seconds
+
+
 def _rolling_wait(before: int, count: int, rate: Rate, elapsed: float) -> int:
-    """Seconds until ``hit_rolling`` allows one more, ``count`` hits counted in this window so far
+    """Seconds until ``hit`` allows one more, ``count`` hits counted in this window so far
     (``elapsed`` seconds into it) and ``before`` in the last."""
     room = rate.count - 1 - count  # what the last window may still weigh
     if room >= 0:  # this window has room: wait for the last one's weight to fall
@@ -142,35 +131,23 @@ def _rolling_wait(before: int, count: int, rate: Rate, elapsed: float) -> int:
     return max(1, math.ceil(wait))
 
 
-def _count(cache_key: str, *, ttl: int, previous: str | None = None) -> tuple[int, int]:
-    """Add one to the counter ``cache_key``, created at 0 expiring in ``ttl`` seconds if it is new;
-    returns its new value and the value of the counter ``previous`` (0 without one)."""
-    backend = caches["default"]
-    if isinstance(backend, RedisCache):
-        key = backend.make_and_validate_key(cache_key)
-        # Django's Redis client (not in its stubs), giving redis-py's client for this key.
-        client = backend._cache.get_client(key, write=True)  # type: ignore[attr-defined]
-        with client.pipeline(transaction=True) as pipe:  # all or nothing, in one round trip
-            pipe.set(key, 0, nx=True, ex=ttl)
-            pipe.incr(key)
-            if previous is not None:
-                pipe.get(backend.make_and_validate_key(previous))
-            replies = pipe.execute()
-        return int(replies[1]), int(replies[2] or 0) if previous is not None else 0
-    cache.add(cache_key, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
-    count = int(cache.incr(cache_key))
-    return count, int(cache.get(previous, 0)) if previous is not None else 0
-
-
-def peek(key: str, rate: Rate | str | None, *, now: float | None = None) -> Verdict:
-    """Whether ``key`` has already used up ``rate`` in this window, without counting a hit."""
+def peek(key: str, rate: Rate | str | None, *, now: float | None = None, name: str | None = None) -> Verdict:
+    """Whether ``hit`` would allow one more hit on ``key`` now, without counting one (one round trip:
+    the two windows' counters read together)."""
     if rate is None:
         return Verdict(True, 0, 0)
     rate = Rate.parse(rate) if isinstance(rate, str) else rate
-    window, retry_after = _window(rate, time.time() if now is None else now)
+    if rate.count < 1:
+        return Verdict(False, 0, rate.seconds)
+    window, elapsed, weight = _windows(rate, time.time() if now is None else now)
+    current, previous = f"ratelimit:{key}:{window}", f"ratelimit:{key}:{window - 1}"
     try:
-        count = int(cache.get(f"ratelimit:{key}:{window}", 0))
+        counters = cache.get_many([current, previous])
     except CACHE_ERRORS as exc:
-        cache_unreachable(limit=f"Rate limit {key}", exc=exc)
+        cache_unreachable(limit=name or f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
-    return Verdict(count < rate.count, count, retry_after)
+    count, before = int(counters.get(current, 0)), int(counters.get(previous, 0))
+    estimate = before * weight + count
+    if estimate + 1 <= rate.count:
+        return Verdict(True, math.ceil(estimate), 0)
+    return Verdict(False, math.ceil(estimate), _rolling_wait(before, count, rate, elapsed))

@@ -361,8 +361,9 @@ def _store_earlier(conversation: Conversation, messages: list[dict[str, str]]) -
 
 
 def rate_allow(*, key: str) -> None:
-    """At most ``INFERENCE_RATE_PER_MINUTE`` completions a minute per credential (``core.ratelimit``:
-    a fixed window in the cache, shared by every server process; allows while the cache is down)."""
+    """At most ``INFERENCE_RATE_PER_MINUTE`` completions over any minute per credential
+    (``core.ratelimit``: counted in the cache, shared by every server process; allows while the
+    cache is down)."""
     limit = settings.INFERENCE_RATE_PER_MINUTE
     verdict = ratelimit.hit(f"inference-rate:{key}", ratelimit.Rate(limit, 60))
     if not verdict.allowed:

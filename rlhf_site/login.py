@@ -2,9 +2,10 @@
 per address, and safe on any text.
 
 Failed attempts are counted per username (LOGIN_RATE_PER_USERNAME) and per client address
-(LOGIN_RATE_PER_ADDRESS) in fixed windows (``core.ratelimit``). Once either count is used up, every
-attempt for that username or from that address is refused with a message and a 429, whether the
-password is right or not, until the window ends; other users and other addresses sign in as usual.
+(LOGIN_RATE_PER_ADDRESS) over a rolling period (``core.ratelimit``). Once either count is used up,
+every attempt for that username or from that address is refused with a message and a 429, whether
+the password is right or not, until the count over the period falls under the rate again; other
+users and other addresses sign in as usual.
 Counters degrade open: with the cache down, sign-in is not throttled (README "Abuse limits").
 """
 

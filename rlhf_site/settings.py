@@ -195,7 +195,8 @@ _authentication_classes = [
 ]
 
 API_THROTTLE_RATE = envrate("API_THROTTLE_RATE", "600/min")
-# Abuse limits (README "Abuse limits"); fixed windows in the cache, allowing everything while it is down.
+# Abuse limits (README "Abuse limits"); counted over rolling periods in the cache, allowing everything while
+# it is down.
 # Failed sign-ins (/accounts/login/, /admin/login/) per username and per client address.
 LOGIN_RATE_PER_USERNAME = envrate("LOGIN_RATE_PER_USERNAME", "10/h")
 LOGIN_RATE_PER_ADDRESS = envrate("LOGIN_RATE_PER_ADDRESS", "50/h")

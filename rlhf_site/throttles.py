@@ -4,7 +4,7 @@
 DRF keeps, per user, the list of the period's request times: each request reads it from the cache,
 drops the old times, adds its own and writes it back whole. At a few hundred requests a minute per
 user that list is a few KB pickled both ways per request, and two requests at once read the same list
-and one of them goes uncounted. Here each request is one round trip to Redis (``hit_rolling``: an
+and one of them goes uncounted. Here each request is one round trip to Redis (``core.ratelimit.hit``: an
 atomic counter per window, the last window weighted by its share of the rolling period). Measured
 with ``bench/feedback_load.py --throttle 600/min`` (README, Benchmarks). Like every limit, it fails
 open when the cache is unreachable (``core.cache``)."""
@@ -29,7 +29,7 @@ class UserRateThrottle(throttling.UserRateThrottle):
         if self.key is None:
             return True
         rate = ratelimit.Rate(self.num_requests, self.duration)
-        verdict = ratelimit.hit_rolling(self.key, rate, now=self.timer(), name="API throttle")
+        verdict = ratelimit.hit(self.key, rate, now=self.timer(), name="API throttle")
         self.retry_after = verdict.retry_after
         return verdict.allowed
 

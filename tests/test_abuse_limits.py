@@ -42,16 +42,6 @@ def test_a_bad_rate_is_refused(text):
         ratelimit.Rate.parse(text)
 
 
-def test_a_fixed_window_allows_the_rate_then_refuses_until_the_next_window(db):
-    rate = ratelimit.Rate(2, 60)
-    verdicts = [ratelimit.hit("k", rate, now=120.0 + i) for i in range(3)]
-    assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
-    assert verdicts[-1].retry_after == 59  # the window ends at 180 s; rounded up
-    assert ratelimit.peek("k", rate, now=130.0).allowed is False
-    assert ratelimit.hit("k", rate, now=180.0).allowed is True  # the next minute
-    assert ratelimit.hit("other", rate, now=125.0).allowed is True  # keys are separate
-
-
 @contextlib.contextmanager
 def redis_sends() -> Iterator[list[bytes]]:
     """The writes to Redis's sockets inside the block: one per round trip (a pipeline is one)."""
@@ -69,49 +59,22 @@ def redis_sends() -> Iterator[list[bytes]]:
         yield sends
 
 
-@pytest.mark.redis
-def test_a_hit_is_one_round_trip_to_redis_and_its_counter_expires_with_the_window():
-    from django.core.cache import caches
-
-    backend = caches["default"]
-    key = f"trip-{uuid.uuid4()}"
-    rate = ratelimit.Rate(2, 60)
-    backend.get("warm-up")  # the client's connection opened outside the count
-    with redis_sends() as sends:
-        verdicts = [ratelimit.hit(key, rate, now=120.0 + i) for i in range(3)]
-
-    assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
-    assert len(sends) == 3  # one per hit (three each before)
-    stored = backend.make_and_validate_key(f"ratelimit:{key}:2")
-    client = backend._cache.get_client(stored)
-    assert 0 < client.ttl(stored) <= 61
-    assert int(client.get(stored)) == 3
-    assert ratelimit.peek(key, rate, now=130.0).count == 3
-
-
-def test_a_fixed_window_works_on_the_in_memory_cache_too(settings):
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rl"}}
-    rate = ratelimit.Rate(1, 60)
-    assert [ratelimit.hit("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
-    assert ratelimit.hit("k", rate, now=120.0).allowed is True
-
-
 def test_a_rolling_limit_counts_the_last_window_by_its_share_of_the_period(db):
     rate = ratelimit.Rate(2, 60)
-    verdicts = [ratelimit.hit_rolling("r", rate, now=120.0 + i) for i in range(3)]
+    verdicts = [ratelimit.hit("r", rate, now=120.0 + i) for i in range(3)]
     assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (False, 3)]
     # At 2 hits and 2 s into the window, one more fits once the window's own weight has fallen to
     # one hit: 58 s to its end, then half the next window.
     assert verdicts[-1].retry_after == 88
-    assert ratelimit.peek("r", rate, now=130.0).count == 2  # the refused hit was taken back
-    assert ratelimit.hit_rolling("r", rate, now=180.0).allowed is False  # a new window, the same minute
-    assert ratelimit.hit_rolling("r", rate, now=209.0).allowed is False
-    assert ratelimit.hit_rolling("r", rate, now=210.0).allowed is True  # 120 + 2 + 88
-    assert ratelimit.hit_rolling("other", rate, now=125.0).allowed is True  # keys are separate
+    assert ratelimit.peek("r", rate, now=130.0) == ratelimit.Verdict(False, 2, 80)  # the refused hit was taken back
+    assert ratelimit.hit("r", rate, now=180.0).allowed is False  # a new window, the same minute
+    assert ratelimit.hit("r", rate, now=209.0).allowed is False
+    assert ratelimit.hit("r", rate, now=210.0).allowed is True  # 120 + 2 + 88
+    assert ratelimit.hit("other", rate, now=125.0).allowed is True  # keys are separate
 
 
 def test_a_rolling_limit_of_zero_refuses_without_an_error(db):
-    assert ratelimit.hit_rolling("zero", ratelimit.Rate(0, 60), now=10.0) == ratelimit.Verdict(False, 0, 60)
+    assert ratelimit.hit("zero", ratelimit.Rate(0, 60), now=10.0) == ratelimit.Verdict(False, 0, 60)
 
 
 def test_a_rolling_wait_is_not_rounded_up_past_the_allowed_second(db):
@@ -121,7 +84,7 @@ def test_a_rolling_wait_is_not_rounded_up_past_the_allowed_second(db):
 
 def test_a_rolling_limit_allows_no_burst_across_a_windows_edge(db):
     rate = ratelimit.Rate(2, 60)
-    assert [ratelimit.hit_rolling("edge", rate, now=t).allowed for t in (179.0, 179.5, 180.0, 180.5)] == [
+    assert [ratelimit.hit("edge", rate, now=t).allowed for t in (179.0, 179.5, 180.0, 180.5)] == [
         True,
         True,
         False,
@@ -132,9 +95,9 @@ def test_a_rolling_limit_allows_no_burst_across_a_windows_edge(db):
 @pytest.mark.redis
 def test_a_rolling_hit_is_one_round_trip_to_redis():
     key = f"rolling-trip-{uuid.uuid4()}"
-    ratelimit.hit_rolling("warm-up", ratelimit.Rate(9, 60))  # the client's connection opened outside the count
+    ratelimit.hit("warm-up", ratelimit.Rate(9, 60))  # the client's connection opened outside the count
     with redis_sends() as sends:
-        verdicts = [ratelimit.hit_rolling(key, ratelimit.Rate(3, 60), now=60.0 + i) for i in range(5)]
+        verdicts = [ratelimit.hit(key, ratelimit.Rate(3, 60), now=60.0 + i) for i in range(5)]
     assert [(v.allowed, v.count) for v in verdicts] == [(True, 1), (True, 2), (True, 3), (False, 4), (False, 4)]
     assert len(sends) == 5  # a refused hit is taken back in the same trip (a second trip before 2026-12-02)
     from django.core.cache import caches
@@ -152,19 +115,37 @@ def test_a_rolling_hit_weighs_the_last_window_in_redis_as_in_python():
     in the last window weighted 0.5 plus 1 is exactly the limit of 2, allowed; one more is not."""
     key = f"rolling-edge-{uuid.uuid4()}"
     rate = ratelimit.Rate(2, 60)
-    assert [ratelimit.hit_rolling(key, rate, now=60.0 + i).allowed for i in range(2)] == [True, True]
-    assert ratelimit.hit_rolling(key, rate, now=150.0) == ratelimit.Verdict(True, 2, 0)
-    refused = ratelimit.hit_rolling(key, rate, now=150.0)
+    assert [ratelimit.hit(key, rate, now=60.0 + i).allowed for i in range(2)] == [True, True]
+    assert ratelimit.hit(key, rate, now=150.0) == ratelimit.Verdict(True, 2, 0)
+    refused = ratelimit.hit(key, rate, now=150.0)
     assert (refused.allowed, refused.count, refused.retry_after) == (False, 3, 30)
+
+
+def test_a_peek_says_what_the_next_hit_would_get_without_counting_one(db):
+    rate = ratelimit.Rate(3, 60)
+    assert ratelimit.peek("p", rate, now=60.0) == ratelimit.Verdict(True, 0, 0)
+    for _ in range(3):
+        ratelimit.hit("p", rate, now=61.0)
+    assert [ratelimit.peek("p", rate, now=100.0) for _ in range(2)] == [ratelimit.Verdict(False, 3, 40)] * 2
+    # 40 s: 20 s into the next window, where the last one's 3 hits weigh 2
+    assert ratelimit.peek("p", rate, now=139.0).allowed is False
+    assert ratelimit.peek("p", rate, now=141.0) == ratelimit.Verdict(True, 2, 0)
+    assert ratelimit.hit("p", rate, now=141.0).allowed is True  # as the peek said
+
+
+def test_no_rate_is_no_limit(db):
+    assert all(ratelimit.hit("none", None).allowed for _ in range(3))
+    assert ratelimit.peek("none", None).allowed
 
 
 def test_a_rolling_limit_works_on_the_in_memory_cache_too(settings):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "rr"}}
     rate = ratelimit.Rate(1, 60)
-    assert [ratelimit.hit_rolling("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
-    assert ratelimit.hit_rolling("k", rate, now=120.0).allowed is False
-    assert ratelimit.hit_rolling("k", rate, now=150.0).retry_after == 30  # half the last hit still counts
-    assert ratelimit.hit_rolling("k", rate, now=180.0).allowed is True
+    assert [ratelimit.hit("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
+    assert ratelimit.hit("k", rate, now=120.0).allowed is False
+    assert ratelimit.hit("k", rate, now=150.0).retry_after == 30  # half the last hit still counts
+    assert ratelimit.peek("k", rate, now=170.0).allowed is True
+    assert ratelimit.hit("k", rate, now=180.0).allowed is True
 
 
 def test_limits_degrade_open_when_the_cache_is_unreachable(settings, caplog):

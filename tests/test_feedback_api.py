@@ -323,7 +323,7 @@ def test_it_throttles_per_user_with_retry_after(api, bob_api, answer, monkeypatc
         assert api.get(URL).status_code == 200
     response = api.get(URL)
     error = assert_error(response, 429, "throttled")
-    # Over a rolling minute (core.ratelimit.hit_rolling): 60 s for the window's end, then a third of
+    # Over a rolling minute (core.ratelimit.hit): 60 s for the window's end, then a third of
     # the next minute for its weight to fall to two requests.
     assert response["Retry-After"] == "80"
     assert "available in 80 seconds" in error["message"]

@@ -401,7 +401,9 @@ async def test_completions_are_rate_limited_per_token_with_retry_after(key, poli
     assert (await complete(key)).status_code == 200
     response = await complete(key)
     assert response.status_code == 429
-    assert 1 <= int(response["Retry-After"]) <= 61
+    # Over a rolling minute (core.ratelimit.hit): the rest of this window, then the next window until
+    # the one hit before weighs nothing (at 1 a minute the estimate waits up to twice the period).
+    assert 1 <= int(response["Retry-After"]) <= 121
     assert "INFERENCE_RATE_PER_MINUTE" in error_of(response)["message"]
     assert await sync_to_async(Message.objects.filter(role="user").count)() == 1
 

@@ -129,7 +129,7 @@ def test_the_api_throttle_is_one_budget_across_both_processes(servers):
         refused = httpx.get(f"{base}/api/assistant/conversations", headers=headers, timeout=30)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "throttled"
-    window = int(time.time() // 60)  # counted per minute (core.ratelimit.hit_rolling), refusals taken back
+    window = int(time.time() // 60)  # counted per minute (core.ratelimit.hit), refusals taken back
     keys = [f"ratelimit:throttle_user_{bob.pk}:{w}" for w in (window - 1, window)]
     assert sum(int(cache.get(key, 0)) for key in keys) == THROTTLE_PER_MINUTE
 
