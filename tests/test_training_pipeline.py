@@ -88,6 +88,27 @@ def test_each_kind_trains_and_registers_a_candidate(kind, live, alice, django_ca
     assert ModelVersion.objects.get(kind=version.kind, status="live") == live[version.kind]
 
 
+def test_a_worker_given_rank_variables_still_trains_in_its_own_process(
+    live, alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A pod of a cluster's job (Kubeflow's PyTorchJob, say) has RANK, WORLD_SIZE and the rest in its
+    environment: a worker there took itself for rank 1 of 2 (half of each batch, no checkpoint saved,
+    transformers waiting for a peer). They are dropped, and said so in the run's log."""
+    import os
+
+    inherited = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.9.9.9", "MASTER_PORT": "29500"}
+    for name, value in inherited.items():
+        monkeypatch.setenv(name, value)
+    seed_rated_conversations(alice, 24, held_out=TINY["test_fraction"])
+    run = run_here(start("reward", django_capture_on_commit_callbacks))
+
+    assert run.status == "succeeded", f"{run.error_message}\n{run.error}\n{run.log_tail}"
+    assert run.output_version is not None
+    assert run.output_version.status == ModelVersion.Status.CANDIDATE
+    assert "ignored RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the worker's environment" in run.log_tail
+    assert not set(inherited) & set(os.environ)
+
+
 def test_too_little_data_fails_fast_saying_how_much_there_is(live, django_capture_on_commit_callbacks, settings):
     run = run_here(start("reward", django_capture_on_commit_callbacks, min_train_rows=8))
     assert run.status == "failed"

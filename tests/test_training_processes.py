@@ -405,6 +405,20 @@ def test_the_command_line_is_refused_without_a_spec(capsys):
     assert "usage: python -m training.ml.launch SPEC.json" in capsys.readouterr().err
 
 
+def test_the_ranks_get_torchruns_rank_variables_not_the_workers(monkeypatch):
+    from training.ml.distributed import LAUNCHED_VARIABLE, clear_inherited_ranks
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "3")
+    env = launch._child_env()
+    assert "WORLD_SIZE" not in env
+    assert "RANK" not in env
+    assert env[LAUNCHED_VARIABLE] == "1"
+    monkeypatch.setenv(LAUNCHED_VARIABLE, "1")  # in a rank: torchrun's own are kept
+    assert clear_inherited_ranks() == []
+    assert os.environ["RANK"] == "3"
+
+
 def test_events_are_read_whole_lines_at_a_time(tmp_path):
     tail = launch.EventTail(tmp_path / launch.EVENTS_FILE)
     assert tail.read() == []  # no file yet

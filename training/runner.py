@@ -301,10 +301,14 @@ def _train(job: _Job, prepared: _Prepared) -> TrainResult:
     (``training.ml.launch``); either way the reporter gets the progress, the log and the say on
     stopping, and the staging folder receives the checkpoint."""
     # torch and TRL: imported only where a run trains
-    from training.ml.distributed import plan_processes
+    from training.ml.distributed import clear_inherited_ranks, plan_processes
     from training.ml.launch import ProcessesFailed, train_in_processes
     from training.ml.trainers import train
 
+    if inherited := clear_inherited_ranks():
+        line = f"ignored {', '.join(inherited)} in the worker's environment: TRAINING_PROCESSES sets the processes"
+        logger.warning("training run %s: %s", job.run.id, line)
+        job.reporter.log(line)
     if job.staging.exists():
         shutil.rmtree(job.staging)
     job.staging.parent.mkdir(parents=True, exist_ok=True)

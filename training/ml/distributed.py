@@ -19,6 +19,35 @@ from __future__ import annotations
 
 import os
 
+# What torch.distributed.run gives each process of a run. Found in a worker's own environment (a
+# cluster's job launcher, Kubeflow's PyTorchJob say, gives every pod them), they would make a run
+# trained in the worker's own process take itself for one rank of several: a share of each batch,
+# no checkpoint saved off rank 0, transformers waiting for peers that never come.
+RANK_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+# Set by training.ml.launch in the environment of the processes it starts: their rank variables are theirs.
+LAUNCHED_VARIABLE = "RLHF_TRAINING_LAUNCHED"
+
+
+def clear_inherited_ranks() -> list[str]:
+    """Remove from this process's environment the rank variables it was not given by
+    ``training.ml.launch`` (a worker's, before it trains a run); returns the names removed."""
+    if os.environ.get(LAUNCHED_VARIABLE):
+        return []
+    return [name for name in RANK_VARIABLES if os.environ.pop(name, None) is not None]
+
+
 # Fewest rows one process must get per step, by kind: KTO estimates its KL term by pairing each
 # completion with another prompt of the same per-process batch (TRL refuses a batch of 1).
 MIN_ROWS_PER_PROCESS = {"kto": 2}

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.config import KINDS, ConfigError, TrainConfig, validate_config
+from training.ml.distributed import LAUNCHED_VARIABLE, RANK_VARIABLES
 from training.ml.progress import Progress, RunHooks, TrainResult
 from training.ml.scratch import scratch_dir
 
@@ -345,9 +346,11 @@ def _agent_command(processes: int, spec: Path) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """This process's environment; this checkout first on the path (``-m training.ml.launch`` must
-    import it wherever the worker was started); no progress bars in the ranks' logs."""
-    env = dict(os.environ)
+    """This process's environment without rank variables of its own (torchrun gives the ranks theirs);
+    this checkout first on the path (``-m training.ml.launch`` must import it wherever the worker
+    was started); no progress bars in the ranks' logs."""
+    env = {name: value for name, value in os.environ.items() if name not in RANK_VARIABLES}
+    env[LAUNCHED_VARIABLE] = "1"  # torchrun's ranks: the rank variables it gives them are theirs
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TQDM_DISABLE", "1")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
