@@ -419,6 +419,39 @@ def test_the_ranks_get_torchruns_rank_variables_not_the_workers(monkeypatch):
     assert os.environ["RANK"] == "3"
 
 
+def test_a_killed_processs_scratch_folders_are_removed_by_the_next_run(tmp_path, monkeypatch):
+    """A worker killed outright (Celery's hard time limit, kill -9) cannot remove its folders; the
+    next scratch folder made on the machine removes those whose maker is gone, and only those."""
+    import socket
+    import subprocess
+    import sys
+
+    from training.ml import scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    owners = {
+        "rlhf-train-processes-killed": f"{host} {dead.pid}",
+        "rlhf-train-killed": f"{host} {dead.pid}",
+        "rlhf-train-running": f"{host} {os.getpid()}",
+        "rlhf-train-other-machine": f"another-host {dead.pid}",
+    }
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / scratch.OWNER_FILE).write_text(owner)
+        (tmp_path / name / "checkpoint-1").mkdir()
+    (tmp_path / "rlhf-train-being-made").mkdir()  # no owner yet
+    (tmp_path / "something-else").mkdir()
+
+    with scratch.scratch_dir() as made:
+        assert (made / scratch.OWNER_FILE).read_text() == f"{host} {os.getpid()}\n"
+        left = sorted(p.name for p in tmp_path.iterdir() if p != made)
+    assert left == ["rlhf-train-being-made", "rlhf-train-other-machine", "rlhf-train-running", "something-else"]
+    assert not made.exists()
+
+
 def test_events_are_read_whole_lines_at_a_time(tmp_path):
     tail = launch.EventTail(tmp_path / launch.EVENTS_FILE)
     assert tail.read() == []  # no file yet
