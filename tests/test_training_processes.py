@@ -388,7 +388,9 @@ def test_an_unreadable_spec_is_refused(tmp_path, content, message):
 
 
 def test_a_rank_given_a_bad_spec_reports_it_as_its_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(launch, "_redirect_output", lambda path: None)  # a rank's own files, not pytest's
+    from training.ml.launch import rank
+
+    monkeypatch.setattr(rank, "_redirect_output", lambda path: None)  # a rank's own files, not pytest's
     path = write(tmp_path, {"kind": "reward"})
     assert launch.run_rank(path) == 1
     (event,) = launch.EventTail(tmp_path / launch.EVENTS_FILE).read()
@@ -396,7 +398,8 @@ def test_a_rank_given_a_bad_spec_reports_it_as_its_error(tmp_path, monkeypatch, 
     assert event["rank"] == 0
     assert event["peer"] is False
     assert event["message"].startswith(f"Training spec {path} cannot be used: it lacks ")
-    assert "training.ml.launch.SpecError: Training spec" in capsys.readouterr().err  # the traceback, for its log
+    err = capsys.readouterr().err
+    assert "training.ml.launch.protocol.SpecError: Training spec" in err  # the traceback, for its log
 
 
 def test_the_command_line_is_refused_without_a_spec(capsys):

@@ -1,9 +1,5 @@
-"""Every write to feedback, comparisons and satisfaction.
-
-Locking: each write first locks the caller's ``UserSatisfaction`` row. That serialises one user's
-writes (so two concurrent upserts of the same feedback leave one row and a consistent score) while
-different users never wait on each other.
-"""
+"""Feedback on answers and their steps, and the user's satisfaction it moves (``feedback_upsert``,
+``feedback_delete``): the rating hot path. Locking: see ``feedback.services``."""
 
 from __future__ import annotations
 
@@ -21,17 +17,14 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from feedback import metrics
-from feedback.chat import user_turn_create
 from feedback.exceptions import FeedbackError, NotFound
 from feedback.models import (
-    Comparison,
     Conversation,
     Feedback,
     Message,
     MessageStep,
     UserSatisfaction,
 )
-from feedback.steps import split_steps
 from models_registry.models import ModelVersion
 
 
@@ -369,109 +362,3 @@ def feedback_delete(*, user: User, feedback_id: int) -> UserSatisfaction:
     feedback.delete()
     satisfaction.save()
     return satisfaction
-
-
-@transaction.atomic
-def comparison_record(
-    *,
-    user: User,
-    prompt_id: uuid.UUID,
-    chosen_id: uuid.UUID,
-    rejected_id: uuid.UUID,
-    is_tie: bool = False,
-) -> tuple[Comparison, bool]:
-    """Record (or change) which of two answers to the same user turn the user prefers."""
-    if chosen_id == rejected_id:
-        raise FeedbackError(
-            "Chosen and rejected must be two different answers.",
-            code="same_answer",
-            fields={"rejected_message_id": ["Must differ from chosen_message_id."]},
-        )
-    found = {
-        m.id: m for m in Message.objects.filter(id__in=[prompt_id, chosen_id, rejected_id], conversation__user=user)
-    }
-    if len(found) != 3:
-        raise NotFound("Message not found.")
-    prompt, chosen, rejected = found[prompt_id], found[chosen_id], found[rejected_id]
-    if prompt.role != Message.Role.USER:
-        raise FeedbackError(
-            "The prompt must be a user message.",
-            code="prompt_not_user_message",
-            fields={"prompt_message_id": ["Must be the user turn both answers reply to."]},
-        )
-    wrong = [
-        name
-        for name, answer in (("chosen_message_id", chosen), ("rejected_message_id", rejected))
-        if answer.role != Message.Role.ASSISTANT or answer.parent_id != prompt.id
-    ]
-    if wrong:
-        raise FeedbackError(
-            "Both answers must be assistant answers to the prompt.",
-            code="not_an_answer_to_prompt",
-            fields={name: ["Must be an assistant answer to prompt_message_id."] for name in wrong},
-        )
-    pair_key = "-".join(sorted([str(chosen_id), str(rejected_id)]))
-    satisfaction_lock(user=user)  # serialise with the user's other writes; see the module docstring
-    comparison, created = Comparison.objects.update_or_create(
-        user=user,
-        pair_key=pair_key,
-        defaults={
-            "prompt": prompt,
-            "chosen": chosen,
-            "rejected": rejected,
-            "is_tie": is_tie,
-            "chosen_version_id": chosen.model_version_id,
-            "rejected_version_id": rejected.model_version_id,
-        },
-    )
-    outcome = "tie" if is_tie else "preference"
-    transaction.on_commit(lambda: metrics.COMPARISONS_TOTAL.labels(outcome).inc())
-    return comparison, created
-
-
-@transaction.atomic
-def conversation_create(*, user: User, title: str = "") -> Conversation:
-    return Conversation.objects.create(user=user, title=title[:200])
-
-
-@dataclass(frozen=True)
-class ExternalTurn:
-    conversation: Conversation
-    prompt: Message
-    answer: Message
-
-
-@transaction.atomic
-def external_turn_record(
-    *, user: User, prompt: str, answer: str, model: str, conversation_id: uuid.UUID | None = None, title: str = ""
-) -> ExternalTurn:
-    """A user turn and the answer an application's own model gave it, logged so that its users'
-    feedback lands here: in a new conversation, or in ``conversation_id`` (the user's own). The answer
-    is cut into steps as a generated one is, marked external with the free-text ``model`` name and
-    no registry version (so no version's monitoring or analytics counts it)."""
-    if conversation_id is None:
-        conversation = conversation_create(user=user, title=title)
-    else:
-        found = Conversation.objects.filter(id=conversation_id, user=user).first()
-        if found is None:
-            raise NotFound("Conversation not found.")
-        conversation = found
-    prompt_message = user_turn_create(conversation=conversation, content=prompt)
-    answer_message = external_answer_create(prompt=prompt_message, content=answer, model=model)
-    return ExternalTurn(conversation=conversation, prompt=prompt_message, answer=answer_message)
-
-
-def external_answer_create(*, prompt: Message, content: str, model: str) -> Message:
-    answer = Message.objects.create(
-        conversation_id=prompt.conversation_id,
-        role=Message.Role.ASSISTANT,
-        parent=prompt,
-        content=content,
-        status=Message.Status.COMPLETE,
-        source=Message.Source.EXTERNAL,
-        external_model=model[:200],
-    )
-    MessageStep.objects.bulk_create(
-        [MessageStep(message=answer, index=i, content=step) for i, step in enumerate(split_steps(content))]
-    )
-    return answer
