@@ -443,6 +443,8 @@ async def test_a_client_gone_during_the_first_trip_leaves_the_answer_stopped_and
 
     from django.core.cache import cache
 
+    from feedback.inference.limits import _slots_key as slots_key
+
     preparing = threading.Event()
     prepare = inference.completion_prepare
 
@@ -460,7 +462,7 @@ async def test_a_client_gone_during_the_first_trip_leaves_the_answer_stopped_and
     await asyncio.sleep(0.5)  # the thread finishes
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     assert (answer.status, answer.content) == ("stopped", "")
-    assert await sync_to_async(cache.get)(inference._slots_key(alice)) == 0
+    assert await sync_to_async(cache.get)(slots_key(alice)) == 0
     assert policy.seen == []
 
 
