@@ -76,8 +76,9 @@ def serve_platform(
 
 
 def start_limit(env: dict[str, str]) -> float:
-    """Seconds a server started with ``env`` may take to answer: 60 more than its warm-up may."""
-    return float(env.get("WEB_WARM_UP_SECONDS", settings.WEB_WARM_UP_SECONDS)) + 60
+    """Seconds a server started with ``env`` (its whole environment) may take to answer: 60 more than
+    its warm-up may (``WEB_WARM_UP_SECONDS`` there, else the setting's default, 60)."""
+    return float(env.get("WEB_WARM_UP_SECONDS") or 60) + 60
 
 
 def _answers(base: str) -> bool:

@@ -1,10 +1,11 @@
 """Rate limits kept in the cache (Redis when REDIS_URL is set), shared by every process.
 
-A limit is a ``Rate`` such as ``600/min``: at most 600 hits per key over any rolling minute, as
+A limit is a ``Rate`` such as ``600/min``: about 600 hits per key over any rolling minute, as
 Django REST framework's throttles promise. ``hit`` estimates the period's hits from two fixed
 windows (the "sliding window counter"): this window's counter plus the last window's, weighted by
 the share of it still inside the period, so there is no burst of twice the rate across a window's
-edge (the chat's, the inference API's and sign-in's limits were plain fixed windows before
+edge (it is an estimate: exact for evenly spread hits, and under twice the rate over any period at
+worst) (the chat's, the inference API's and sign-in's limits were plain fixed windows before
 2026-12-02; the API throttle was first). A hit is one round trip to Redis (a Lua script), and a
 refused hit is not counted. Limits **degrade open**: when the cache cannot be reached the hit is
 allowed (and logged), because refusing every chat message and sign-in while Redis is down would
@@ -13,12 +14,15 @@ turn a cache outage into a full one. README "Abuse limits" says so to operators.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import time
 from dataclasses import dataclass
 
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import NoScriptError
 
 from core.cache import CACHE_ERRORS, COUNTER_ERRORS, cache_unreachable
 
@@ -68,17 +72,22 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None, name: st
     except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=name or f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
-    estimate = math.ceil(before * weight + count)
+    estimate = math.ceil(before * weight + count - _TOLERANCE)
     if allowed:
         return Verdict(True, estimate, 0)
     return Verdict(False, estimate, _rolling_wait(before, count - 1, rate, elapsed))
 
 
-# KEYS: this window's counter, the last window's. ARGV: the counter's time to live, the last window's
-# weight, the limit. Counts the hit, and takes it back if the estimate is over the limit, atomically:
-# no other request sees a refused hit counted (two round trips, DECR apart, before 2026-12-02). Lua's
-# numbers are doubles, as Python's floats, and ARGV[2] is ``repr`` of one: the same estimate both
-# sides. Replies {the count with this hit, the last window's count, 1 if allowed else 0}.
+# An estimate this close over the limit is within it: float error (15 x (1 - 40/60) is
+# 5.000000000000001) would otherwise refuse a client at the second its Retry-After named.
+_TOLERANCE = 1e-9
+
+# KEYS: this window's counter, the last window's. ARGV: the counter's time to live, the last
+# window's weight, the limit plus _TOLERANCE. Counts the hit, and takes it back if the estimate is
+# over the limit, atomically: no other request sees a refused hit counted (two round trips, DECR
+# apart, before 2026-12-02). Lua's numbers are doubles, as Python's floats, and ARGV[2] is ``repr``
+# of one: the same estimate both sides. Replies {the count with this hit, the last window's count,
+# 1 if allowed else 0}.
 _ROLLING = """
 redis.call('SET', KEYS[1], 0, 'NX', 'EX', ARGV[1])
 local count = redis.call('INCR', KEYS[1])
@@ -89,6 +98,7 @@ if before * tonumber(ARGV[2]) + count > tonumber(ARGV[3]) then
 end
 return {count, before, 1}
 """
+_ROLLING_SHA = hashlib.sha1(_ROLLING.encode()).hexdigest()
 
 
 def _count_rolling(current: str, previous: str, ttl: int, weight: float, limit: int) -> tuple[int, int, bool]:
@@ -99,16 +109,18 @@ def _count_rolling(current: str, previous: str, ttl: int, weight: float, limit: 
     if isinstance(backend, RedisCache):
         key = backend.make_and_validate_key(current)
         client = backend._cache.get_client(key, write=True)  # type: ignore[attr-defined]
-        # redis-py's Script: EVALSHA, loading the script once per Redis server (NOSCRIPT) if needed.
-        replies = client.register_script(_ROLLING)(
-            keys=[key, backend.make_and_validate_key(previous)], args=[ttl, repr(weight), limit]
-        )
+        arguments = (key, backend.make_and_validate_key(previous), ttl, repr(weight), repr(limit + _TOLERANCE))
+        try:
+            replies = client.evalsha(_ROLLING_SHA, 2, *arguments)
+        except NoScriptError:  # the first hit on this Redis server (or since it restarted): EVAL caches it
+            replies = client.eval(_ROLLING, 2, *arguments)
         return int(replies[0]), int(replies[1]), bool(replies[2])
     cache.add(current, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
     count, before = int(cache.incr(current)), int(cache.get(previous, 0))
-    allowed = before * weight + count <= limit
+    allowed = before * weight + count <= limit + _TOLERANCE
     if not allowed:
-        cache.decr(current)
+        with contextlib.suppress(ValueError):  # expired meanwhile: nothing to take back
+            cache.decr(current)
     return count, before, allowed
 
 
@@ -148,6 +160,6 @@ def peek(key: str, rate: Rate | str | None, *, now: float | None = None, name: s
         return Verdict(True, 0, 0)
     count, before = int(counters.get(current, 0)), int(counters.get(previous, 0))
     estimate = before * weight + count
-    if estimate + 1 <= rate.count:
-        return Verdict(True, math.ceil(estimate), 0)
-    return Verdict(False, math.ceil(estimate), _rolling_wait(before, count, rate, elapsed))
+    if estimate + 1 <= rate.count + _TOLERANCE:
+        return Verdict(True, math.ceil(estimate - _TOLERANCE), 0)
+    return Verdict(False, math.ceil(estimate - _TOLERANCE), _rolling_wait(before, count, rate, elapsed))

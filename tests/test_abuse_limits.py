@@ -111,14 +111,28 @@ def test_a_rolling_hit_is_one_round_trip_to_redis():
 
 @pytest.mark.redis
 def test_a_rolling_hit_weighs_the_last_window_in_redis_as_in_python():
-    """The script's estimate (Lua's doubles) agrees with the in-memory path's at the edge: 2 hits
-    in the last window weighted 0.5 plus 1 is exactly the limit of 2, allowed; one more is not."""
+    """The script's estimate at an exact boundary: 2 hits in the last window weighted 0.5 plus 1 is
+    exactly the limit of 2, allowed; one more is not."""
     key = f"rolling-edge-{uuid.uuid4()}"
     rate = ratelimit.Rate(2, 60)
     assert [ratelimit.hit(key, rate, now=60.0 + i).allowed for i in range(2)] == [True, True]
     assert ratelimit.hit(key, rate, now=150.0) == ratelimit.Verdict(True, 2, 0)
     refused = ratelimit.hit(key, rate, now=150.0)
     assert (refused.allowed, refused.count, refused.retry_after) == (False, 3, 30)
+
+
+def test_a_client_that_waits_its_retry_after_is_allowed_despite_float_error(db):
+    """15 hits last window at 40 s into this one weigh 15 x (1 - 40/60), which floats make
+    5.000000000000001: with a limit of 6 the next hit was refused at the very second Retry-After had
+    named. The estimate is compared with a tolerance far under one hit."""
+    from django.core.cache import cache
+
+    rate = ratelimit.Rate(6, 60)
+    cache.set("ratelimit:f:1", 15)  # the last window's count (of a higher limit before, say)
+    assert 15 * (1 - 40 / 60) + 1 > 6  # the float error the tolerance is for
+    assert ratelimit.peek("f", rate, now=160.0).allowed is True
+    assert ratelimit.hit("f", rate, now=160.0) == ratelimit.Verdict(True, 6, 0)
+    assert ratelimit.hit("f", rate, now=160.0).allowed is False
 
 
 def test_a_peek_says_what_the_next_hit_would_get_without_counting_one(db):
@@ -144,7 +158,7 @@ def test_a_rolling_limit_works_on_the_in_memory_cache_too(settings):
     assert [ratelimit.hit("k", rate, now=60.0).allowed for _ in range(2)] == [True, False]
     assert ratelimit.hit("k", rate, now=120.0).allowed is False
     assert ratelimit.hit("k", rate, now=150.0).retry_after == 30  # half the last hit still counts
-    assert ratelimit.peek("k", rate, now=170.0).allowed is True
+    assert ratelimit.peek("k", rate, now=170.0) == ratelimit.Verdict(False, 1, 10)  # a sixth still counts
     assert ratelimit.hit("k", rate, now=180.0).allowed is True
 
 

@@ -409,17 +409,17 @@ def test_the_command_line_is_refused_without_a_spec(capsys):
 
 
 def test_the_ranks_get_torchruns_rank_variables_not_the_workers(monkeypatch):
-    from training.ml.distributed import LAUNCHED_VARIABLE, clear_inherited_ranks
-
+    """A worker in a cluster job's pod has the pod's rank variables, and torchrun's PET_ defaults:
+    PET_NNODES=2 would have torchrun wait for a second node."""
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("PET_NNODES", "2")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     env = launch._child_env()
-    assert "WORLD_SIZE" not in env
-    assert "RANK" not in env
-    assert env[LAUNCHED_VARIABLE] == "1"
-    monkeypatch.setenv(LAUNCHED_VARIABLE, "1")  # in a rank: torchrun's own are kept
-    assert clear_inherited_ranks() == []
-    assert os.environ["RANK"] == "3"
+    assert not {"WORLD_SIZE", "RANK", "OMPI_COMM_WORLD_SIZE", "PET_NNODES", "TORCHELASTIC_RESTART_COUNT"} & set(env)
+    assert env["PYTHONPATH"].startswith(str(ROOT))
+    assert "--nnodes=1" in launch.torchrun_command(2, Path("spec.json"))
 
 
 def test_a_killed_processs_scratch_folders_are_removed_by_the_next_run(tmp_path, monkeypatch):

@@ -85,9 +85,9 @@ def history_for(*, prompt: Message) -> list[dict[str, str]]:
 
 
 def generation_allow(*, user: User) -> None:
-    """Per-user limit on answers started (send and regenerate), CHAT_RATE_PER_MINUTE over any
-    minute. The counter lives in the cache (Redis when REDIS_URL is set), so it holds across
-    processes; with the cache down it allows (``core.ratelimit``)."""
+    """Per-user limit on answers started (send and regenerate), about CHAT_RATE_PER_MINUTE over any
+    minute (``core.ratelimit``'s estimate). The counter lives in the cache (Redis when REDIS_URL is
+    set), so it holds across processes; with the cache down it allows."""
     verdict = ratelimit.hit(f"chat-rate:{user.pk}", ratelimit.Rate(settings.CHAT_RATE_PER_MINUTE, 60))
     if not verdict.allowed:
         raise FeedbackError(

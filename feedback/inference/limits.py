@@ -16,7 +16,7 @@ from feedback.inference.errors import InferenceError
 
 
 def rate_allow(*, key: str) -> None:
-    """At most ``INFERENCE_RATE_PER_MINUTE`` completions over any minute per credential
+    """About ``INFERENCE_RATE_PER_MINUTE`` completions over any minute per credential
     (``core.ratelimit``: counted in the cache, shared by every server process; allows while the
     cache is down)."""
     limit = settings.INFERENCE_RATE_PER_MINUTE

@@ -89,8 +89,9 @@ async def preload(*, timeout: float) -> ServedPolicy | None:
     ``rlhf_site.lifespan``), so the first users do not wait for the model to load. Never raises: with
     no live policy, the registry unreachable or a load that fails, the process starts anyway and
     ``get_policy`` tries again on the first chat; past ``timeout`` the load goes on in its thread
-    and the process starts meanwhile. A running canary's version is loaded and warmed next, within
-    the same ``timeout`` (``_preload_canary``). Returns the live policy, or None."""
+    and the process starts meanwhile (a warm-up cut short is the first chat's to finish). A running
+    canary's version is loaded and warmed next, within the same ``timeout`` (``_preload_canary``).
+    Returns the live policy, or None."""
     limit = asyncio.timeout(timeout)
     policy: ServedPolicy | None = None
     loading = "the live policy"

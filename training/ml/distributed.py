@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 
-# What torch.distributed.run gives each process of a run. Found in a worker's own environment (a
-# cluster's job launcher, Kubeflow's PyTorchJob say, gives every pod them), they would make a run
+# What torch.distributed.run gives each process of a run, and what MPI launchers give theirs
+# (accelerate reads PMI_SIZE and OMPI_COMM_WORLD_SIZE on a CPU). Found in a worker's own environment
+# (a cluster's job launcher, Kubeflow's PyTorchJob say, gives every pod them), they would make a run
 # trained in the worker's own process take itself for one rank of several: a share of each batch,
 # no checkpoint saved off rank 0, transformers waiting for peers that never come.
 RANK_VARIABLES = (
@@ -35,16 +36,23 @@ RANK_VARIABLES = (
     "MASTER_ADDR",
     "MASTER_PORT",
     "TORCHELASTIC_RUN_ID",
+    "PMI_RANK",
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_SIZE",
 )
-# Set by training.ml.launch in the environment of the processes it starts: their rank variables are theirs.
-LAUNCHED_VARIABLE = "RLHF_TRAINING_LAUNCHED"
+# torchrun's own defaults come from PET_<OPTION> variables (PET_NNODES, PET_NODE_RANK, ...), which
+# Kubeflow sets too: the worker starts torchrun without them.
+LAUNCHER_PREFIXES = ("PET_", "TORCHELASTIC_")
 
 
 def clear_inherited_ranks() -> list[str]:
-    """Remove from this process's environment the rank variables it was not given by
-    ``training.ml.launch`` (a worker's, before it trains a run); returns the names removed."""
-    if os.environ.get(LAUNCHED_VARIABLE):
-        return []
+    """Remove the rank variables from this process's environment (a worker's, before it trains a run
+    in its own process: only ``training.ml.launch``'s torchrun gives ranks); returns the names
+    removed."""
     return [name for name in RANK_VARIABLES if os.environ.pop(name, None) is not None]
 
 

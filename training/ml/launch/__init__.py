@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from training.ml.config import TrainConfig
-from training.ml.distributed import LAUNCHED_VARIABLE, RANK_VARIABLES
+from training.ml.distributed import LAUNCHER_PREFIXES, RANK_VARIABLES
 from training.ml.launch.protocol import (
     EVENTS_FILE,
     LAUNCHER_LOG,
@@ -238,11 +238,15 @@ def _agent_command(processes: int, spec: Path) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """This process's environment without rank variables of its own (torchrun gives the ranks theirs);
+    """This process's environment without rank or torchrun variables of its own (torchrun gives the
+    ranks theirs);
     this checkout first on the path (``-m training.ml.launch`` must import it wherever the worker
     was started); no progress bars in the ranks' logs."""
-    env = {name: value for name, value in os.environ.items() if name not in RANK_VARIABLES}
-    env[LAUNCHED_VARIABLE] = "1"  # torchrun's ranks: the rank variables it gives them are theirs
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in RANK_VARIABLES and not name.startswith(LAUNCHER_PREFIXES)
+    }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TQDM_DISABLE", "1")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -155,6 +155,7 @@ def torchrun_command(processes: int, spec: Path) -> list[str]:
         "-m",
         "torch.distributed.run",
         "--standalone",
+        "--nnodes=1",  # this node alone, whatever PET_NNODES the environment had
         f"--nproc-per-node={processes}",
         "--max-restarts=0",
         "-m",
