@@ -44,11 +44,24 @@ from models_registry.services import (
     canary_stop,
     model_version_approve,
     model_version_make_live,
-    model_version_reject,
 )
 from training import services
 from training.cycle import gates as gate_rules
-from training.exceptions import RunConflict, RunNotFound, TrainingError
+from training.cycle.report import cycle_progress as cycle_progress  # re-exported: callers use service
+from training.cycle.report import cycle_report as cycle_report
+from training.cycle.steps import (
+    _end,
+    _judge_label,
+    _locked,
+    _next,
+    _previous_cycle,
+    _reject_candidates,
+    _stage,
+    _start_run,
+    active_cycle,
+    new_ratings_since_last_cycle,
+)
+from training.exceptions import RunConflict, TrainingError
 from training.ml.config import ConfigError, validate_config
 from training.models import Cycle, DatasetSnapshot, TrainingRun
 
@@ -347,111 +360,6 @@ def _after_canary(cycle: Cycle) -> bool:
     return False
 
 
-# --- Helpers --------------------------------------------------------------------------------------
-
-
-def _locked(cycle_id: int) -> Cycle:
-    cycle = (
-        Cycle.objects.select_for_update(of=("self",))
-        .select_related("reward_run", "policy_run", "candidate", "canary")
-        .filter(pk=cycle_id)
-        .first()
-    )
-    if cycle is None:
-        raise RunNotFound(f"Cycle {cycle_id} does not exist.")
-    return cycle
-
-
-def _judge_label(cycle: Cycle, run: TrainingRun) -> str:
-    judge = run.judge_version
-    if judge is None:
-        return "no reward model"
-    new = cycle.reward_run.output_version_id if cycle.reward_run else None
-    if judge.pk != new:
-        return f"the live reward model {judge.label}"
-    trained = ", which also trained it" if run.reward_version_id == judge.pk else ""
-    return f"the cycle's reward model {judge.label}{trained}"
-
-
-def _start_run(
-    cycle: Cycle,
-    part: str,
-    *,
-    reward_version: ModelVersion | None,
-    dataset: Any,
-    judge_version: ModelVersion | None = None,
-) -> TrainingRun:
-    kind = "reward" if part == "reward" else cycle.policy_kind
-    return services.training_run_create(
-        kind=kind,
-        config=cycle.config[part],
-        requested_by=cycle.requested_by,
-        dataset=dataset,
-        reward_version=reward_version,
-        judge_version=judge_version,
-        dispatch=not cycle.trained_by,
-    )
-
-
-def _stage(name: str, at: Any) -> dict[str, Any]:
-    return {"name": name, "status": "running", "started_at": at.isoformat(), "finished_at": None, "detail": ""}
-
-
-def _next(cycle: Cycle, stage: str, detail: str) -> None:
-    now = timezone.now()
-    stages = list(cycle.stages)
-    if stages and stages[-1]["status"] == "running":
-        stages[-1] = {**stages[-1], "status": "done", "finished_at": now.isoformat(), "detail": detail}
-    if stage != Stage.DONE:
-        stages.append(_stage(stage, now))
-    cycle.stages = stages
-    cycle.stage = stage
-    cycle.save()
-
-
-def _end(cycle: Cycle, status: str, reason: str, *, stage_detail: str = "") -> None:
-    now = timezone.now()
-    stages = list(cycle.stages)
-    if stages and stages[-1]["status"] == "running":
-        ended = "failed" if status in (Status.FAILED, Status.NOT_DEPLOYED) else "ended"
-        if status == Status.CANCELLED:
-            ended = "cancelled"
-        stages[-1] = {**stages[-1], "status": ended, "finished_at": now.isoformat(), "detail": stage_detail or reason}
-    cycle.stages = stages
-    cycle.status = status
-    cycle.reason = reason
-    cycle.finished_at = now
-    cycle.save()
-    logger.info("cycle %s ended %s: %s", cycle.pk, status, reason)
-
-
-def _reject_candidates(cycle: Cycle, reason: str) -> None:
-    """Versions the cycle made and did not deploy are rejected, so no one deploys them by mistake."""
-    for run in (cycle.reward_run, cycle.policy_run):
-        version = run.output_version if run is not None else None
-        if version is not None and version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.APPROVED):
-            model_version_reject(version_id=version.pk, actor=None, reason=reason[:2000])
-
-
-def active_cycle() -> Cycle | None:
-    return Cycle.objects.filter(status__in=Cycle.ACTIVE).first()
-
-
-def _previous_cycle() -> Cycle | None:
-    """The cycle whose feedback a new one must not count again: the newest that got past the feedback
-    stage and was not cancelled or failed (those learnt nothing from it that went anywhere)."""
-    tried = Cycle.objects.exclude(stage=Stage.FEEDBACK).exclude(status__in=[Status.CANCELLED, Status.FAILED])
-    return tried.order_by("-created_at").first()
-
-
-def new_ratings_since_last_cycle() -> int:
-    previous = _previous_cycle()
-    ratings = Feedback.objects.filter(Q(thumbs__isnull=False) | Q(rating__isnull=False))
-    if previous is not None:
-        ratings = ratings.filter(created_at__gte=previous.created_at)
-    return ratings.count()
-
-
 def cycle_start_if_due(trigger: str) -> Cycle | None:
     """Start a cycle for the schedule or for new feedback, unless one is active (or none may start:
     no live models); the reason goes to the log."""
@@ -493,63 +401,3 @@ def cycle_run_here(cycle_id: int, *, on_step: Callable[[Cycle], None] | None = N
         if not cycle.is_active or not queued:
             return cycle
         runner.execute(queued[0].pk, worker=cycle.trained_by or "cycle_run_here")
-
-
-# Share of the progress bar: the two runs fill most of it.
-_PROGRESS = {Stage.FEEDBACK: 0.0, Stage.REWARD: 0.02, Stage.POLICY: 0.45, Stage.GATES: 0.95, Stage.APPROVAL: 0.96}
-
-
-def cycle_progress(cycle: Cycle) -> float:
-    """0 to 1: where the cycle is in its training stages (1 from the canary on, and once ended)."""
-    if not cycle.is_active or cycle.stage in (Stage.CANARY, Stage.DONE):
-        return 1.0
-    start = _PROGRESS.get(Stage(cycle.stage), 0.0)
-    if cycle.stage == Stage.REWARD and cycle.reward_run is not None:
-        return start + 0.43 * cycle.reward_run.progress
-    if cycle.stage == Stage.POLICY and cycle.policy_run is not None:
-        return start + 0.5 * cycle.policy_run.progress
-    return start
-
-
-def cycle_report(cycle: Cycle) -> dict[str, Any]:
-    """Everything a person or a CI job wants to know about a cycle, JSON-ready."""
-
-    def run(run: TrainingRun | None) -> dict[str, Any] | None:
-        if run is None:
-            return None
-        return {
-            "id": run.pk,
-            "kind": run.kind,
-            "status": run.status,
-            "progress": run.progress,
-            "error_message": run.error_message,
-            "dataset": run.dataset_id,
-            "output_version": run.output_version.label if run.output_version else None,
-            "eval": run.metrics.get("eval"),
-            "baseline": run.metrics.get("baseline"),
-        }
-
-    return {
-        "id": cycle.pk,
-        "policy_kind": cycle.policy_kind,
-        "trigger": cycle.trigger,
-        "status": cycle.status,
-        "stage": cycle.stage,
-        "progress": round(cycle_progress(cycle), 4),
-        "stages": cycle.stages,
-        "gates": cycle.gates,
-        "new_ratings": cycle.new_ratings,
-        "reward_run": run(cycle.reward_run),
-        "policy_run": run(cycle.policy_run),
-        "candidate": cycle.candidate.label if cycle.candidate else None,
-        "canary": (
-            {"share": cycle.canary.share, "outcome": cycle.canary.outcome, "version": cycle.canary.version.label}
-            if cycle.canary
-            else None
-        ),
-        "reason": cycle.reason,
-        "config": cycle.config,
-        "requested_by": cycle.requested_by.get_username() if cycle.requested_by else None,
-        "created_at": cycle.created_at,
-        "finished_at": cycle.finished_at,
-    }
