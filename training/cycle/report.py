@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from training.models import Cycle, TrainingRun
 
-logger = logging.getLogger(__name__)
-
-Status, Stage = Cycle.Status, Cycle.Stage
-RunStatus = TrainingRun.Status
+Stage = Cycle.Stage
 
 
 # Share of the progress bar: the two runs fill most of it.

@@ -11,9 +11,7 @@ from django.utils import timezone
 
 from feedback.models import Feedback
 from models_registry.models import ModelVersion
-from models_registry.services import (
-    model_version_reject,
-)
+from models_registry.services import model_version_reject
 from training import services
 from training.exceptions import RunNotFound
 from training.models import Cycle, TrainingRun
@@ -21,7 +19,6 @@ from training.models import Cycle, TrainingRun
 logger = logging.getLogger(__name__)
 
 Status, Stage = Cycle.Status, Cycle.Stage
-RunStatus = TrainingRun.Status
 
 
 # --- Steps --------------------------------------------------------------------------------------
