@@ -72,7 +72,7 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None, name: st
     except COUNTER_ERRORS as exc:  # degrade open
         cache_unreachable(limit=name or f"Rate limit {key}", exc=exc)
         return Verdict(True, 0, 0)
-    estimate = math.ceil(before * weight + count - _TOLERANCE)
+    estimate = _rounded(before * weight + count)
     if allowed:
         return Verdict(True, estimate, 0)
     return Verdict(False, estimate, _rolling_wait(before, count - 1, rate, elapsed))
@@ -81,6 +81,15 @@ def hit(key: str, rate: Rate | str | None, *, now: float | None = None, name: st
 # An estimate this close over the limit is within it: float error (15 x (1 - 40/60) is
 # 5.000000000000001) would otherwise refuse a client at the second its Retry-After named.
 _TOLERANCE = 1e-9
+
+
+def _within(estimate: float, limit: int) -> bool:
+    return estimate <= limit + _TOLERANCE
+
+
+def _rounded(estimate: float) -> int:
+    return math.ceil(estimate - _TOLERANCE)
+
 
 # KEYS: this window's counter, the last window's. ARGV: the counter's time to live, the last
 # window's weight, the limit plus _TOLERANCE. Counts the hit, and takes it back if the estimate is
@@ -117,7 +126,7 @@ def _count_rolling(current: str, previous: str, ttl: int, weight: float, limit: 
         return int(replies[0]), int(replies[1]), bool(replies[2])
     cache.add(current, 0, timeout=ttl)  # other caches (the in-memory one without REDIS_URL)
     count, before = int(cache.incr(current)), int(cache.get(previous, 0))
-    allowed = before * weight + count <= limit + _TOLERANCE
+    allowed = _within(before * weight + count, limit)
     if not allowed:
         with contextlib.suppress(ValueError):  # expired meanwhile: nothing to take back
             cache.decr(current)
@@ -160,6 +169,6 @@ def peek(key: str, rate: Rate | str | None, *, now: float | None = None, name: s
         return Verdict(True, 0, 0)
     count, before = int(counters.get(current, 0)), int(counters.get(previous, 0))
     estimate = before * weight + count
-    if estimate + 1 <= rate.count + _TOLERANCE:
-        return Verdict(True, math.ceil(estimate - _TOLERANCE), 0)
-    return Verdict(False, math.ceil(estimate - _TOLERANCE), _rolling_wait(before, count, rate, elapsed))
+    if _within(estimate + 1, rate.count):
+        return Verdict(True, _rounded(estimate), 0)
+    return Verdict(False, _rounded(estimate), _rolling_wait(before, count, rate, elapsed))
