@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from training.ml import evaluation
 from training.ml.callbacks import HooksCallback, clean_number, format_log_line
 from training.ml.chat_corpus import generate_conversations, preference_pairs
 from training.ml.config import TrainConfig
-from training.ml.evaluation import calibration, evaluate_policy, evaluate_reward
+from training.ml.evaluation import calibration, evaluate_policy, evaluate_reward, evaluate_rewards, score_ids
 from training.ml.progress import Progress, RunHooks
 from training.ml.trainers import build_reward_config, train
 
@@ -402,6 +403,39 @@ def test_evaluate_reward_on_real_pairs(bootstrapped, datasets):
     assert 0.0 <= result["accuracy"] <= 1.0
     assert 0.0 <= result["calibration_ece"] <= 1.0
     assert 0.0 <= result["brier"] <= 1.0
+
+
+def test_score_ids_batches_by_length_and_returns_the_rows_order(bootstrapped):
+    tokenizer = AutoTokenizer.from_pretrained(bootstrapped.reward_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(bootstrapped.reward_dir, num_labels=1).eval()
+    lengths = [9, 3, 17, 5, 3, 12, 9, 1]
+    rows = [[(7 * i + j) % 50 + 5 for j in range(n)] for i, n in enumerate(lengths)]
+    rows[6] = list(rows[0])  # the same conversation twice
+    one_by_one = [score_ids(model, [r], tokenizer.pad_token_id, batch_size=1)[0] for r in rows]
+    batched = score_ids(model, rows, tokenizer.pad_token_id, batch_size=3)
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    assert batched[6] == batched[0]  # scored once: an exact tie
+    assert len(set(batched)) == len(rows) - 1
+
+
+def test_evaluate_rewards_renders_once_for_models_sharing_a_tokenizer(bootstrapped, datasets, tmp_path, monkeypatch):
+    pairs = datasets["pref"] / "test.jsonl"
+    separate = [evaluate_reward(model_dir=bootstrapped.reward_dir, pairs_path=pairs)]
+    # A copy saved again, as training saves the model it made: the same tokenizer, other files.
+    copy = tmp_path / "copy"
+    AutoModelForSequenceClassification.from_pretrained(bootstrapped.reward_dir, num_labels=1).save_pretrained(copy)
+    AutoTokenizer.from_pretrained(bootstrapped.reward_dir).save_pretrained(copy)
+    separate.append(evaluate_reward(model_dir=copy, pairs_path=pairs))
+    rendered = []
+    original = evaluation._render_ids
+    monkeypatch.setattr(evaluation, "_render_ids", lambda *a, **k: rendered.append(1) or original(*a, **k))
+    together = evaluate_rewards([bootstrapped.reward_dir, copy], pairs_path=pairs)
+    assert len(rendered) == 2 * 8  # chosen and rejected of the 8 pairs, once for both models
+    for one, other in zip(together, separate, strict=True):
+        assert one["pairs"] == other["pairs"] == 8
+        assert one["accuracy"] == other["accuracy"]
+        assert one["mean_margin"] == pytest.approx(other["mean_margin"], abs=1e-5)
+    assert evaluate_rewards([copy, copy], pairs_path=datasets["empty"] / "test.jsonl") == [{"pairs": 0}] * 2
 
 
 def test_calibration_of_confident_right_answers():

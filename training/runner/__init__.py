@@ -69,17 +69,18 @@ def _check_enough_data(run: TrainingRun, snapshot: DatasetSnapshot, config: Trai
 def _evaluate(
     run: TrainingRun, config: TrainConfig, snapshot: DatasetSnapshot, output: Path, base: Path, reward: Path | None
 ) -> dict[str, Any]:
-    from training.ml.evaluation import evaluate_policy, evaluate_reward
+    from training.ml.evaluation import evaluate_policy, evaluate_rewards
 
     root = Path(snapshot.path)
     if run.kind == TrainingRun.Kind.REWARD:
-        pairs = root / "preference" / "test.jsonl"
-        result: dict[str, Any] = {
-            "eval": evaluate_reward(model_dir=output, pairs_path=pairs, max_length=config.max_length)
-        }
-        if run.base_version and run.base_version.kind == ModelVersion.Kind.REWARD:
-            result["baseline"] = evaluate_reward(model_dir=base, pairs_path=pairs, max_length=config.max_length)
-        return result
+        # The reward model it continued (not a policy it put a new head on) is scored on the same pairs.
+        baseline = run.base_version is not None and run.base_version.kind == ModelVersion.Kind.REWARD
+        scored = evaluate_rewards(
+            [output, base] if baseline else [output],
+            pairs_path=root / "preference" / "test.jsonl",
+            max_length=config.max_length,
+        )
+        return {"eval": scored[0], **({"baseline": scored[1]} if baseline else {})}
     if reward is None:
         return {"eval": {"skipped": "No live reward model: mean reward, win rate and KL were not measured."}}
     return {
