@@ -61,7 +61,7 @@ def run_once(data_dir: Path, base_dir: Path, raw_config: dict) -> dict:
         "load_seconds": round(loaded - started, 3),
         "setup_seconds": round(ready - loaded, 3),
         "train_seconds": round(trained - ready, 3),
-        "loop_seconds": output.metrics.get("train_runtime", 0.0),  # TRL's timing of the loop itself
+        "loop_seconds": output.metrics["train_runtime"],  # TRL's timing of the loop itself
         "save_seconds": round(finished - trained, 3),
         "steps": trainer.state.global_step,
         "rows": len(dataset),

@@ -94,7 +94,7 @@ def platform_run(config: dict) -> dict:
         "dataset_seconds": round(run.dataset.build_seconds, 3),
         "train_seconds": train_seconds,
         # TRL's own timing of the training loop (trainer.train()), as the bare script's train_seconds
-        "loop_seconds": run.metrics["train"].get("train_runtime", 0.0),
+        "loop_seconds": run.metrics["train"]["train_runtime"],
         "other_seconds": round(wall - run.dataset.build_seconds - train_seconds, 3),
         "steps": run.step,
         "pairs": run.dataset.rows("preference", "train"),

@@ -405,17 +405,35 @@ def test_evaluate_reward_on_real_pairs(bootstrapped, datasets):
     assert 0.0 <= result["brier"] <= 1.0
 
 
-def test_score_ids_batches_by_length_and_returns_the_rows_order(bootstrapped):
-    tokenizer = AutoTokenizer.from_pretrained(bootstrapped.reward_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(bootstrapped.reward_dir, num_labels=1).eval()
+class _Widths(torch.nn.Module):
+    """A reward model that remembers the width of each batch it is given."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner, self.config, self.widths = inner, inner.config, []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        self.widths.append(input_ids.shape[1])
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_score_ids_scores_each_conversation_once_in_batches_of_similar_length(bootstrapped):
+    inner = AutoModelForSequenceClassification.from_pretrained(bootstrapped.reward_dir, num_labels=1).eval()
+    assert inner.config.pad_token_id is not None
     lengths = [9, 3, 17, 5, 3, 12, 9, 1]
     rows = [[(7 * i + j) % 50 + 5 for j in range(n)] for i, n in enumerate(lengths)]
     rows[6] = list(rows[0])  # the same conversation twice
-    one_by_one = [score_ids(model, [r], tokenizer.pad_token_id, batch_size=1)[0] for r in rows]
-    batched = score_ids(model, rows, tokenizer.pad_token_id, batch_size=3)
-    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    one_by_one = [score_ids(inner, [r], batch_size=1)[0] for r in rows]
+    model = _Widths(inner)
+    batched = score_ids(model, rows, batch_size=3)
+    assert batched == pytest.approx(one_by_one, abs=1e-5)  # in the rows' order
     assert batched[6] == batched[0]  # scored once: an exact tie
-    assert len(set(batched)) == len(rows) - 1
+    # Seven distinct rows by length (1, 3, 3 | 5, 9, 12 | 17). In file order the batches would be 17, 12
+    # and 9 wide; sorted but with the repeated row scored again (1, 3, 3 | 5, 9, 9 | 12, 17), 3, 9, 17.
+    assert model.widths == [3, 12, 17]
+    inner.config.pad_token_id = None
+    with pytest.raises(ValueError, match="no pad_token_id"):
+        score_ids(inner, rows)
 
 
 def test_evaluate_rewards_renders_once_for_models_sharing_a_tokenizer(bootstrapped, datasets, tmp_path, monkeypatch):

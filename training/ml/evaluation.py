@@ -2,7 +2,7 @@
 
 Texts are scored by the reward model on the chat-template rendering of prompt + completion, the same
 rendering TRL's ``RewardTrainer`` trains on (``apply_chat_template`` of the whole conversation).
-Everything runs in float32 under ``torch.no_grad()``, in batches.
+Everything runs in float32 without gradients (``torch.no_grad()``, ``torch.inference_mode()``), in batches.
 """
 
 from __future__ import annotations
@@ -75,18 +75,20 @@ def score_conversations(
     batch_size: int = 16,
 ) -> list[float]:
     """The reward model's scalar score for each whole conversation (truncated to ``max_length`` tokens)."""
-    return score_ids(
-        model, [_render_ids(tokenizer, c, max_length) for c in conversations], tokenizer.pad_token_id, batch_size
-    )
+    return score_ids(model, [_render_ids(tokenizer, c, max_length) for c in conversations], batch_size)
 
 
 @torch.inference_mode()
-def score_ids(model: PreTrainedModel, rows: Sequence[list[int]], pad_id: int, batch_size: int = 16) -> list[float]:
+def score_ids(model: PreTrainedModel, rows: Sequence[list[int]], batch_size: int = 16) -> list[float]:
     """The reward model's score for each rendered conversation (token ids). Each distinct one is scored
     once (identical conversations get the very same score: a tie is exact), in batches of similar
     length, so little of a batch is padding (about a fifth less time on the held-out pairs than in
-    file order); the scores come back in the rows' order."""
+    file order); the scores come back in the rows' order. Batches are padded with the model's own
+    ``pad_token_id``: the one it looks for to find a conversation's last token."""
     device = next(model.parameters()).device
+    pad_id = model.config.pad_token_id
+    if pad_id is None:
+        raise ValueError("The reward model has no pad_token_id: it could not find the end of a padded conversation.")
     distinct = sorted({tuple(r) for r in rows}, key=len)
     scores: dict[tuple[int, ...], float] = {}
     for start in range(0, len(distinct), batch_size):
@@ -151,19 +153,27 @@ def evaluate_rewards(
             ids = [_render_ids(tokenizer, c, max_length) for c in conversations]
             if key:
                 rendered[key] = ids
-        scores = score_ids(_reward_model(Path(folder), tokenizer), ids, tokenizer.pad_token_id, batch_size)
+        scores = score_ids(_reward_model(Path(folder), tokenizer), ids, batch_size)
         results.append(_pair_metrics([c - r for c, r in zip(scores[: len(rows)], scores[len(rows) :], strict=True)]))
     return results
 
 
 def _rendering_key(tokenizer: PreTrainedTokenizerBase) -> str | None:
-    """All that decides the ids a (fast) tokenizer renders a conversation into: its whole pipeline,
-    chat template and special tokens. None for a slow tokenizer (its conversations are rendered anew)."""
+    """What decides the ids a (fast) tokenizer renders a conversation into: its pipeline (vocabulary,
+    merges, normalizer, added tokens...), chat template, special tokens and whether it splits them.
+    Two tokenizers with the same key render alike; a difference that would not matter only costs a
+    second rendering. None for a slow tokenizer (its conversations are rendered anew)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
     return json.dumps(
-        [type(tokenizer).__name__, backend.to_str(), tokenizer.chat_template, tokenizer.special_tokens_map],
+        [
+            type(tokenizer).__name__,
+            backend.to_str(),
+            tokenizer.chat_template,
+            tokenizer.special_tokens_map,
+            bool(getattr(tokenizer, "split_special_tokens", False)),
+        ],
         sort_keys=True,
         default=str,
     )
@@ -347,14 +357,11 @@ def evaluate_policy(
     reward_model = _reward_model(Path(reward_dir), tokenizer)
     score_length = int(limit or 1024)
 
-    def score(completions: list[list[int]]) -> list[float]:
-        conversations = _with_answers(tokenizer, prompts, completions)
-        return score_conversations(
-            reward_model, tokenizer, conversations, max_length=score_length, batch_size=batch_size
-        )
-
-    rewards, reference_rewards = score(answers), score(reference_answers)
+    # Both policies' answers in one call: an answer they share gets one score, so they tie exactly.
+    conversations = _with_answers(tokenizer, prompts + prompts, answers + reference_answers)
+    scores = score_conversations(reward_model, tokenizer, conversations, max_length=score_length, batch_size=batch_size)
     n = len(picks)
+    rewards, reference_rewards = scores[:n], scores[n:]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, reference_rewards, strict=True))
     return {
         "prompts": n,

@@ -80,7 +80,10 @@ def _evaluate(
             pairs_path=root / "preference" / "test.jsonl",
             max_length=config.max_length,
         )
-        return {"eval": scored[0], **({"baseline": scored[1]} if baseline else {})}
+        result: dict[str, Any] = {"eval": scored[0]}
+        if baseline:
+            result["baseline"] = scored[1]
+        return result
     if reward is None:
         return {"eval": {"skipped": "No live reward model: mean reward, win rate and KL were not measured."}}
     return {
