@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
+import random
+import string
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -12,12 +15,16 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
+from schwifty import IBAN
+from schwifty import registry as iban_registry
+from schwifty.exceptions import InvalidCountryCode
 
 from feedback.models import Comparison, Conversation, Feedback, Message, MessageStep
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory, UserMessageFactory
 from training.ml.config import TrainConfig
 from training.models import DatasetSnapshot
 from training.processor import DATASETS, ProcessorOptions, Scrubber, scrub, snapshot_build, split_of
+from training.processor.scrub import IBAN_LENGTHS, iban_valid
 
 ALL_TRAIN = ProcessorOptions(test_fraction=0.0)
 
@@ -446,6 +453,37 @@ def test_scrub_replaces_cards_ibans_and_passwords(text, expected):
 )
 def test_scrub_keeps_failed_checks_and_prose(text):
     assert scrub(text) == text
+
+
+def _registry_ibans() -> dict[str, int]:
+    """Every country code of the IBAN registry (ISO 13616) as schwifty ships it, with its IBAN's length;
+    the aspirational ones (formats announced, not yet in the registry) left out."""
+    lengths = {}
+    for pair in itertools.product(string.ascii_uppercase, repeat=2):
+        try:
+            spec = iban_registry.get_iban_spec("".join(pair))
+        except InvalidCountryCode:
+            continue
+        if not spec.aspirational:
+            lengths[spec.country] = spec.iban_length
+    return lengths
+
+
+def test_iban_lengths_are_the_registry_s():
+    assert _registry_ibans() == IBAN_LENGTHS
+
+
+def test_scrub_replaces_an_iban_of_every_registry_country_and_keeps_it_with_a_wrong_check():
+    rng = random.Random(7)
+    for country in _registry_ibans():
+        iban = IBAN.random(country_code=country, random=rng, use_registry=False)
+        assert iban_valid(iban.compact), iban.compact
+        assert iban_valid(iban.formatted), iban.formatted
+        assert scrub(f"pay to {iban.formatted} today") == "pay to [IBAN] today", iban.formatted
+        assert scrub(f"pay to {iban.compact.lower()}.") == "pay to [IBAN].", iban.compact
+        wrong = f"{iban.compact[:2]}{(int(iban.compact[2:4]) + 1) % 100:02d}{iban.compact[4:]}"
+        assert not iban_valid(wrong), wrong
+        assert scrub(f"not {wrong} here") == f"not {wrong} here"
 
 
 def test_scrub_counts_cards_ibans_and_passwords_by_kind():
