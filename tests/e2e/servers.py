@@ -20,10 +20,13 @@ FINAL = re.compile(r'hx-swap-oob="outerHTML"|<article[^>]*data-status="failed"')
 
 
 @contextmanager
-def fake_model_server(answer: str = "", *, pieces: list[str] | None = None, hang: bool = False) -> Iterator[str]:
+def fake_model_server(
+    answer: str = "", *, pieces: list[str] | None = None, hang: bool = False, pause: float = 0.0
+) -> Iterator[str]:
     """An OpenAI-compatible server on loopback that streams ``answer`` word by word (or the chunks
-    ``pieces``); yields its URL. ``hang``: after them it neither ends the stream nor closes it (a long
-    answer still being generated) until the server stops."""
+    ``pieces``), ``pause`` seconds apart; yields its URL. ``hang``: after them it neither ends the
+    stream nor closes it (a long answer still being generated) until the server stops. A client that
+    goes away mid-stream ends that stream quietly."""
     chunks = pieces if pieces is not None else [word + " " for word in answer.split(" ")]
     stopping = threading.Event()
 
@@ -35,14 +38,19 @@ def fake_model_server(answer: str = "", *, pieces: list[str] | None = None, hang
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for chunk in chunks:
-                event = {"choices": [{"index": 0, "delta": {"content": chunk}}]}
-                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.flush()
-            if hang:
-                stopping.wait(60)
-                return
-            self.wfile.write(b"data: [DONE]\n\n")
+            try:
+                for chunk in chunks:
+                    event = {"choices": [{"index": 0, "delta": {"content": chunk}}]}
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    if pause and stopping.wait(pause):
+                        return
+                if hang:
+                    stopping.wait(60)
+                    return
+                self.wfile.write(b"data: [DONE]\n\n")
+            except OSError:  # the platform closed the stream: it stopped listening
+                pass
 
         def log_message(self, *args: object) -> None:
             pass

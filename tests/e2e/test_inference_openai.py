@@ -6,12 +6,8 @@ leaves it stored as ``stopped``."""
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import openai
@@ -22,7 +18,7 @@ from rest_framework.authtoken.models import Token
 from feedback.models import Feedback, Message
 from models_registry.artifacts import sha256_tree
 from models_registry.services import model_version_make_live, model_version_register
-from tests.e2e.servers import platform_server
+from tests.e2e.servers import fake_model_server, platform_server
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,44 +106,10 @@ def test_openai_clients_get_answers_stored_like_the_chats_and_rate_them_by_id(se
 
 
 @contextmanager
-def slow_model_server(words: int = 100, pause: float = 0.1) -> Iterator[str]:
-    """An OpenAI-compatible model server streaming a word every ``pause`` seconds: an answer that is
-    still streaming when the client goes."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            try:
-                for n in range(words):
-                    event = {"choices": [{"index": 0, "delta": {"content": f"word{n} "}}]}
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                    self.wfile.flush()
-                    time.sleep(pause)
-                self.wfile.write(b"data: [DONE]\n\n")
-            except OSError:  # the platform closed the stream: it stopped listening
-                pass
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    model_server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=model_server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{model_server.server_port}"
-    finally:
-        model_server.shutdown()
-        model_server.server_close()
-
-
-@contextmanager
 def platform_on_a_slow_model(tmp_path, words: int = 100) -> Iterator[str]:
-    """The platform (uvicorn) whose live policy is ``slow_model_server``'s: ``words`` words, 0.1 s apart."""
-    with slow_model_server(words) as model_url:
+    """The platform (uvicorn) whose live policy streams ``words`` words, 0.1 s apart: an answer that is
+    still streaming when the client goes."""
+    with fake_model_server(pieces=[f"word{n} " for n in range(words)], pause=0.1) as model_url:
         version = model_version_register(
             kind="policy", artifact_path="", checksums={}, backend="openai", base_url=model_url, model_name="slow"
         )
