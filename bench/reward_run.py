@@ -15,7 +15,7 @@ bootstrapped models (trained once, kept under ``var/bench-reward/``) live: seeds
   the same ``RewardConfig`` (``build_reward_config``): load, train, save.
 Prints medians and the ratio, and the platform's time by phase. Both sides also report TRL's own
 timing of the training loop (``train_runtime``): the same code on the same data, whose run-to-run
-spread here (about 5%) is larger than all the platform adds; so the summary also gives each side's
+spread here (up to 8% within a set of five) is larger than all the platform adds; so the summary also gives each side's
 time outside the loop and the ratio the two would have with loops of equal length (the bare loop's
 median plus each side's time outside it), beside the plain ratio of the medians.
 """
@@ -93,7 +93,7 @@ def platform_run(config: dict) -> dict:
         "wall_seconds": round(wall, 3),
         "dataset_seconds": round(run.dataset.build_seconds, 3),
         "train_seconds": train_seconds,
-        # TRL's own timing of the training loop (trainer.train()), as the bare script's train_seconds
+        # TRL's own timing of the training loop inside trainer.train(), as the bare script's loop_seconds
         "loop_seconds": run.metrics["train"]["train_runtime"],
         "other_seconds": round(wall - run.dataset.build_seconds - train_seconds, 3),
         "steps": run.step,
