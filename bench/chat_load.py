@@ -16,7 +16,8 @@ Run by hand (not a test)::
    WebSocket (a fresh conversation each time, so the history is the same one turn). Medians of time to
    the first chunk / token fragment and chunks/s after the first; the client also stamps the
    ``_turn_new`` and ``_answer_new`` fragments, and the pre-token work of the consumer is timed here
-   call by call, to show where the added TTFT goes.
+   call by call, to show where the added TTFT goes. Also the CPU per answer: this process's for the
+   in-process stream; the server's processes' (and this process's, the socket's client) for the socket.
 3. ``load``: a fake OpenAI-compatible server (this script with ``--fake-openai-port``, its own process
    group) streams ``--fake-tokens`` SSE chunks ``--fake-delay-ms`` apart; a version with backend
    openai pointing at it is made live; for each ``--clients`` count, that many users connect, then all
@@ -473,7 +474,14 @@ async def pre_token_breakdown(conversation_id: str) -> dict[str, float]:
     return times
 
 
-async def ratio_measure(args: argparse.Namespace, chats: list[dict[str, Any]], spare: list[str]) -> dict[str, Any]:
+def own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+async def ratio_measure(
+    args: argparse.Namespace, chats: list[dict[str, Any]], spare: list[str], server_group: int
+) -> dict[str, Any]:
     # Warm-ups: the server loads the model on its first chat; this process on its first stream.
     ws = await ws_connect(args, chats[0])
     try:
@@ -485,12 +493,21 @@ async def ratio_measure(args: argparse.Namespace, chats: list[dict[str, Any]], s
     await inprocess_once()
     inproc, remote = [], []
     for i in range(args.reps):
+        # CPU per answer: this process for the in-process stream; the server's processes (the model,
+        # the consumer, the step writes) and this process (the socket client) for the socket's.
+        before = own_cpu()
         inproc.append(await inprocess_once())
+        inproc[-1]["cpu_ms"] = (own_cpu() - before) * 1000
         await asyncio.sleep(0.2)
         ws = await ws_connect(args, chats[i + 1])
         try:
             await asyncio.sleep(0.1)
+            server_before, client_before = cpu_seconds_by_group({"server": server_group})["server"], own_cpu()
             remote.append(await ws_chat(ws, PROMPT, args.chat_timeout))
+            remote[-1]["client_cpu_ms"] = (own_cpu() - client_before) * 1000
+            await asyncio.sleep(0.05)  # the answer's last write, after its final fragment
+            server_after = cpu_seconds_by_group({"server": server_group})["server"]
+            remote[-1]["server_cpu_ms"] = (server_after - server_before) * 1000
         finally:
             await ws.close()
         await asyncio.sleep(0.2)
@@ -508,7 +525,8 @@ def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
     spare = [c["conversation"] for c in make_chats("split", 5)]
     server = start_server(args, env, logs, "ratio")
     try:
-        raw = asyncio.run(ratio_measure(args, chats, spare))
+        assert server.proc is not None
+        raw = asyncio.run(ratio_measure(args, chats, spare, server.proc.pid))
     finally:
         server.stop()
     ws_errors = [r["error"] for r in raw["ws"] if r["error"]]
@@ -535,6 +553,9 @@ def part_ratio(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
         ),
         "inproc_total_ms": med([r["tokens"][-1] for r in raw["inproc"] if r["tokens"]]),
         "ws_last_token_ms": med([r["tokens"][-1] for r in raw["ws"] if r["tokens"]]),
+        "inproc_cpu_ms": med([r["cpu_ms"] for r in raw["inproc"]]),
+        "ws_server_cpu_ms": med([r["server_cpu_ms"] for r in raw["ws"]]),
+        "ws_client_cpu_ms": med([r["client_cpu_ms"] for r in raw["ws"]]),
         "ws_errors": ws_errors,
         "breakdown": {k: med([b[k] for b in raw["breakdown"]]) for k in raw["breakdown"][0]},
         "sample_text": raw["inproc_text"][:120],
@@ -733,6 +754,10 @@ def report(
         print(f"{'tokens/s after the first':<26} {ratio['inproc_rate']:>11.1f} {ratio['ws_rate']:>10.1f}")
         print(f"{'chunks (frames) per answer':<26} {ratio['inproc_chunks']:>11.0f} {ratio['ws_chunks']:>10.0f}")
         print(f"{'last chunk at, ms':<26} {ratio['inproc_total_ms']:>11.1f} {ratio['ws_last_token_ms']:>10.1f}")
+        print(
+            f"{'CPU per answer, ms':<26} {ratio['inproc_cpu_ms']:>11.1f} {ratio['ws_server_cpu_ms']:>10.1f}"
+            f"  (socket: the server's; its client: {ratio['ws_client_cpu_ms']:.1f})"
+        )
         print(
             f"added TTFT {ratio['added_ttft_ms']:.1f} ms (goal <= {GOAL_ADDED_TTFT_MS:.0f}): "
             f"{ok(ratio['added_ttft_ms'] <= GOAL_ADDED_TTFT_MS)}; tokens/s ratio {ratio['rate_ratio']:.2f}x "

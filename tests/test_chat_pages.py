@@ -87,3 +87,44 @@ def test_failed_answers_show_their_error_and_no_rating_controls(alice, conversat
     page = logged_in(alice).get(f"/c/{conversation.id}/").content.decode()
     assert "The assistant could not answer: Model not loaded" in page
     assert f'id="answer-{failed.id}-feedback"' not in page
+
+
+def test_the_sockets_fragments_write_numbers_unlocalized(settings):
+    """The fragments the chat socket renders are not localized (``{% localize off %}``): numbers in
+    them are ids and attribute values, which a thousands separator would break (a step's id, the
+    ``step_index`` its buttons send), and localizing each one cost a quarter of a step fragment's
+    render."""
+    from types import SimpleNamespace
+
+    from django.template.loader import render_to_string
+
+    settings.USE_THOUSAND_SEPARATOR = True
+    localized = 'data-index="1,234"'
+    assert localized in render_to_string(
+        "chat/_step.html", {"answer": SimpleNamespace(id="a"), "step": SimpleNamespace(index=1234, content="x")}
+    )  # the shared step template alone (the page's) localizes: the fragments below must not
+    step = SimpleNamespace(index=1234, content="Boil water.", my_feedback=None)
+    answer = SimpleNamespace(
+        id="a", parent_id="p", status="complete", content="Boil water.", error="", my_feedback=None,
+        steps=SimpleNamespace(all=lambda: [step]),
+    )  # fmt: skip
+    fragments = {
+        "chat/_step_new.html": {"answer": answer, "step": step, "partial": ""},
+        "chat/_answer_final.html": {"answer": answer, "siblings": [answer], "prompt_id": "p", "new": False},
+        "chat/_answer_new.html": {"answer": answer, "prompt_id": "p"},
+    }
+    for name, context in fragments.items():
+        html = render_to_string(name, context)
+        assert 'id="step-a-1234"' in html, name
+        assert 'data-index="1234"' in html, name
+        assert "1,234" not in html, name
+
+
+def test_the_pages_turns_write_numbers_unlocalized(alice, answer, settings):
+    """The page's turns, like the socket's fragments, write a step's index as is."""
+    settings.USE_THOUSAND_SEPARATOR = True
+    answer.steps.filter(index=2).update(index=1234)
+    page = logged_in(alice).get(f"/c/{answer.conversation_id}/").content.decode()
+    assert f'id="step-{answer.id}-1234"' in page
+    assert '"step_index": "1234"' in page
+    assert "1,234" not in page

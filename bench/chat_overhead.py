@@ -1,0 +1,193 @@
+"""The chat socket's own CPU per answer, in one process: what the platform adds to a model's stream.
+
+Run by hand (not a test)::
+
+    .venv/bin/python bench/chat_overhead.py [--answers 40] [--rounds 5] [--gap-ms 1]
+
+``bench/chat_load.py --part ratio`` compares tokens/s through the socket with the model alone, but on
+2 cores that ratio moves by 20% from run to run with the machine. This measures the cause instead:
+the CPU the chat path spends on an answer besides the model's. On a database of its own
+(``rlhf_chat_overhead_bench``, created and migrated) and Redis, a scripted policy streams a fixed
+answer (38 chunks, five numbered steps, ``--gap-ms`` apart: a model at about 1,000 tokens/s) and,
+alternating:
+- bare: the policy's stream alone, iterated in this process;
+- socket: the same answer asked for through the real ASGI application and ``ChatConsumer`` (session
+  authentication, origin check, the turn's trip, token frames, step rows and fragments, the final
+  fragment and the answer's last trip), driven by Channels' ``WebsocketCommunicator``, a fresh
+  conversation per answer (connected before the clock starts).
+Each side's CPU is this process's (``time.process_time``: every thread, the database threads
+included; PostgreSQL's own is not). Prints the medians per answer over ``--rounds`` rounds of
+``--answers`` answers and the difference: the chat path's CPU per answer, the communicator's share
+included (the same on both sides of a before/after comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ensure_database, setup_django
+
+ANSWER = (
+    "Here is how to make a cup of tea:\n1. Boil the water in a clean kettle.\n2. Warm the pot with a"
+    " little of the water.\n3. Add one spoon of tea per cup.\n4. Pour the water and wait four"
+    " minutes.\n5. Add milk if you like."
+)
+
+
+def chunks_of(text: str, count: int = 38) -> list[str]:
+    """``text`` in ``count`` pieces cut at word starts, as a tokenizer's streamer would pass them on."""
+    words: list[str] = []
+    for piece in text.split(" "):
+        words.append(piece if not words else " " + piece)
+    size = len(words) / count
+    return ["".join(words[round(i * size) : round((i + 1) * size)]) for i in range(count)]
+
+
+class ScriptedPolicy:
+    """A served policy that streams ``chunks`` ``gap`` seconds apart."""
+
+    def __init__(self, version: Any, chunks: list[str], gap: float) -> None:
+        self.version_id, self.label = version.id, version.label
+        self.chunks, self.gap = chunks, gap
+
+    async def stream(self, messages: Any, *, max_new_tokens: Any = None, options: Any = None, usage: Any = None) -> Any:
+        for chunk in self.chunks:
+            await asyncio.sleep(self.gap)
+            yield chunk
+
+
+def make_chat(prefix: str, count: int) -> tuple[str, list[str]]:
+    """A user with a logged-in session and ``count`` conversations."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from feedback.models import Conversation
+
+    user = User.objects.create(username=f"{prefix}-{time.time_ns()}", password=make_password(None))
+    conversations = Conversation.objects.bulk_create([Conversation(user=user) for _ in range(count)])
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    assert session.session_key is not None
+    return session.session_key, [str(c.id) for c in conversations]
+
+
+async def bare_answer(policy: ScriptedPolicy) -> float:
+    started = time.process_time()
+    text = ""
+    async for chunk in policy.stream([{"role": "user", "content": "tea?"}]):
+        text += chunk
+    assert text == ANSWER
+    return time.process_time() - started
+
+
+async def socket_answer(session: str, conversation: str) -> float:
+    from channels.testing import WebsocketCommunicator
+
+    from rlhf_site.asgi import application
+
+    cookie = f"sessionid={session}".encode()
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver"), (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, f"/ws/chat/{conversation}/", headers=headers)
+    connected, code = await communicator.connect()
+    if not connected:
+        raise RuntimeError(f"the socket was refused ({code})")
+    try:
+        started = time.process_time()
+        await communicator.send_to(text_data=json.dumps({"type": "send", "content": "How do I make a cup of tea?"}))
+        while True:
+            frame = await communicator.receive_from(timeout=30)
+            if 'hx-swap-oob="outerHTML"' in frame:
+                if 'data-status="complete"' not in frame:
+                    raise RuntimeError("the answer did not complete")
+                return time.process_time() - started
+            if 'id="chat-errors" hx-swap-oob="innerHTML"' in frame:
+                raise RuntimeError(f"error fragment: {frame[:200]}")
+    finally:
+        await communicator.disconnect()
+
+
+async def measure(args: argparse.Namespace, policy: ScriptedPolicy, warm: tuple[str, str]) -> list[dict[str, float]]:
+    rounds = []
+    await socket_answer(*warm)  # warm-up: templates, pools, imports
+    for _ in range(args.rounds):
+        session, conversations = await asyncio.to_thread(make_chat, "overhead", args.answers)
+        bare, socket = [], []
+        for conversation in conversations:
+            bare.append(await bare_answer(policy))
+            socket.append(await socket_answer(session, conversation))
+        rounds.append({"bare": statistics.median(bare) * 1000, "socket": statistics.median(socket) * 1000})
+        print(f"  round: bare {rounds[-1]['bare']:.2f} ms, socket {rounds[-1]['socket']:.2f} ms", flush=True)
+    return rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--answers", type=int, default=40, help="answers per round on each side (40)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gap-ms", type=float, default=1.0, help="time between two chunks of the answer (1 ms)")
+    parser.add_argument("--db", default="rlhf_chat_overhead_bench")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    pg = "postgres://postgres@127.0.0.1:5432"
+    ensure_database(pg, args.db)
+    setup_django(
+        f"{pg}/{args.db}",
+        REDIS_URL=args.redis,
+        CHAT_RATE_PER_MINUTE="100000",
+        ALLOWED_HOSTS="testserver",
+        SERVING_OPENAI_ALLOWED_HOSTS="127.0.0.1:9",
+    )
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    from feedback import chat
+    from models_registry.models import ModelVersion
+    from models_registry.services import model_version_make_live, model_version_register
+
+    version = model_version_make_live(
+        version=model_version_register(
+            kind=ModelVersion.Kind.POLICY,
+            artifact_path="",
+            checksums={},
+            backend=ModelVersion.Backend.OPENAI,
+            base_url="http://127.0.0.1:9/v1",
+            model_name="scripted",
+        )
+    )
+    chunks = chunks_of(ANSWER)
+    policy = ScriptedPolicy(version, chunks, args.gap_ms / 1000)
+
+    async def get_policy() -> ScriptedPolicy:
+        return policy
+
+    chat.stream.get_policy = get_policy  # type: ignore[assignment]  # the model is the boundary faked here
+    chat.stream.served_policy = lambda: policy  # type: ignore[attr-defined]
+    session, conversations = make_chat("warm", 1)
+    print(f"{len(chunks)} chunks {args.gap_ms:g} ms apart, {args.rounds} rounds of {args.answers} answers", flush=True)
+    rounds = asyncio.run(measure(args, policy, (session, conversations[0])))
+    bare = statistics.median(r["bare"] for r in rounds)
+    socket = statistics.median(r["socket"] for r in rounds)
+    added = [r["socket"] - r["bare"] for r in rounds]
+    print(
+        f"CPU per answer (medians of {args.rounds} rounds): bare stream {bare:.2f} ms, through the socket"
+        f" {socket:.2f} ms; the chat path adds {statistics.median(added):.2f} ms"
+        f" ({min(added):.2f}-{max(added):.2f} over the rounds)"
+    )
+
+
+if __name__ == "__main__":
+    main()
