@@ -18,13 +18,16 @@ alternating:
 Each side's CPU is this process's (``time.process_time``: every thread, the database threads
 included; PostgreSQL's own is not). Prints the medians per answer over ``--rounds`` rounds of
 ``--answers`` answers and the difference: the chat path's CPU per answer, the communicator's share
-included (the same on both sides of a before/after comparison).
+included (the same on both sides of a before/after comparison); and how long after the model
+passed on its last chunk the frame that carries it reached the client (the batching window,
+``CHAT_TOKEN_BATCH_MS``, may hold it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import statistics
 import sys
@@ -42,6 +45,9 @@ ANSWER = (
 )
 
 
+TOKEN_MARK = '-live" hx-swap-oob="beforeend"'
+
+
 def chunks_of(text: str, count: int = 38) -> list[str]:
     """``text`` in ``count`` pieces cut at word starts, as a tokenizer's streamer would pass them on."""
     words: list[str] = []
@@ -57,10 +63,12 @@ class ScriptedPolicy:
     def __init__(self, version: Any, chunks: list[str], gap: float) -> None:
         self.version_id, self.label = version.id, version.label
         self.chunks, self.gap = chunks, gap
+        self.last_at = 0.0  # when the last chunk was passed on (perf_counter)
 
     async def stream(self, messages: Any, *, max_new_tokens: Any = None, options: Any = None, usage: Any = None) -> Any:
         for chunk in self.chunks:
             await asyncio.sleep(self.gap)
+            self.last_at = time.perf_counter()
             yield chunk
 
 
@@ -93,7 +101,9 @@ async def bare_answer(policy: ScriptedPolicy) -> float:
     return time.process_time() - started
 
 
-async def socket_answer(session: str, conversation: str) -> float:
+async def socket_answer(session: str, conversation: str, policy: ScriptedPolicy) -> tuple[float, float]:
+    """CPU seconds of one answer through the socket, and how long after the model's last chunk the
+    frame that carries it came (ms)."""
     from channels.testing import WebsocketCommunicator
 
     from rlhf_site.asgi import application
@@ -107,12 +117,17 @@ async def socket_answer(session: str, conversation: str) -> float:
     try:
         started = time.process_time()
         await communicator.send_to(text_data=json.dumps({"type": "send", "content": "How do I make a cup of tea?"}))
+        text, last_wait = "", float("nan")
         while True:
             frame = await communicator.receive_from(timeout=30)
+            if TOKEN_MARK in frame:
+                text += html.unescape(frame.split(TOKEN_MARK + ">", 1)[1].rsplit("</div>", 1)[0])
+                if text == ANSWER:
+                    last_wait = (time.perf_counter() - policy.last_at) * 1000
             if 'hx-swap-oob="outerHTML"' in frame:
-                if 'data-status="complete"' not in frame:
-                    raise RuntimeError("the answer did not complete")
-                return time.process_time() - started
+                if 'data-status="complete"' not in frame or text != ANSWER:
+                    raise RuntimeError("the answer did not complete, or its tokens did not all come")
+                return time.process_time() - started, last_wait
             if 'id="chat-errors" hx-swap-oob="innerHTML"' in frame:
                 raise RuntimeError(f"error fragment: {frame[:200]}")
     finally:
@@ -121,15 +136,27 @@ async def socket_answer(session: str, conversation: str) -> float:
 
 async def measure(args: argparse.Namespace, policy: ScriptedPolicy, warm: tuple[str, str]) -> list[dict[str, float]]:
     rounds = []
-    await socket_answer(*warm)  # warm-up: templates, pools, imports
+    await socket_answer(*warm, policy)  # warm-up: templates, pools, imports
     for _ in range(args.rounds):
         session, conversations = await asyncio.to_thread(make_chat, "overhead", args.answers)
-        bare, socket = [], []
+        bare, socket, waits = [], [], []
         for conversation in conversations:
             bare.append(await bare_answer(policy))
-            socket.append(await socket_answer(session, conversation))
-        rounds.append({"bare": statistics.median(bare) * 1000, "socket": statistics.median(socket) * 1000})
-        print(f"  round: bare {rounds[-1]['bare']:.2f} ms, socket {rounds[-1]['socket']:.2f} ms", flush=True)
+            cpu, wait = await socket_answer(session, conversation, policy)
+            socket.append(cpu)
+            waits.append(wait)
+        rounds.append(
+            {
+                "bare": statistics.median(bare) * 1000,
+                "socket": statistics.median(socket) * 1000,
+                "last_wait": statistics.median(waits),
+            }
+        )
+        print(
+            f"  round: bare {rounds[-1]['bare']:.2f} ms, socket {rounds[-1]['socket']:.2f} ms,"
+            f" the last chunk's frame {rounds[-1]['last_wait']:.2f} ms after the model sent it",
+            flush=True,
+        )
     return rounds
 
 
@@ -185,7 +212,8 @@ def main() -> None:
     print(
         f"CPU per answer (medians of {args.rounds} rounds): bare stream {bare:.2f} ms, through the socket"
         f" {socket:.2f} ms; the chat path adds {statistics.median(added):.2f} ms"
-        f" ({min(added):.2f}-{max(added):.2f} over the rounds)"
+        f" ({min(added):.2f}-{max(added):.2f} over the rounds); the last chunk reached the client"
+        f" {statistics.median(r['last_wait'] for r in rounds):.2f} ms after the model sent it"
     )
 
 

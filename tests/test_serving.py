@@ -157,6 +157,29 @@ async def test_cancelling_the_consuming_task_stops_generation(bootstrapped, slow
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_a_model_that_stalls_is_a_serving_error_and_stops(bootstrapped, slow_model, settings, monkeypatch):
+    await sync_to_async(register_live)(bootstrapped.policy_dir)
+    policy = await get_policy()
+    forward_calls = slow_model(policy)  # 20 ms a token: the first ones come in time
+    settings.SERVING_TOKEN_TIMEOUT_SECONDS = 0.5
+    stream = policy.stream(QUESTION, max_new_tokens=200)
+    assert await anext(stream)
+    stalled = policy.model.forward
+
+    def stall(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # past the timeout, once
+        return stalled(*args, **kwargs)
+
+    monkeypatch.setattr(policy.model, "forward", stall)
+    with pytest.raises(ServingError) as caught:
+        async for _chunk in stream:
+            pass
+    assert caught.value.code == "generation_timeout"
+    await wait_for_no_generation_thread()
+    assert len(forward_calls) < 40, "stopped, not run on to 200 tokens"
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_generations_beyond_the_limit_wait_their_turn(bootstrapped, slow_model, settings):
     settings.SERVING_MAX_CONCURRENT = 1
     await sync_to_async(register_live)(bootstrapped.policy_dir)

@@ -153,6 +153,46 @@ async def test_the_chat_socket_sends_a_fast_models_tokens_in_fewer_frames(
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_the_tokens_held_go_out_when_the_model_is_done_not_after_the_answer_is_stored(alice, monkeypatch):
+    """The answer's last words are not held for the batching window (nor for the trips that store
+    the answer): ``answer_stream`` says ``streamed`` as soon as the model's stream ends."""
+    from tests.factories import UserMessageFactory
+
+    prompt = await sync_to_async(UserMessageFactory)(conversation__user=alice)
+    version = await sync_to_async(ModelVersionFactory)(number=7)
+    scripted = ScriptedPolicy(version, chunks=["Boil", " the", " water."])  # one step: none ends early
+
+    async def get_policy():
+        return scripted
+
+    monkeypatch.setattr(chat.stream, "get_policy", get_policy)
+    storing, store = threading.Event(), chat.stream._answer_store_final
+
+    def store_when_let(**kwargs):
+        assert storing.wait(10)
+        return store(**kwargs)
+
+    monkeypatch.setattr(chat.stream, "_answer_store_final", store_when_let)
+    events = chat.tokens_batched(chat.answer_stream(prompt=prompt), window_ms=60_000)
+    try:
+        assert (await anext(events)).kind == "start"
+        assert (await anext(events)).text == "Boil"  # the first token at once
+        held = await asyncio.wait_for(anext(events), 5)  # not after the 60 s window, nor the store
+        assert (held.kind, held.text) == ("token", " the water.")
+        assert (await anext(events)).kind == "streamed"
+        answer = await sync_to_async(Message.objects.get)(role="assistant")
+        assert answer.status == "streaming"  # the store is still waiting: the tokens did not wait for it
+        storing.set()
+        rest = [event.kind async for event in events]
+    finally:
+        storing.set()
+        await events.aclose()
+    assert rest == ["end"]
+    await sync_to_async(answer.refresh_from_db)()
+    assert (answer.status, answer.content) == ("complete", "Boil the water.")
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_database_calls_from_async_code_run_side_by_side(settings):
     """Four calls that can only finish together (a barrier): on Channels' one thread they cannot."""
     settings.ASYNC_DB_THREADS = 4
@@ -297,7 +337,8 @@ async def test_a_slow_step_write_does_not_hold_up_the_tokens_behind_it(alice, mo
 
     tokens_after_step_0 = [text for kind, text in kinds[kinds.index(("token", "1. Boil")) :] if kind == "token"]
     first_step = next(i for i, (kind, _) in enumerate(kinds) if kind == "step")
-    assert [kind for kind, _ in kinds[first_step - 5 : first_step]] == ["token"] * 5  # all streamed meanwhile
+    # All streamed meanwhile, and the model was done before the step's row was.
+    assert [kind for kind, _ in kinds[first_step - 6 : first_step]] == ["token"] * 5 + ["streamed"]
     assert tokens_after_step_0 == ["1. Boil", " water", " for", " nine", " minutes."]
     answer = await sync_to_async(Message.objects.get)(role="assistant")
     steps = await sync_to_async(lambda: list(answer.steps.order_by("index").values_list("content", flat=True)))()

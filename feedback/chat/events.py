@@ -16,7 +16,8 @@ from feedback.models import Message, MessageStep
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal["start", "token", "step", "end"]
+# "streamed": the model has sent its last chunk (steps and the end follow); a reader may ignore it.
+EventKind = Literal["start", "token", "step", "streamed", "end"]
 
 
 @dataclass

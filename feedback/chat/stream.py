@@ -162,18 +162,20 @@ async def answer_stream(
     shown: bool = False,
 ) -> AsyncGenerator[ChatEvent, None]:
     """Stream an answer to ``prompt`` from the live policy (or the conversation's canary arm, or the
-    version ``generation`` names): a ``start`` event once the answer is stored, a ``token`` event per
-    chunk, a ``step`` event per finished step, and last an ``end`` event with the stored answer (its
-    ``usage`` attribute: the token counts). Cancelling the consuming task, or closing this generator,
-    stops generation and stores what was produced, marked ``stopped``; a serving failure stores the
-    answer as ``failed`` with the error. ``regenerate_of``: the answer this one is a regeneration of.
-    Until the answer is stored as it ended, it is marked alive every CHAT_HEARTBEAT_SECONDS, so that
-    the reaper can tell an answer whose process died (``feedback.heartbeat``). ``begun``: the answer
-    already begun by the caller's own trip (``send_begun``, ``regeneration_begun``); else this
-    begins it (``generation_begin``), one trip to a database thread before the model is asked.
-    ``shown``: the page shows the answer as it ended, so the trip that stores it also loads its steps
-    (``answer.steps.all()``) and sets ``answer.siblings``, the answers to the same turn, for a streamed
-    answer (one trip less than reading them again; an answer that failed before streaming has none)."""
+    version ``generation`` names): a ``start`` event once the answer is stored, a ``token`` event
+    per chunk, a ``step`` event per finished step, a ``streamed`` event once the model has sent its
+    last chunk (the steps still being stored and the end follow), and last an ``end`` event with the
+    stored answer (its ``usage`` attribute: the token counts). Cancelling the consuming task, or
+    closing this generator, stops generation and stores what was produced, marked ``stopped``; a
+    serving failure stores the answer as ``failed`` with the error. ``regenerate_of``: the answer
+    this one is a regeneration of. Until the answer is stored as it ended, it is marked alive every
+    CHAT_HEARTBEAT_SECONDS, so that the reaper can tell an answer whose process died
+    (``feedback.heartbeat``). ``begun``: the answer already begun by the caller's own trip
+    (``send_begun``, ``regeneration_begun``); else this begins it (``generation_begin``), one trip
+    to a database thread before the model is asked. ``shown``: the page shows the answer as it
+    ended, so the trip that stores it also loads its steps (``answer.steps.all()``) and sets
+    ``answer.siblings``, the answers to the same turn, for a streamed answer (one trip less than
+    reading them again; an answer that failed before streaming has none)."""
     generation = generation or Generation()
     if begun is None:
         trip = db_async(generation_begin)(
@@ -214,6 +216,9 @@ async def answer_stream(
                 async for chunk in pieces:
                     async for event in _take(chunk, answer, stream):
                         yield event
+            # Before the steps' writes are awaited and the answer is stored: a batcher passes on the
+            # tokens it holds now, not when its window closes (the answer's last words, sooner).
+            yield ChatEvent("streamed", answer)
             async for event in _steps_written(answer, stream, wait=True):
                 yield event
         except ServingError as exc:

@@ -191,12 +191,18 @@ class LocalPolicy(ServedPolicy):
             slots.release()
             raise
         timeout = settings.SERVING_TOKEN_TIMEOUT_SECONDS
+        queue = streamer.queue
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(streamer.queue.get(), timeout)
-                except TimeoutError:
-                    raise ServingError("The model took too long to answer.", code="generation_timeout") from None
+                    item = queue.get_nowait()  # a token already posted: no timer
+                except asyncio.QueueEmpty:
+                    try:
+                        # asyncio.timeout, not wait_for: no task per token (a quarter of this loop's CPU)
+                        async with asyncio.timeout(timeout):
+                            item = await queue.get()
+                    except TimeoutError:
+                        raise ServingError("The model took too long to answer.", code="generation_timeout") from None
                 if item is _END:
                     if usage is not None:
                         usage.completion_tokens = streamer.new_tokens
