@@ -52,7 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import cpu_seconds_by_group, processes  # bench/ is this script's folder, so first on sys.path
+# bench/ is this script's folder, so first on sys.path
+from common import cpu_seconds_by_group, login_session, processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "How do I make a cup of tea?"
@@ -277,25 +278,18 @@ def recreate_database(args: argparse.Namespace) -> None:
 
 def make_chats(prefix: str, count: int) -> list[dict[str, Any]]:
     """``count`` users, each with one conversation and a logged-in session."""
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import User
-    from django.contrib.sessions.backends.db import SessionStore
 
     from feedback.models import Conversation
 
     unusable = make_password(None)
     users = User.objects.bulk_create([User(username=f"{prefix}{i:04d}", password=unusable) for i in range(count)])
     conversations = Conversation.objects.bulk_create([Conversation(user=u) for u in users])
-    chats = []
-    for user, conversation in zip(users, conversations, strict=True):
-        session = SessionStore()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        chats.append({"session": session.session_key, "conversation": str(conversation.id)})
-    return chats
+    return [
+        {"session": login_session(user), "conversation": str(conversation.id)}
+        for user, conversation in zip(users, conversations, strict=True)
+    ]
 
 
 def make_live(**fields: Any) -> Any:
@@ -615,8 +609,7 @@ def part_first(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
 def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each process group named in ``groups`` (name: group id), of PostgreSQL's
     processes and of this process (``client``)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return cpu_seconds_by_group(groups) | {"client": own.ru_utime + own.ru_stime}
+    return cpu_seconds_by_group(groups) | {"client": own_cpu()}
 
 
 def rss_kib(group: int) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_database, setup_django
+from bench.common import ensure_database, login_session, setup_django
 
 ANSWER = (
     "Here is how to make a cup of tea:\n1. Boil the water in a clean kettle.\n2. Warm the pot with a"
@@ -74,22 +74,14 @@ class ScriptedPolicy:
 
 def make_chat(prefix: str, count: int) -> tuple[str, list[str]]:
     """A user with a logged-in session and ``count`` conversations."""
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import User
-    from django.contrib.sessions.backends.db import SessionStore
 
     from feedback.models import Conversation
 
     user = User.objects.create(username=f"{prefix}-{time.time_ns()}", password=make_password(None))
     conversations = Conversation.objects.bulk_create([Conversation(user=user) for _ in range(count)])
-    session = SessionStore()
-    session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    session.create()
-    assert session.session_key is not None
-    return session.session_key, [str(c.id) for c in conversations]
+    return login_session(user), [str(c.id) for c in conversations]
 
 
 async def bare_answer(policy: ScriptedPolicy) -> float:

@@ -38,6 +38,20 @@ def setup_django(db_url: str, **env: str) -> None:
     django.setup()
 
 
+def login_session(user: object) -> str:
+    """A Django session logged in as ``user`` (what a browser's ``sessionid`` cookie names)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)  # type: ignore[attr-defined]
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()  # type: ignore[attr-defined]
+    session.create()
+    assert session.session_key is not None
+    return session.session_key
+
+
 def processes() -> Iterator[tuple[Path, str, list[str]]]:
     """Each process now: its ``/proc/<pid>`` folder, its command name and the fields of its ``stat``
     after the name (``fields[2]``: its process group; ``fields[11:15]``: utime stime cutime cstime)."""
