@@ -92,32 +92,51 @@ def test_failed_answers_show_their_error_and_no_rating_controls(alice, conversat
 def test_the_sockets_fragments_write_numbers_unlocalized(settings):
     """The fragments the chat socket renders are not localized (``{% localize off %}``): numbers in
     them are ids and attribute values, which a thousands separator would break (a step's id, the
-    ``step_index`` its buttons send), and localizing each one cost a quarter of a step fragment's
-    render."""
+    ``step_index`` its buttons send, a ``maxlength``), and localizing each one cost a quarter of a step
+    fragment's render. The leaf templates say so themselves, as some are rendered alone (a step's
+    feedback after a rating, the composer restored after an error); the satisfaction they confirm,
+    text for people, stays localized."""
     from types import SimpleNamespace
 
     from django.template.loader import render_to_string
 
     settings.USE_THOUSAND_SEPARATOR = True
-    localized = 'data-index="1,234"'
-    assert localized in render_to_string(
-        "chat/_step.html", {"answer": SimpleNamespace(id="a"), "step": SimpleNamespace(index=1234, content="x")}
-    )  # the shared step template alone (the page's) localizes: the fragments below must not
+    settings.FEEDBACK_CORRECTION_MAX_LENGTH = 12345
     step = SimpleNamespace(index=1234, content="Boil water.", my_feedback=None)
     answer = SimpleNamespace(
         id="a", parent_id="p", status="complete", content="Boil water.", error="", my_feedback=None,
         steps=SimpleNamespace(all=lambda: [step]),
     )  # fmt: skip
+    satisfaction = SimpleNamespace(score=0.5, count=1234)
     fragments = {
         "chat/_step_new.html": {"answer": answer, "step": step, "partial": ""},
         "chat/_answer_final.html": {"answer": answer, "siblings": [answer], "prompt_id": "p", "new": False},
         "chat/_answer_new.html": {"answer": answer, "prompt_id": "p"},
+        "chat/_step.html": {"answer": answer, "step": step},
     }
     for name, context in fragments.items():
         html = render_to_string(name, context)
         assert 'id="step-a-1234"' in html, name
         assert 'data-index="1234"' in html, name
         assert "1,234" not in html, name
+    confirmed = render_to_string(
+        "chat/_step_feedback.html",
+        {"answer_id": "a", "step": step, "feedback": None, "confirm": True, "satisfaction": satisfaction},
+    )
+    assert 'id="step-a-1234-feedback"' in confirmed
+    assert '"step_index": "1234"' in confirmed
+    assert "(1,234 ratings)" in confirmed  # the satisfaction's count, for people
+    assert confirmed.count("1,234") == 1
+    answer_confirmed = render_to_string(
+        "chat/_answer_feedback.html",
+        {"answer_id": "a", "answer_text": "x", "feedback": None, "confirm": True, "satisfaction": satisfaction},
+    )
+    assert 'maxlength="12345"' in answer_confirmed
+    assert "12,345" not in answer_confirmed
+    assert "(1,234 ratings)" in answer_confirmed
+    restored = render_to_string("chat/_error.html", {"message": "Too fast.", "restore": "hi", "max_chars": 12000})
+    assert 'maxlength="12000"' in restored
+    assert "12,000" not in restored
 
 
 def test_the_pages_turns_write_numbers_unlocalized(alice, answer, settings):

@@ -167,7 +167,7 @@ async def test_a_model_that_stalls_is_a_serving_error_and_stops(bootstrapped, sl
     stalled = policy.model.forward
 
     def stall(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)  # past the timeout, once
+        time.sleep(1.0)  # past the timeout: the first stalled token already is
         return stalled(*args, **kwargs)
 
     monkeypatch.setattr(policy.model, "forward", stall)

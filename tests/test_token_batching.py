@@ -181,7 +181,7 @@ async def test_the_tokens_held_go_out_when_the_model_is_done_not_after_the_answe
         assert (held.kind, held.text) == ("token", " the water.")
         assert (await anext(events)).kind == "streamed"
         answer = await sync_to_async(Message.objects.get)(role="assistant")
-        assert answer.status == "streaming"  # the store is still waiting: the tokens did not wait for it
+        assert answer.status == "streaming"  # not stored yet (held back): the tokens did not wait for it
         storing.set()
         rest = [event.kind async for event in events]
     finally:
