@@ -2,7 +2,7 @@
 
 Run by hand (not a test)::
 
-    .venv/bin/python bench/chat_overhead.py [--answers 40] [--rounds 5] [--gap-ms 1]
+    .venv/bin/python bench/chat_overhead.py [--answers 40] [--rounds 5] [--gap-ms 1] [--sends 200]
 
 ``bench/chat_load.py --part ratio`` compares tokens/s through the socket with the model alone, but on
 2 cores that ratio moves by 20% from run to run with the machine. This measures the cause instead:
@@ -21,6 +21,11 @@ included; PostgreSQL's own is not). Prints the medians per answer over ``--round
 included (the same on both sides of a before/after comparison); and how long after the model
 passed on its last chunk the frame that carries it reached the client (the batching window,
 ``CHAT_TOKEN_BATCH_MS``, may hold it).
+
+Then the send's trip alone (``--sends``, 0 to skip), steadier than the whole: the CPU of
+``feedback.chat.send_begin`` (the rate limit, the user's turn, the history, the route, the answer
+begun) called in this thread into conversations of two earlier turns, per call (``time.thread_time``),
+median of the rounds, with the statements it sends.
 """
 
 from __future__ import annotations
@@ -152,11 +157,42 @@ async def measure(args: argparse.Namespace, policy: ScriptedPolicy, warm: tuple[
     return rounds
 
 
+def send_trip(rounds: int, sends: int) -> None:
+    """The send's trip: CPU per ``send_begin`` call and statements per call (see the docstring)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from feedback import chat
+    from feedback.models import Conversation, Message
+
+    _, ids = make_chat("send", rounds * sends)
+    conversations = list(Conversation.objects.filter(id__in=ids).select_related("user"))
+    for conversation in conversations:  # two earlier turns, each answered
+        for turn in range(2):
+            prompt = Message.objects.create(conversation=conversation, role="user", content=f"Question {turn}?")
+            Message.objects.create(conversation=conversation, role="assistant", parent=prompt, content="An answer.")
+    per_call = []
+    for r in range(rounds):
+        batch = conversations[r * sends : (r + 1) * sends]
+        started = time.thread_time()
+        for conversation in batch:
+            chat.send_begin(user=conversation.user, conversation=conversation, content="Tea?", live_version_id=None)
+        per_call.append((time.thread_time() - started) / sends * 1000)
+    with CaptureQueriesContext(connection) as queries:
+        chat.send_begin(user=conversations[0].user, conversation=conversations[0], content="Tea?", live_version_id=None)
+    print(
+        f"the send's trip (send_begin): {statistics.median(per_call):.2f} ms of CPU per call"
+        f" ({min(per_call):.2f}-{max(per_call):.2f} over {rounds} rounds of {sends}),"
+        f" {len(queries.captured_queries)} statements"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--answers", type=int, default=40, help="answers per round on each side (40)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gap-ms", type=float, default=1.0, help="time between two chunks of the answer (1 ms)")
+    parser.add_argument("--sends", type=int, default=200, help="send_begin calls per round for the send's trip (200)")
     parser.add_argument("--db", default="rlhf_chat_overhead_bench")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
@@ -207,6 +243,8 @@ def main() -> None:
         f" ({min(added):.2f}-{max(added):.2f} over the rounds); the last chunk reached the client"
         f" {statistics.median(r['last_wait'] for r in rounds):.2f} ms after the model sent it"
     )
+    if args.sends:
+        send_trip(args.rounds, args.sends)
 
 
 if __name__ == "__main__":

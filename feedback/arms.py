@@ -72,6 +72,12 @@ def route(*, conversation: Conversation, regenerate_of: Message | None = None) -
     """Which version answers the next answer in ``conversation``: its arm's, or for a regeneration
     the other arm's than the answer it regenerates."""
     canary = running_canary_row(ModelVersion.Kind.POLICY)
+    return route_in(canary, conversation=conversation, regenerate_of=regenerate_of)
+
+
+def route_in(canary: Canary | None, *, conversation: Conversation, regenerate_of: Message | None = None) -> Route:
+    """``route`` with the running policy canary (``running_canary_row``) already read, by a caller
+    that read it in the same statement as something else."""
     if canary is None:
         return LIVE
     to_canary = Route(canary.version_id, Conversation.Arm.CANARY)

@@ -1,0 +1,125 @@
+"""A chat send's round trips on PostgreSQL (``feedback.chat.send_begin``): one read (the conversation so
+far and the running canary) and one write (the user's turn, the answer begun, the first turn's title),
+where the ORM path made seven in a transaction. What it returns is what the ORM would have held."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.db.models import F
+from django.forms.models import model_to_dict
+from django.test.utils import CaptureQueriesContext
+
+from feedback import chat
+from feedback.models import Conversation, Message
+from tests.factories import AssistantMessageFactory, ConversationFactory, ModelVersionFactory, UserMessageFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+def as_stored(message: Message) -> dict:
+    fields = [f.name for f in Message._meta.concrete_fields]
+    return model_to_dict(message, fields=fields) | {"created_at": message.created_at, "id": message.id}
+
+
+def test_a_send_is_two_statements_and_returns_the_rows_as_stored(alice, settings):
+    settings.CHAT_RATE_PER_MINUTE = 1000
+    live = ModelVersionFactory(number=3, status="live")
+    conversation = ConversationFactory(user=alice, title="Eggs")
+    earlier = UserMessageFactory(conversation=conversation, content="How do I boil an egg?")
+    AssistantMessageFactory(conversation=conversation, parent=earlier, content="Boil it for 8 minutes.")
+
+    with CaptureQueriesContext(connection) as queries:
+        prompt, (history, route, answer) = chat.send_begin(
+            user=alice, conversation=conversation, content="  And a duck egg?  ", live_version_id=live.id
+        )
+
+    assert len(queries.captured_queries) == 2
+    assert history == [
+        {"role": "user", "content": "How do I boil an egg?"},
+        {"role": "assistant", "content": "Boil it for 8 minutes."},
+        {"role": "user", "content": "And a duck egg?"},
+    ]
+    assert (route.version_id, route.arm) == (None, "")  # no canary: the live version answers
+    stored_prompt, stored_answer = Message.objects.get(pk=prompt.pk), Message.objects.get(pk=answer.pk)
+    assert as_stored(prompt) == as_stored(stored_prompt)
+    assert as_stored(answer) == as_stored(stored_answer)
+    assert prompt.heartbeat_at == stored_prompt.heartbeat_at
+    assert answer.heartbeat_at == stored_answer.heartbeat_at
+    assert (stored_prompt.role, stored_prompt.content, stored_prompt.status) == ("user", "And a duck egg?", "complete")
+    assert (stored_answer.parent_id, stored_answer.model_version_id, stored_answer.status, stored_answer.content) == (
+        prompt.pk, live.id, "streaming", ""
+    )  # fmt: skip
+    assert answer.parent is prompt
+    assert answer.conversation is conversation
+    assert not prompt._state.adding
+    assert not answer._state.adding
+    ordered = list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
+    assert [m.pk for m in ordered][-2:] == [prompt.pk, answer.pk]  # the page's and the history's order
+    assert Conversation.objects.get(pk=conversation.pk).title == "Eggs"  # a named conversation keeps its name
+
+
+def test_the_first_send_names_the_conversation_and_a_later_one_does_not_rename_it(alice, settings):
+    settings.CHAT_RATE_PER_MINUTE = 1000
+    conversation = ConversationFactory(user=alice, title="")
+    stale = Conversation.objects.get(pk=conversation.pk)  # another socket's copy, still untitled in memory
+    long_question = "How long should I boil an egg for a runny yolk, at sea level, in a small pan?"
+
+    chat.send_begin(user=alice, conversation=conversation, content=long_question, live_version_id=None)
+    assert conversation.title == long_question[:60]  # in memory: the socket keeps this object
+    chat.send_begin(user=alice, conversation=stale, content="And a duck egg?", live_version_id=None)
+
+    assert Conversation.objects.get(pk=conversation.pk).title == long_question[:60]
+    assert Message.objects.filter(conversation=conversation, role="user").count() == 2
+
+
+def test_a_send_in_a_canary_conversation_is_begun_by_its_arms_version(alice, settings):
+    from feedback.arms import draw
+    from models_registry.services import canary_start
+
+    settings.CHAT_RATE_PER_MINUTE = 1000
+    settings.REGISTRY_FOUR_EYES = False
+    live = ModelVersionFactory(number=7, status="live")
+    candidate = ModelVersionFactory(number=8, status="approved")
+    canary = canary_start(version_id=candidate.id, share=0.5, actor=None)
+    routed = {}
+    while len(routed) < 2:  # one conversation of each arm
+        conversation = ConversationFactory(user=alice)
+        _, (_, route, answer) = chat.send_begin(
+            user=alice, conversation=conversation, content="Eggs?", live_version_id=live.id
+        )
+        routed[draw(canary, conversation.pk)] = (conversation, route, answer)
+
+    conversation, route, answer = routed["canary"]
+    assert (route.version_id, route.arm) == (candidate.id, "canary")
+    assert Message.objects.get(pk=answer.pk).model_version_id == candidate.id
+    conversation.refresh_from_db()
+    assert (conversation.canary_id, conversation.arm) == (canary.pk, "canary")
+    conversation, route, answer = routed["live"]
+    assert route.version_id is None
+    assert Message.objects.get(pk=answer.pk).model_version_id == live.id
+    conversation.refresh_from_db()
+    assert (conversation.canary_id, conversation.arm) == (canary.pk, "live")
+
+
+@pytest.mark.parametrize("earlier_shift", [timedelta(0), timedelta(hours=1)], ids=["in order", "clock went back"])
+def test_the_history_sent_is_the_one_read_back_from_the_stored_rows(alice, settings, earlier_shift):
+    """What the model is sent is what ``history_for`` (the rule the feedback processor trains on)
+    reads from the stored conversation once the turn is written, even when an earlier turn was
+    stamped later by a server whose clock ran ahead; the new turn and its answer are stamped in order."""
+    settings.CHAT_RATE_PER_MINUTE = 1000
+    conversation = ConversationFactory(user=alice, title="Eggs")
+    earlier = UserMessageFactory(conversation=conversation, content="How do I boil an egg?")
+    AssistantMessageFactory(conversation=conversation, parent=earlier, content="Boil it for 8 minutes.")
+    Message.objects.filter(conversation=conversation).update(created_at=F("created_at") + earlier_shift)
+
+    prompt, (history, _, answer) = chat.send_begin(
+        user=alice, conversation=conversation, content="And a duck egg?", live_version_id=None
+    )
+
+    assert history == chat.turns.history_for(prompt=Message.objects.get(pk=prompt.pk))
+    assert history[-1] == {"role": "user", "content": "And a duck egg?"}
+    assert len(history) == (3 if earlier_shift == timedelta(0) else 1)
+    assert prompt.created_at < answer.created_at
