@@ -1,6 +1,8 @@
-"""A chat send's round trips on PostgreSQL (``feedback.chat.send_begin``): one read (the conversation so
-far and the running canary) and one write (the user's turn, the answer begun, the first turn's title),
-where the ORM path made seven in a transaction. What it returns is what the ORM would have held."""
+"""A chat answer's round trips on PostgreSQL. The send (``feedback.chat.send_begin``): one read (the
+conversation so far and the running canary) and one write (the user's turn, the answer begun, the
+first turn's title), where the ORM path made seven in a transaction. The answer's end
+(``_answer_store_final``): one write and one read, where it made seven. What they return is what the
+ORM would have held."""
 
 from __future__ import annotations
 
@@ -123,3 +125,60 @@ def test_the_history_sent_is_the_one_read_back_from_the_stored_rows(alice, setti
     assert history[-1] == {"role": "user", "content": "And a duck egg?"}
     assert len(history) == (3 if earlier_shift == timedelta(0) else 1)
     assert prompt.created_at < answer.created_at
+
+
+def test_an_answers_end_is_two_statements_and_shows_what_the_orm_reads(alice, bob):
+    """``_answer_store_final``: the steps left and the answer in one write; the steps, the user's own
+    feedback on them and on the answer (given while it streamed), and the answers to its turn in one
+    read, the same as ``answer_with_siblings`` reads afterwards."""
+    from feedback.models import Feedback, MessageStep
+
+    conversation = ConversationFactory(user=alice)
+    answer = AssistantMessageFactory(conversation=conversation, status="streaming", content="", steps=2)
+    older = AssistantMessageFactory(conversation=conversation, parent=answer.parent, steps=0)
+    AssistantMessageFactory(conversation=conversation, parent=answer.parent, status="failed", steps=0)
+    Message.objects.filter(pk=older.pk).update(created_at=answer.created_at - timedelta(seconds=1))
+    step_0 = MessageStep.objects.get(message=answer, index=0)
+    Feedback.objects.create(user=alice, message=answer, step=step_0, thumbs="up", tags=["clear"])
+    Feedback.objects.create(user=alice, message=answer, rating=4, comment="Good.")
+    Feedback.objects.create(user=bob, message=answer, step=step_0, thumbs="down")  # not alice's: not shown
+    answer = Message.objects.select_related("conversation").get(pk=answer.pk)
+    answer.content, answer.status, answer.error = "1. Boil.\n2. Wait.\n3. Eat.", "complete", ""
+    answer.token_count, answer.duration_ms, answer.time_to_first_token_ms = 12, 340, 25
+
+    with CaptureQueriesContext(connection) as queries:
+        siblings = chat.turns._answer_store_final(answer=answer, first_index=1, steps=["Wait.", "Eat."], shown=True)
+
+    assert len(queries.captured_queries) == 2
+    stored = Message.objects.get(pk=answer.pk)
+    assert (stored.content, stored.status, stored.token_count, stored.duration_ms, stored.time_to_first_token_ms) == (
+        "1. Boil.\n2. Wait.\n3. Eat.", "complete", 12, 340, 25
+    )  # fmt: skip
+    rows = list(MessageStep.objects.filter(message=answer).order_by("index").values_list("id", "index", "content"))
+    assert [content for _, _, content in rows] == ["Step 1.", "Step 2.", "Eat."]  # a step stored earlier is kept
+    shown, orm_siblings = chat.turns.answer_with_siblings(conversation=conversation, answer_id=answer.pk)
+    assert [(s.id, s.index, s.content) for s in answer.steps.all()] == rows
+    assert [s.pk for s in siblings] == [s.pk for s in orm_siblings] == [older.pk, answer.pk]
+    assert siblings[1] is answer
+    for mine, read in zip(answer.steps.all(), shown.steps.all(), strict=True):
+        if read.my_feedback is None:
+            assert mine.my_feedback is None
+        else:
+            assert (mine.my_feedback.pk, mine.my_feedback.thumbs, mine.my_feedback.tags) == (
+                read.my_feedback.pk, "up", ["clear"]
+            )  # fmt: skip
+    assert (answer.my_feedback.pk, answer.my_feedback.rating, answer.my_feedback.comment) == (
+        shown.my_feedback.pk, 4, "Good."
+    )  # fmt: skip
+
+
+def test_an_answers_end_not_shown_is_one_statement(alice):
+    conversation = ConversationFactory(user=alice)
+    answer = AssistantMessageFactory(conversation=conversation, status="streaming", content="", steps=0)
+    answer.content, answer.status = "Stopped early", "stopped"
+    with CaptureQueriesContext(connection) as queries:
+        siblings = chat.turns._answer_store_final(answer=answer, first_index=0, steps=["Stopped early"], shown=False)
+    assert siblings is None
+    assert len(queries.captured_queries) == 1
+    assert Message.objects.get(pk=answer.pk).status == "stopped"
+    assert list(answer.steps.values_list("index", "content")) == [(0, "Stopped early")]

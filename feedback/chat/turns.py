@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import logging
 import uuid
 from typing import Any
@@ -342,6 +343,8 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], 
     (the answer is stored; the caller reads again)."""
     # A stop that lands while a finished step is being stored cannot tell whether its row was written
     # (the thread goes on; the await does not): a step already there is the same text, and is kept.
+    if connection.vendor == "postgresql":
+        return _answer_store_final_sql(answer=answer, first_index=first_index, steps=steps, shown=shown)
     with transaction.atomic():
         MessageStep.objects.bulk_create(
             [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)],
@@ -360,3 +363,117 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], 
     except DatabaseError:
         logger.warning("answer %s is stored; reading it back for the page failed", answer.id, exc_info=True)
         return None
+
+
+# --- The answer's end in two statements (PostgreSQL) ------------------------------------------------
+# Through the ORM the answer's last trip was seven round trips (BEGIN, the steps left, the answer,
+# COMMIT; then its steps, the user's feedback on it and the answers to its turn). Here: one write (the
+# steps left and the answer, together) and, when the page shows it, one read of all three, after the
+# write (so steps kept by ``ON CONFLICT DO NOTHING``, written by an earlier trip, are read back).
+
+
+@functools.cache
+def _final_sql() -> tuple[str, str]:
+    qn = connection.ops.quote_name
+    message, step, feedback = (qn(m._meta.db_table) for m in (Message, MessageStep, Feedback))
+    write = (
+        f"WITH s AS (INSERT INTO {step} (message_id, index, content)"
+        f" SELECT %(answer)s, t.i, t.c FROM unnest(%(indexes)s::integer[], %(contents)s::text[]) AS t(i, c)"
+        f" ON CONFLICT (message_id, index) DO NOTHING)"
+        f" UPDATE {message} SET content = %(content)s, status = %(status)s, error = %(error)s,"
+        f" token_count = %(token_count)s, duration_ms = %(duration_ms)s,"
+        f" time_to_first_token_ms = %(time_to_first_token_ms)s WHERE id = %(answer)s"
+    )
+    given = "f.id, f.thumbs, f.rating, f.comment, f.tags, f.correction, f.created_at, f.updated_at, f.model_version_id"
+    nothing_given = ", ".join(["NULL"] * 9)  # typed by the first SELECT's columns
+    read = (
+        # 0: each step, with the user's feedback on it; 1: the user's feedback on the answer; 2: the
+        # answers to the same turn, failed ones left out (``answer_siblings``).
+        f"SELECT 0, st.id, st.index, st.content, {given}, NULL::uuid, NULL::timestamptz"
+        f" FROM {step} st LEFT JOIN {feedback} f"
+        f" ON f.step_id = st.id AND f.message_id = %(answer)s AND f.user_id = %(user)s"
+        f" WHERE st.message_id = %(answer)s"
+        f" UNION ALL SELECT 1, NULL, NULL, NULL, {given}, NULL, NULL FROM {feedback} f"
+        f" WHERE f.message_id = %(answer)s AND f.user_id = %(user)s AND f.step_id IS NULL"
+        f" UNION ALL SELECT 2, NULL, NULL, NULL, {nothing_given}, m.id, m.created_at FROM {message} m"
+        f" WHERE m.parent_id = %(parent)s AND m.role = %(assistant)s AND m.status <> %(failed)s"
+        f" ORDER BY 1, 3, 15, 14"
+    )
+    return write, read
+
+
+_GIVEN = ("id", "thumbs", "rating", "comment", "tags", "correction", "created_at", "updated_at", "model_version_id")
+
+
+def _answer_store_final_sql(
+    *, answer: Message, first_index: int, steps: list[str], shown: bool
+) -> list[Message] | None:
+    write, read = _final_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            write,
+            {
+                "answer": answer.pk, "indexes": list(range(first_index, first_index + len(steps))), "contents": steps,
+                "content": answer.content, "status": answer.status, "error": answer.error,
+                "token_count": answer.token_count, "duration_ms": answer.duration_ms,
+                "time_to_first_token_ms": answer.time_to_first_token_ms,
+            },
+        )  # fmt: skip
+    if not shown:
+        return None
+    user_id = answer.conversation.user_id
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                read,
+                {
+                    "answer": answer.pk, "user": user_id, "parent": answer.parent_id,
+                    "assistant": Message.Role.ASSISTANT, "failed": Message.Status.FAILED,
+                },
+            )  # fmt: skip
+            rows = cursor.fetchall()
+    except DatabaseError:
+        logger.warning("answer %s is stored; reading it back for the page failed", answer.id, exc_info=True)
+        return None
+    answer.my_feedback = None  # type: ignore[attr-defined]
+    loaded_steps: list[MessageStep] = []
+    siblings: list[Message] = []
+    for part, step_id, index, content, *given, sibling_id, sibling_at in rows:
+        if part == 2:
+            sibling = Message.from_db(
+                connection.alias, ["id", "parent_id", "role", "created_at"],
+                [sibling_id, answer.parent_id, Message.Role.ASSISTANT, sibling_at],
+            )  # fmt: skip
+            siblings.append(answer if sibling_id == answer.pk else sibling)
+            continue
+        step = None
+        if part == 0:
+            step = MessageStep(id=step_id, message=answer, index=index, content=content)
+            step._state.adding, step._state.db = False, connection.alias
+            loaded_steps.append(step)
+        feedback = _feedback_stored(given, user_id=user_id, answer=answer, step=step)
+        if step is not None:
+            step.my_feedback = feedback  # type: ignore[attr-defined]
+        else:
+            answer.my_feedback = feedback  # type: ignore[attr-defined]
+    # ``answer.steps.all()`` as ``prefetch_related_objects`` leaves it: a queryset holding the rows read.
+    answer._prefetched_objects_cache = {}  # type: ignore[attr-defined]
+    queryset = answer.steps.get_queryset()
+    queryset._result_cache, queryset._prefetch_done = loaded_steps, True  # type: ignore[attr-defined]
+    answer._prefetched_objects_cache["steps"] = queryset  # type: ignore[attr-defined]
+    return siblings
+
+
+def _feedback_stored(given: list[Any], *, user_id: int, answer: Message, step: MessageStep | None) -> Feedback | None:
+    """The user's feedback from the read's columns (``_GIVEN``), or None where they gave none."""
+    values = dict(zip(_GIVEN, given, strict=True))
+    if values["id"] is None:
+        return None
+    tags = values.pop("tags")
+    feedback = Feedback(
+        user_id=user_id, message=answer, step=step,
+        tags=json.loads(tags) if isinstance(tags, str) else tags,  # Django has psycopg read jsonb as text
+        **values,
+    )  # fmt: skip
+    feedback._state.adding, feedback._state.db = False, connection.alias
+    return feedback
