@@ -182,3 +182,15 @@ def test_an_answers_end_not_shown_is_one_statement(alice):
     assert len(queries.captured_queries) == 1
     assert Message.objects.get(pk=answer.pk).status == "stopped"
     assert list(answer.steps.values_list("index", "content")) == [(0, "Stopped early")]
+
+
+def test_a_finished_step_is_one_statement_and_returns_its_row(alice):
+    from feedback.models import MessageStep
+
+    answer = AssistantMessageFactory(conversation=ConversationFactory(user=alice), status="streaming", steps=1)
+    with CaptureQueriesContext(connection) as queries:
+        step = chat.turns._step_create(answer=answer, index=1, content="Add the egg.")
+    assert len(queries.captured_queries) == 1
+    stored = MessageStep.objects.get(message=answer, index=1)
+    assert (step.pk, step.message_id, step.content) == (stored.pk, answer.pk, "Add the egg.")
+    assert not step._state.adding
