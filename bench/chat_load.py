@@ -450,7 +450,7 @@ async def pre_token_breakdown(conversation_id: str) -> dict[str, float]:
 
     policy = await timed("get_policy", get_policy())
     prompt, (_, _, answer) = await timed(
-        "send_begin (Redis, DB tx: turn and answer)",
+        "send_begin (Redis, the turn and the answer)",
         db_async(chat.send_begin)(
             user=user, conversation=conversation, content=PROMPT, live_version_id=policy.version_id
         ),

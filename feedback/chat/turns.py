@@ -1,6 +1,7 @@
 """The chat's reads and short writes, sync: the consumer and the streamed answer (``stream``) call them
 through ``core.asyncdb.db_async``, one trip to a database thread each. Each is its own short
-transaction; none is held open while the model streams."""
+transaction (or, on PostgreSQL, for the send and the answer's end, a single statement that writes
+what belongs together); none is held open while the model streams."""
 
 from __future__ import annotations
 
