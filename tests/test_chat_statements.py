@@ -74,6 +74,7 @@ def test_the_first_send_names_the_conversation_and_a_later_one_does_not_rename_i
     chat.send_begin(user=alice, conversation=stale, content="And a duck egg?", live_version_id=None)
 
     assert Conversation.objects.get(pk=conversation.pk).title == long_question[:60]
+    assert stale.title == long_question[:60]  # the stale copy now holds what is stored
     assert Message.objects.filter(conversation=conversation, role="user").count() == 2
 
 
@@ -89,9 +90,18 @@ def test_a_send_in_a_canary_conversation_is_begun_by_its_arms_version(alice, set
     routed = {}
     while len(routed) < 2:  # one conversation of each arm
         conversation = ConversationFactory(user=alice)
-        _, (_, route, answer) = chat.send_begin(
-            user=alice, conversation=conversation, content="Eggs?", live_version_id=live.id
-        )
+        with CaptureQueriesContext(connection) as first:
+            _, (_, route, answer) = chat.send_begin(
+                user=alice, conversation=conversation, content="Eggs?", live_version_id=live.id
+            )
+        # The first send also stores the conversation's arm (a statement of its own), later ones not.
+        assert len(first.captured_queries) == 3
+        with CaptureQueriesContext(connection) as later:
+            _, (_, again, _) = chat.send_begin(
+                user=alice, conversation=conversation, content="And ducks?", live_version_id=live.id
+            )
+        assert len(later.captured_queries) == 2
+        assert again == route
         routed[draw(canary, conversation.pk)] = (conversation, route, answer)
 
     conversation, route, answer = routed["canary"]
@@ -104,6 +114,14 @@ def test_a_send_in_a_canary_conversation_is_begun_by_its_arms_version(alice, set
     assert Message.objects.get(pk=answer.pk).model_version_id == live.id
     conversation.refresh_from_db()
     assert (conversation.canary_id, conversation.arm) == (canary.pk, "live")
+    # Ended, it routes nothing (``running_canary_row``'s rule, which the read repeats).
+    type(canary).objects.filter(pk=canary.pk).update(outcome="promoted")
+    for conversation, _, _ in routed.values():
+        _, (_, route, answer) = chat.send_begin(
+            user=alice, conversation=conversation, content="And geese?", live_version_id=live.id
+        )
+        assert route.version_id is None
+        assert Message.objects.get(pk=answer.pk).model_version_id == live.id
 
 
 @pytest.mark.parametrize("earlier_shift", [timedelta(0), timedelta(hours=1)], ids=["in order", "clock went back"])
@@ -122,6 +140,7 @@ def test_the_history_sent_is_the_one_read_back_from_the_stored_rows(alice, setti
     )
 
     assert history == chat.turns.history_for(prompt=Message.objects.get(pk=prompt.pk))
+    assert all(type(turn["role"]) is str for turn in history)  # plain strings, as read from the rows
     assert history[-1] == {"role": "user", "content": "And a duck egg?"}
     assert len(history) == (3 if earlier_shift == timedelta(0) else 1)
     assert prompt.created_at < answer.created_at
@@ -160,6 +179,7 @@ def test_an_answers_end_is_two_statements_and_shows_what_the_orm_reads(alice, bo
     assert [(s.id, s.index, s.content) for s in answer.steps.all()] == rows
     assert [s.pk for s in siblings] == [s.pk for s in orm_siblings] == [older.pk, answer.pk]
     assert siblings[1] is answer
+    assert as_stored(siblings[0]) == as_stored(orm_siblings[0])  # every field, as the ORM reads it
     for mine, read in zip(answer.steps.all(), shown.steps.all(), strict=True):
         if read.my_feedback is None:
             assert mine.my_feedback is None
@@ -194,3 +214,20 @@ def test_a_finished_step_is_one_statement_and_returns_its_row(alice):
     stored = MessageStep.objects.get(message=answer, index=1)
     assert (step.pk, step.message_id, step.content) == (stored.pk, answer.pk, "Add the egg.")
     assert not step._state.adding
+
+
+def test_a_send_to_a_deleted_conversation_and_the_end_of_a_deleted_answer_are_errors(alice, settings):
+    from django.db import DatabaseError
+
+    from feedback.exceptions import NotFound
+
+    settings.CHAT_RATE_PER_MINUTE = 1000
+    conversation = ConversationFactory(user=alice)
+    answer = AssistantMessageFactory(conversation=conversation, status="streaming", steps=0)
+    Message.objects.filter(pk=answer.pk).delete()
+    with pytest.raises(DatabaseError):  # as the ORM's save(update_fields=...) says of a row gone
+        chat.turns._answer_store_final(answer=answer, first_index=0, steps=[], shown=True)
+    Conversation.objects.filter(pk=conversation.pk).delete()
+    with pytest.raises(NotFound):
+        chat.send_begin(user=alice, conversation=conversation, content="Eggs?", live_version_id=None)
+    assert not Message.objects.exists()
