@@ -2,24 +2,72 @@
 
 Run by hand after ``bench/feedback_load.py`` (it reuses the ``rlhf_bench`` database it leaves)::
 
-    .venv/bin/python bench/query_count.py [--requests 300]
+    .venv/bin/python bench/query_count.py [--requests 300] [--rtt-ms 2]
 
 Prints the SQL of one feedback request (Django's CaptureQueriesContext) and every statement libpq
 sent for it (a libpq trace, which also shows BEGIN, COMMIT and the connection health check that
 Django runs outside its query log), then the mean wall and CPU time of a feedback request and of a
 ``bench/floor`` request through Django's test client (same process, no HTTP server).
+
+``--rtt-ms``: reach PostgreSQL through a proxy that holds each packet for half that long each way,
+as a database a network trip away would (a hosted one such as Supabase: a few milliseconds); the
+wall time per request then shows what each round trip costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import os
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class DelayProxy:
+    """A loopback TCP proxy to ``target`` that holds every chunk ``one_way`` seconds in each direction
+    (a chunk's delay starts when it arrives, so chunks sent together are not delayed one by one). It
+    runs in a child process of its own, so it does not wait for this one's GIL."""
+
+    def __init__(self, target: tuple[str, int], one_way: float) -> None:
+        self.target, self.one_way = target, one_way
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self._accept()
+            finally:
+                os._exit(0)
+        self.listener.close()
+        atexit.register(os.kill, self.pid, signal.SIGTERM)
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.target)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                wait = time.perf_counter() + self.one_way
+                while (left := wait - time.perf_counter()) > 0:
+                    time.sleep(left)
+                sink.sendall(chunk)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def main() -> int:
@@ -28,14 +76,19 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="requests timed per endpoint")
     parser.add_argument("--settings", default="bench.floor_settings")
     parser.add_argument("--profile", type=int, default=0, help="also cProfile the feedback requests; show N lines")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="a round trip to PostgreSQL, ms (a proxy)")
     args = parser.parse_args()
+    port = 5432
+    if args.rtt_ms:
+        port = DelayProxy(("127.0.0.1", 5432), args.rtt_ms / 2000).port
+        print(f"PostgreSQL through a proxy adding {args.rtt_ms} ms per round trip")
 
     os.environ.update(
         DJANGO_SETTINGS_MODULE=args.settings,
         DEBUG="0",
         SECRET_KEY="bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         API_THROTTLE_RATE="off",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{args.db}",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{port}/{args.db}",
         LOG_LEVEL="WARNING",
     )
     sys.path.insert(0, str(ROOT))

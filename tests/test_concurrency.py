@@ -4,17 +4,19 @@ idempotency record's unique key serialises retries."""
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Count
 
 from core.idempotency import idempotent
 from core.models import IdempotencyRecord
 from feedback import services
-from feedback.models import Feedback, UserSatisfaction
+from feedback.models import Feedback, MessageStep, UserSatisfaction
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -72,6 +74,149 @@ def test_many_concurrent_first_writes_of_one_user_create_one_satisfaction_row():
     assert not [r for r in results if isinstance(r, Exception)], results
     assert Feedback.objects.filter(user=user).count() == 6
     assert UserSatisfaction.objects.get(user=user).count == 6
+
+
+def while_locked(user: Any, change: Callable[[], Any], call: Callable[[], Any]) -> Any:
+    """``call`` in a thread while another connection holds ``user``'s satisfaction lock; once ``call``
+    is seen waiting for it (so its statement began, and read, before), ``change`` is made in the
+    holder's transaction, which then commits. ``call``'s result, or what it raised."""
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                services.satisfaction_lock(user=user)
+                locked.set()
+                assert release.wait(10)
+                change()
+        finally:
+            connection.close()
+
+    held = threading.Thread(target=holder)
+    held.start()
+    assert locked.wait(10)
+    result: Any = None
+
+    def caller() -> None:
+        nonlocal result
+        try:
+            result = call()
+        except Exception as exc:
+            result = exc
+        finally:
+            connection.close()
+
+    calling = threading.Thread(target=caller)
+    calling.start()
+    deadline = time.monotonic() + 10
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                break
+        assert time.monotonic() < deadline, "the call never waited for the lock"
+        time.sleep(0.01)
+    release.set()
+    held.join(10)
+    calling.join(10)
+    close_old_connections()
+    return result
+
+
+def consistent(user: Any) -> UserSatisfaction:
+    """The user's satisfaction, checked against their feedback rows."""
+    rows = list(Feedback.objects.filter(user=user))
+    satisfaction = UserSatisfaction.objects.get(user=user)
+    values = [f.value for f in rows if f.value is not None]
+    assert satisfaction.count == len(values)
+    assert satisfaction.value_sum == pytest.approx(sum(values))
+    assert satisfaction.thumbs_up == sum(f.thumbs == "up" for f in rows)
+    assert satisfaction.thumbs_down == sum(f.thumbs == "down" for f in rows)
+    assert satisfaction.ratings == sum(f.rating is not None for f in rows)
+    assert satisfaction.rating_sum == sum(f.rating or 0 for f in rows)
+    return satisfaction
+
+
+def test_an_upsert_that_read_before_a_change_to_its_feedback_keeps_that_change():
+    """The upsert's read shares the lock's statement (``feedback.services.ratings``): when it waited
+    while another write of the user's changed the same feedback, it writes nothing on what it read
+    and merges into the row as that write left it."""
+    user = UserFactory(username="stale-update")
+    answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
+    services.feedback_upsert(user=user, message_id=answer.id, thumbs="up", comment="first")
+
+    result = while_locked(
+        user,
+        lambda: services.feedback_upsert(user=user, message_id=answer.id, thumbs="down", comment="changed"),
+        lambda: services.feedback_upsert(user=user, message_id=answer.id, rating=5),
+    )
+
+    assert not isinstance(result, Exception), result
+    assert result.created is False
+    feedback = Feedback.objects.get(user=user, message=answer)
+    assert (feedback.thumbs, feedback.comment, feedback.rating) == ("down", "changed", 5)
+    satisfaction = consistent(user)
+    assert (satisfaction.thumbs_up, satisfaction.thumbs_down, satisfaction.ratings) == (0, 1, 1)
+    assert result.satisfaction.score == satisfaction.score
+
+
+def test_an_upsert_that_read_before_its_feedback_was_made_or_deleted_leaves_one_consistent_row():
+    user = UserFactory(username="stale-insert")
+    conversation = ConversationFactory(user=user)
+    made, deleted = (
+        AssistantMessageFactory(conversation=conversation),
+        AssistantMessageFactory(conversation=conversation),
+    )
+    gone = services.feedback_upsert(user=user, message_id=deleted.id, step_index=1, rating=1).feedback
+
+    after_insert = while_locked(
+        user,
+        lambda: services.feedback_upsert(user=user, message_id=made.id, step_index=2, thumbs="up", comment="theirs"),
+        lambda: services.feedback_upsert(user=user, message_id=made.id, step_index=2, rating=4),
+    )
+    after_delete = while_locked(
+        user,
+        lambda: services.feedback_delete(user=user, feedback_id=gone.id),
+        lambda: services.feedback_upsert(user=user, message_id=deleted.id, step_index=1, thumbs="down"),
+    )
+
+    assert not isinstance(after_insert, Exception), after_insert
+    assert not isinstance(after_delete, Exception), after_delete
+    assert (after_insert.created, after_delete.created) == (False, True)
+    first = Feedback.objects.get(user=user, message=made)
+    assert (first.step.index, first.thumbs, first.comment, first.rating) == (2, "up", "theirs", 4)
+    second = Feedback.objects.get(user=user, message=deleted)
+    assert (second.pk != gone.pk, second.thumbs, second.rating) == (True, "down", None)
+    consistent(user)
+
+
+def test_an_upsert_that_read_before_its_answer_or_step_was_stored_rates_it():
+    """An error the early read gives (no such answer, no such step yet) is confirmed under the lock."""
+    user = UserFactory(username="stale-target")
+    conversation = ConversationFactory(user=user)
+    answer = AssistantMessageFactory(conversation=conversation, steps=1)
+    other = AssistantMessageFactory(conversation=conversation)
+    services.feedback_upsert(user=user, message_id=other.id, thumbs="up")  # the satisfaction row exists
+    new_answer = uuid.uuid4()
+
+    on_new_step = while_locked(
+        user,
+        lambda: MessageStep.objects.create(message=answer, index=1, content="Step 2."),
+        lambda: services.feedback_upsert(user=user, message_id=answer.id, step_index=1, rating=2),
+    )
+    on_new_answer = while_locked(
+        user,
+        lambda: AssistantMessageFactory(id=new_answer, conversation=conversation),
+        lambda: services.feedback_upsert(user=user, message_id=new_answer, rating=3),
+    )
+
+    assert not isinstance(on_new_step, Exception), on_new_step
+    assert not isinstance(on_new_answer, Exception), on_new_answer
+    assert Feedback.objects.get(user=user, message=answer, step__index=1).rating == 2
+    assert Feedback.objects.get(user=user, message_id=new_answer, step=None).rating == 3
+    consistent(user)
 
 
 def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():

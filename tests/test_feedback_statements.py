@@ -1,6 +1,7 @@
 """The rating hot path's round trips on PostgreSQL (``feedback.services.feedback_upsert``): lock the
-user's satisfaction, read the answer, step and feedback given, write both; three statements for a new
-rating and for a change, where the ORM path made six (plus BEGIN and COMMIT either way)."""
+user's satisfaction and read the answer, step and feedback given in one statement, write both in
+another; two statements for a new rating and for a change, where the ORM path made six (plus BEGIN
+and COMMIT either way)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.factories import AssistantMessageFactory, ConversationFactory
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
-def test_a_rating_and_its_change_are_three_statements_each_and_keep_the_score(alice):
+def test_a_rating_and_its_change_are_two_statements_each_and_keep_the_score(alice):
     answer = AssistantMessageFactory(conversation=ConversationFactory(user=alice))
     services.feedback_upsert(user=alice, message_id=answer.id, comment="first")  # the satisfaction row exists
 
@@ -24,8 +25,8 @@ def test_a_rating_and_its_change_are_three_statements_each_and_keep_the_score(al
     with CaptureQueriesContext(connection) as changed:
         updated = services.feedback_upsert(user=alice, message_id=answer.id, step_index=0, rating=1)
 
-    assert len([q for q in new.captured_queries if "SAVEPOINT" not in q["sql"]]) == 3
-    assert len([q for q in changed.captured_queries if "SAVEPOINT" not in q["sql"]]) == 3
+    assert len([q for q in new.captured_queries if "SAVEPOINT" not in q["sql"]]) == 2
+    assert len([q for q in changed.captured_queries if "SAVEPOINT" not in q["sql"]]) == 2
     assert (created.created, updated.created) == (True, False)
     assert updated.feedback.pk == created.feedback.pk
     row = Feedback.objects.get(pk=created.feedback.pk)

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -125,14 +126,24 @@ def _step_of(message: Message, step_index: int) -> MessageStep:
     return step
 
 
-# --- The rating hot path in three statements -------------------------------------------------------
+# --- The rating hot path in two statements ------------------------------------------------------
 # ``feedback_upsert`` is the platform's busiest write (bench/feedback_load.py). Through the ORM it was
 # eight round trips and most of a request's server CPU went to compiling their SQL (py-spy; README,
-# "Feedback API under load"). Here it is: lock the user's satisfaction row; read the message, its
-# version, the step and the existing feedback in one query (under that lock, so a concurrent upsert of
-# the same feedback is seen); write the feedback and the satisfaction in one statement. The rules
+# "Feedback API under load"). Here it is two statements between BEGIN and COMMIT: lock the user's
+# satisfaction row and, in the same statement, read the message, its version, the step and the
+# feedback already given; then write the feedback and the satisfaction in one statement. The rules
 # (what may be rated, how a score is accounted) stay in ``feedback_upsert``. On SQLite (development)
-# the same three steps go through the ORM.
+# the same steps go through the ORM.
+#
+# The read shares the lock's statement, so it sees the database as it was when the statement began:
+# if it waited for the lock, another write of the user's (which held it) may have committed since.
+# The satisfaction row itself is read as that write left it (PostgreSQL returns a locked row's newest
+# version), and every decision made on an older read is checked before it counts: the write is
+# conditional on the feedback row being as read (absent for an insert, the same values for an
+# update) and writes nothing otherwise; then the target is read again, now under the lock and so
+# settled, and the rules run once more. An error (not found, not rateable, step out of range) is
+# also confirmed on such a read before it is raised. A second attempt cannot miss again while the
+# lock is held, so there are at most two.
 
 
 @functools.cache
@@ -152,56 +163,69 @@ def _sql() -> dict[str, str]:
         " thumbs_down = %(thumbs_down)s, ratings = %(ratings)s, rating_sum = %(rating_sum)s,"
         " updated_at = %(now)s WHERE user_id = %(user)s"
     ).format(**t)
+    # Its columns named apart: it is also a subquery of "lock_target".
+    target = (
+        "SELECT m.role, m.status, m.content, m.conversation_id, m.model_version_id, v.kind, v.number,"
+        " st.id AS step_id, st.content AS step_content, f.id AS feedback_id, f.thumbs, f.rating, f.comment,"
+        " f.tags, f.correction, f.created_at, f.updated_at AS feedback_updated_at,"
+        " f.model_version_id AS feedback_version_id"
+        " FROM {msg} m JOIN {conv} c ON c.id = m.conversation_id"
+        " LEFT JOIN {ver} v ON v.id = m.model_version_id"
+        " LEFT JOIN {step} st ON st.message_id = m.id AND st.index = %(step_index)s::integer"
+        " LEFT JOIN {fb} f ON f.user_id = %(user)s AND f.message_id = m.id AND ("
+        "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
+        " WHERE m.id = %(message)s AND c.user_id = %(user)s"
+    ).format(**t)
     return {
-        "lock": (
-            "SELECT count, value_sum, thumbs_up, thumbs_down, ratings, rating_sum, updated_at"
-            " FROM {sat} WHERE user_id = %(user)s FOR UPDATE"
-        ).format(**t),
-        "target": (
-            "SELECT m.role, m.status, m.content, m.conversation_id, m.model_version_id, v.kind, v.number,"
-            " st.id, st.content, f.id, f.thumbs, f.rating, f.comment, f.tags, f.correction, f.created_at,"
-            " f.updated_at, f.model_version_id"
-            " FROM {msg} m JOIN {conv} c ON c.id = m.conversation_id"
-            " LEFT JOIN {ver} v ON v.id = m.model_version_id"
-            " LEFT JOIN {step} st ON st.message_id = m.id AND st.index = %(step_index)s::integer"
-            " LEFT JOIN {fb} f ON f.user_id = %(user)s AND f.message_id = m.id AND ("
-            "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
-            " WHERE m.id = %(message)s AND c.user_id = %(user)s"
-        ).format(**t),
+        "lock_target": (
+            "SELECT s.count, s.value_sum, s.thumbs_up, s.thumbs_down, s.ratings, s.rating_sum, s.updated_at, t.*"
+            " FROM {sat} s LEFT JOIN ({target}) t ON true WHERE s.user_id = %(user)s FOR UPDATE OF s"
+        ).format(target=target, **t),
+        "target": target,
         "insert": (
             "WITH f AS (INSERT INTO {fb} (user_id, message_id, step_id, thumbs, rating, comment, tags, correction,"
             " model_version_id, created_at, updated_at) VALUES (%(user)s, %(message)s, %(step)s, %(thumbs)s,"
             " %(rating)s, %(comment)s, %(tags)s::jsonb, %(correction)s, %(model_version)s, %(now)s, %(now)s)"
-            " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
+            " ON CONFLICT DO NOTHING RETURNING id),"
+            " s AS ({satisfaction} AND EXISTS (SELECT FROM f)) SELECT id FROM f"
         ).format(satisfaction=satisfaction, **t),
         "update": (
             "WITH f AS (UPDATE {fb} SET thumbs = %(thumbs)s, rating = %(rating)s, comment = %(comment)s,"
             " tags = %(tags)s::jsonb, correction = %(correction)s, updated_at = %(now)s WHERE id = %(id)s"
-            " RETURNING id), s AS ({satisfaction}) SELECT id FROM f"
+            " AND thumbs IS NOT DISTINCT FROM %(was_thumbs)s AND rating IS NOT DISTINCT FROM %(was_rating)s"
+            " AND comment = %(was_comment)s AND tags = %(was_tags)s::jsonb AND correction = %(was_correction)s"
+            " RETURNING id), s AS ({satisfaction} AND EXISTS (SELECT FROM f)) SELECT id FROM f"
         ).format(satisfaction=satisfaction, **t),
     }
 
 
 _SATISFACTION_FIELDS = ("count", "value_sum", "thumbs_up", "thumbs_down", "ratings", "rating_sum", "updated_at")
+_TARGET_ERRORS = (NotFound, FeedbackError)
+
+Target = tuple[Message, MessageStep | None, Feedback | None]
 
 
-def _satisfaction_locked(user: User) -> UserSatisfaction:
-    """``satisfaction_lock`` in one statement (the row is created the first time, as there)."""
+def _locked_target(*, user: User, message_id: uuid.UUID, step_index: int | None) -> tuple[UserSatisfaction, Target]:
+    """Lock the user's satisfaction row (``satisfaction_lock``: created the first time) and read the
+    target (``_rating_target``), in one statement on PostgreSQL. The target may have been read
+    before the lock was granted (see above): an error it gives is confirmed on a read under the lock."""
     if connection.vendor != "postgresql":
-        return satisfaction_lock(user=user)
+        return satisfaction_lock(user=user), _rating_target(user=user, message_id=message_id, step_index=step_index)
+    params: dict[str, Any] = {"user": user.pk, "message": message_id, "step_index": step_index}
     with connection.cursor() as cursor:
-        cursor.execute(_sql()["lock"], {"user": user.pk})
+        cursor.execute(_sql()["lock_target"], params)
         row = cursor.fetchone()
-    if row is None:
-        return satisfaction_lock(user=user)
-    satisfaction = UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row, strict=True)))
+    if row is None:  # the user's first rating: no satisfaction row yet
+        return satisfaction_lock(user=user), _rating_target(user=user, message_id=message_id, step_index=step_index)
+    satisfaction = UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row[:7], strict=True)))
     satisfaction._state.adding, satisfaction._state.db = False, connection.alias  # a stored row: save() updates
-    return satisfaction
+    try:
+        return satisfaction, _target_of(row[7:] if row[7] is not None else None, user, message_id, step_index)
+    except _TARGET_ERRORS:
+        return satisfaction, _rating_target(user=user, message_id=message_id, step_index=step_index)
 
 
-def _rating_target(
-    *, user: User, message_id: uuid.UUID, step_index: int | None
-) -> tuple[Message, MessageStep | None, Feedback | None]:
+def _rating_target(*, user: User, message_id: uuid.UUID, step_index: int | None) -> Target:
     """The user's answer to rate (the errors of ``_own_assistant_message``), the step (those of
     ``_step_of``) and the feedback already given on it, in one query."""
     if connection.vendor != "postgresql":
@@ -211,6 +235,11 @@ def _rating_target(
     with connection.cursor() as cursor:
         cursor.execute(_sql()["target"], {"user": user.pk, "message": message_id, "step_index": step_index})
         row = cursor.fetchone()
+    return _target_of(row, user, message_id, step_index)
+
+
+def _target_of(row: Sequence[Any] | None, user: User, message_id: uuid.UUID, step_index: int | None) -> Target:
+    """The objects a row of the "target" query describes; its errors."""
     if row is None:
         raise NotFound("Message not found.")
     role, status, content, conversation_id, version_id, kind, number, step_id, step_content, *given = row
@@ -227,8 +256,9 @@ def _rating_target(
     step = None
     if step_index is not None:
         if step_id is None:
-            _step_of(message, step_index)  # raises, saying how many steps there are
-        step = MessageStep(id=step_id, message=message, index=step_index, content=step_content)
+            step = _step_of(message, step_index)  # raises, saying how many steps there are (unless just made)
+        else:
+            step = MessageStep(id=step_id, message=message, index=step_index, content=step_content)
     feedback_id, thumbs, rating, comment, tags, correction, created_at, updated_at, feedback_version = given
     if feedback_id is None:
         return message, step, None
@@ -250,12 +280,15 @@ def _rating_target(
     return message, step, feedback
 
 
-def _feedback_and_satisfaction_write(feedback: Feedback, satisfaction: UserSatisfaction) -> None:
-    """Insert or update ``feedback`` and store ``satisfaction``, in one statement."""
+def _feedback_and_satisfaction_write(
+    feedback: Feedback, satisfaction: UserSatisfaction, was: dict[str, Any] | None
+) -> bool:
+    """Insert (``was`` None) or update ``feedback`` and store ``satisfaction``, in one statement. False,
+    with nothing written, when the feedback row is not as read (``was``: its values then)."""
     if connection.vendor != "postgresql":
         feedback.save()
         satisfaction.save()
-        return
+        return True
     now = timezone.now()
     params = {
         "user": feedback.user_id,
@@ -268,16 +301,32 @@ def _feedback_and_satisfaction_write(feedback: Feedback, satisfaction: UserSatis
         **{name: getattr(satisfaction, name) for name in _SATISFACTION_FIELDS[:-1]},
     }
     with connection.cursor() as cursor:
-        if feedback.pk is None:
+        if was is None:
             params |= {"message": feedback.message_id, "step": feedback.step_id}
             params["model_version"] = feedback.model_version_id
             cursor.execute(_sql()["insert"], params)
-            (feedback.id,) = cursor.fetchone()
-            feedback.created_at = now
-            feedback._state.adding, feedback._state.db = False, connection.alias
         else:
-            cursor.execute(_sql()["update"], params | {"id": feedback.pk})
+            cursor.execute(_sql()["update"], params | {"id": feedback.pk} | was)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    if was is None:
+        (feedback.id,) = row
+        feedback.created_at = now
+        feedback._state.adding, feedback._state.db = False, connection.alias
     feedback.updated_at = satisfaction.updated_at = now
+    return True
+
+
+def _as_read(feedback: Feedback) -> dict[str, Any]:
+    """The values the update of ``feedback`` is conditional on."""
+    return {
+        "was_thumbs": feedback.thumbs,
+        "was_rating": feedback.rating,
+        "was_comment": feedback.comment,
+        "was_tags": json.dumps(feedback.tags),
+        "was_correction": feedback.correction,
+    }
 
 
 @transaction.atomic
@@ -298,8 +347,49 @@ def feedback_upsert(
     sent separately; ``None`` clears a field. ``correction``: what the answer should have said (the
     whole answer, so not on a step); the processor pairs it as chosen over the answer.
     """
-    satisfaction = _satisfaction_locked(user)
-    message, step, feedback = _rating_target(user=user, message_id=message_id, step_index=step_index)
+    locked, target = _locked_target(user=user, message_id=message_id, step_index=step_index)
+    fields: dict[str, Any] = {
+        "thumbs": thumbs,
+        "rating": rating,
+        "comment": comment,
+        "tags": tags,
+        "correction": correction,
+    }
+    result = _upsert(user, copy.copy(locked), target, **fields)
+    if result is None:  # the target was read before another write of the user's: read it again, under the lock
+        target = _rating_target(user=user, message_id=message_id, step_index=step_index)
+        result = _upsert(user, copy.copy(locked), target, **fields)
+        if result is None:
+            raise DatabaseError("The feedback row changed while its user's satisfaction row was locked.")
+    satisfaction, step = result.satisfaction, target[1]
+    model_version = target[0].model_version.label if target[0].model_version else "none"
+    transaction.on_commit(
+        lambda: metrics.record_feedback(
+            thumbs=thumbs if thumbs is not UNSET else None,
+            rating=rating if rating is not UNSET else None,
+            comment=bool(comment is not UNSET and comment),
+            target="step" if step else "message",
+            model_version=model_version,
+            score=satisfaction.score,
+        )
+    )
+    return result
+
+
+def _upsert(
+    user: User,
+    satisfaction: UserSatisfaction,
+    target: Target,
+    *,
+    thumbs: str | None,
+    rating: int | None,
+    comment: str | None,
+    tags: list[str],
+    correction: str | None,
+) -> FeedbackResult | None:
+    """``feedback_upsert``'s rules on the target as read, and the write; None if the feedback row was
+    not as read (nothing written)."""
+    message, step, feedback = target
     if step is not None and correction not in (UNSET, None, ""):
         message_text = "A correction replaces the whole answer: send it without step_index."
         raise FeedbackError(message_text, code="correction_on_step", fields={"correction": [message_text]})
@@ -314,10 +404,11 @@ def feedback_upsert(
     if isinstance(rating, int) and not 1 <= rating <= 5:
         raise FeedbackError("Rating must be between 1 and 5.", fields={"rating": ["Must be between 1 and 5."]})
 
-    created = feedback is None
+    was = None
     if feedback is None:
         feedback = Feedback(user=user, message=message, step=step, model_version_id=message.model_version_id)
     else:
+        was = _as_read(feedback)
         _account(satisfaction, feedback, -1)
 
     if thumbs is not UNSET:
@@ -336,20 +427,9 @@ def feedback_upsert(
             code="empty_feedback",
         )
     _account(satisfaction, feedback, +1)
-    _feedback_and_satisfaction_write(feedback, satisfaction)
-
-    model_version = message.model_version.label if message.model_version else "none"
-    transaction.on_commit(
-        lambda: metrics.record_feedback(
-            thumbs=thumbs if thumbs is not UNSET else None,
-            rating=rating if rating is not UNSET else None,
-            comment=bool(comment is not UNSET and comment),
-            target="step" if step else "message",
-            model_version=model_version,
-            score=satisfaction.score,
-        )
-    )
-    return FeedbackResult(feedback=feedback, created=created, satisfaction=satisfaction)
+    if not _feedback_and_satisfaction_write(feedback, satisfaction, was):
+        return None
+    return FeedbackResult(feedback=feedback, created=was is None, satisfaction=satisfaction)
 
 
 @transaction.atomic
