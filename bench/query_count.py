@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class DelayProxy:
-    """A loopback TCP proxy to ``target`` that holds every chunk ``one_way`` seconds in each direction
-    (a chunk's delay starts when it arrives, so chunks sent together are not delayed one by one). It
-    runs in a child process of its own, so it does not wait for this one's GIL."""
+    """A loopback TCP proxy to ``target`` that holds every chunk it reads ``one_way`` seconds in each
+    direction before passing it on. A chunk is read only once the one before it in the same
+    direction has gone, so chunks that arrive apart while one is held wait longer: fine for
+    PostgreSQL's request-then-answer exchanges, where one side speaks at a time. It runs in a child
+    process of its own, so it does not wait for this one's GIL."""
 
     def __init__(self, target: tuple[str, int], one_way: float) -> None:
         self.target, self.one_way = target, one_way

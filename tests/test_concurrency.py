@@ -162,6 +162,33 @@ def test_an_upsert_that_read_before_a_change_to_its_feedback_keeps_that_change()
     assert result.satisfaction.score == satisfaction.score
 
 
+def test_an_upsert_clearing_what_it_read_as_the_last_field_keeps_what_was_added_meanwhile():
+    """ "Nothing left to keep" (``empty_feedback``) is decided again on the feedback as it is under the
+    lock: here a comment and a first rating were added while the upsert that clears thumbs waited."""
+    user = UserFactory(username="stale-empty")
+    conversation = ConversationFactory(user=user)
+    commented, rated = (AssistantMessageFactory(conversation=conversation) for _ in range(2))
+    services.feedback_upsert(user=user, message_id=commented.id, thumbs="up")
+
+    after_comment = while_locked(
+        user,
+        lambda: services.feedback_upsert(user=user, message_id=commented.id, comment="kept"),
+        lambda: services.feedback_upsert(user=user, message_id=commented.id, thumbs=None),
+    )
+    after_rating = while_locked(
+        user,
+        lambda: services.feedback_upsert(user=user, message_id=rated.id, rating=4),
+        lambda: services.feedback_upsert(user=user, message_id=rated.id, thumbs=None),
+    )
+
+    assert not isinstance(after_comment, Exception), after_comment
+    assert not isinstance(after_rating, Exception), after_rating
+    first = Feedback.objects.get(user=user, message=commented)
+    assert (first.thumbs, first.comment) == (None, "kept")
+    assert (after_rating.created, Feedback.objects.get(user=user, message=rated).rating) == (False, 4)
+    consistent(user)
+
+
 def test_an_upsert_that_read_before_its_feedback_was_made_or_deleted_leaves_one_consistent_row():
     user = UserFactory(username="stale-insert")
     conversation = ConversationFactory(user=user)

@@ -176,6 +176,9 @@ def _sql() -> dict[str, str]:
         "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
         " WHERE m.id = %(message)s AND c.user_id = %(user)s"
     ).format(**t)
+    # ``AND EXISTS (SELECT FROM f)``: when the feedback row is not as read, the satisfaction (computed
+    # from that read) is not written either; the second attempt would overwrite it, but no statement
+    # should store a total it knows to be wrong.
     return {
         "lock_target": (
             "SELECT s.count, s.value_sum, s.thumbs_up, s.thumbs_down, s.ratings, s.rating_sum, s.updated_at, t.*"
@@ -200,7 +203,6 @@ def _sql() -> dict[str, str]:
 
 
 _SATISFACTION_FIELDS = ("count", "value_sum", "thumbs_up", "thumbs_down", "ratings", "rating_sum", "updated_at")
-_TARGET_ERRORS = (NotFound, FeedbackError)
 
 Target = tuple[Message, MessageStep | None, Feedback | None]
 
@@ -221,7 +223,9 @@ def _locked_target(*, user: User, message_id: uuid.UUID, step_index: int | None)
     satisfaction._state.adding, satisfaction._state.db = False, connection.alias  # a stored row: save() updates
     try:
         return satisfaction, _target_of(row[7:] if row[7] is not None else None, user, message_id, step_index)
-    except _TARGET_ERRORS:
+    except FeedbackError as error:
+        if error.code == "step_out_of_range":  # ``_step_of`` read the steps afresh, under the lock
+            raise
         return satisfaction, _rating_target(user=user, message_id=message_id, step_index=step_index)
 
 
@@ -355,12 +359,21 @@ def feedback_upsert(
         "tags": tags,
         "correction": correction,
     }
-    result = _upsert(user, copy.copy(locked), target, **fields)
+    try:
+        result = _upsert(user, copy.copy(locked), target, **fields)
+    except FeedbackError as error:
+        # "Nothing left to keep" is decided on the feedback as read, which may predate the lock.
+        if error.code != "empty_feedback" or connection.vendor != "postgresql":
+            raise
+        result = None
     if result is None:  # the target was read before another write of the user's: read it again, under the lock
         target = _rating_target(user=user, message_id=message_id, step_index=step_index)
         result = _upsert(user, copy.copy(locked), target, **fields)
         if result is None:
-            raise DatabaseError("The feedback row changed while its user's satisfaction row was locked.")
+            raise DatabaseError(
+                f"Feedback of user {user.pk} on message {message_id} (step {step_index}) changed while the"
+                " user's satisfaction row was locked: a write that does not take that lock?"
+            )
     satisfaction, step = result.satisfaction, target[1]
     model_version = target[0].model_version.label if target[0].model_version else "none"
     transaction.on_commit(
