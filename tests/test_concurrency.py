@@ -246,6 +246,26 @@ def test_an_upsert_that_read_before_its_answer_or_step_was_stored_rates_it():
     consistent(user)
 
 
+def test_an_erasure_waits_for_the_users_write_and_counts_what_it_wrote():
+    """``training.erasure`` takes the user's satisfaction lock, as every write of theirs does first."""
+    from training.erasure import user_forget
+
+    user = UserFactory(username="erased-racer")
+    answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
+    services.feedback_upsert(user=user, message_id=answer.id, thumbs="up")
+
+    erasure = while_locked(
+        user,
+        lambda: services.feedback_upsert(user=user, message_id=answer.id, step_index=0, rating=2),
+        lambda: user_forget(user=user),
+    )
+
+    assert not isinstance(erasure, Exception), erasure
+    assert (erasure.counts["feedback"], erasure.counts["satisfaction"]) == (2, 1)
+    assert not Feedback.objects.filter(message=answer).exists()
+    assert not UserSatisfaction.objects.filter(user_id=user.pk).exists()
+
+
 def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():
     user = UserFactory(username="retrier")
     answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))

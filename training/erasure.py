@@ -141,6 +141,10 @@ def _remove_files(snapshot_id: int, path: str) -> None:
 
 def _record(user: User, *, source: str, actor: User | None) -> UserErasure:
     """Steps 1 and 2 and the ``UserErasure`` row; the caller deletes the user."""
+    # Every write of the user's locks their satisfaction row first (``feedback.services``); taking it
+    # here too, a rating racing the erasure waits for it instead of deadlocking with the deletes (which
+    # would take the feedback row, then the satisfaction row), and the counts are of the rows that go.
+    list(UserSatisfaction.objects.select_for_update().filter(user_id=user.pk).values_list("pk", flat=True))
     sessions = _sessions_of(user.pk)
     counts = erasure_counts(user, sessions=sessions)
     held = snapshots_holding(user)
