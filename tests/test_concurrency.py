@@ -266,6 +266,26 @@ def test_an_erasure_waits_for_the_users_write_and_counts_what_it_wrote():
     assert not UserSatisfaction.objects.filter(user_id=user.pk).exists()
 
 
+def test_a_rating_that_waited_for_an_erasure_of_its_user_is_not_found():
+    """The other order: the erasure holds the lock; the rating then finds nothing of the user's."""
+    from feedback.exceptions import NotFound
+    from training.erasure import user_forget
+
+    user = UserFactory(username="rated-too-late")
+    answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
+    services.feedback_upsert(user=user, message_id=answer.id, thumbs="up")
+
+    late = while_locked(
+        user,
+        lambda: user_forget(user=UserFactory._meta.model.objects.get(pk=user.pk)),
+        lambda: services.feedback_upsert(user=user, message_id=answer.id, rating=2),
+    )
+
+    assert isinstance(late, NotFound), late
+    assert not Feedback.objects.filter(message_id=answer.id).exists()
+    assert not UserSatisfaction.objects.filter(user_id=user.pk).exists()
+
+
 def test_a_concurrent_retry_with_the_same_idempotency_key_writes_once():
     user = UserFactory(username="retrier")
     answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
