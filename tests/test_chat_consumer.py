@@ -227,7 +227,7 @@ async def test_a_failed_read_back_still_shows_the_stored_answer(conversation, al
         raise DatabaseError("the connection went away")
 
     monkeypatch.setattr(chat.turns, "_answer_read_back", broken)  # the ORM's (SQLite)
-    monkeypatch.setattr(chat.statements, "_answer_read_back", broken)  # PostgreSQL's
+    monkeypatch.setattr(chat.statements, "answer_read_back", broken)  # PostgreSQL's
     communicator, _, _ = await connect(conversation, alice_session)
     frames = await ask(communicator, "Eggs?")
     await communicator.disconnect()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
-import logging
 import uuid
 from typing import Any
 
@@ -26,9 +24,8 @@ from feedback import arms
 from feedback.arms import Route
 from feedback.exceptions import NotFound
 from feedback.models import Conversation, Feedback, Message, MessageStep
+from feedback.rows import FEEDBACK_COLUMNS, feedback_from, stored
 from models_registry.models import Canary, ModelVersion
-
-logger = logging.getLogger(__name__)
 
 _USER, _ASSISTANT = Message.Role.USER.value, Message.Role.ASSISTANT.value
 _COMPLETE, _STREAMING = Message.Status.COMPLETE.value, Message.Status.STREAMING.value
@@ -36,6 +33,11 @@ _COMPLETE, _STREAMING = Message.Status.COMPLETE.value, Message.Status.STREAMING.
 
 def _quoted(*models: Any) -> list[str]:
     return [connection.ops.quote_name(model._meta.db_table) for model in models]
+
+
+def _columns(alias: str, fields: Any) -> str:
+    """``fields``' columns of the table ``alias`` names, quoted, in order."""
+    return ", ".join(f"{alias}.{connection.ops.quote_name(f.column)}" for f in fields)
 
 
 # --- A send: one read, one write -----------------------------------------------------------------
@@ -51,7 +53,7 @@ def _quoted(*models: Any) -> list[str]:
 def _send_sql() -> tuple[str, str, list[str]]:
     """The read, the write, and the canary's attribute names in the read's column order."""
     canary_fields = list(Canary._meta.concrete_fields)  # its primary key first
-    canary_columns = ", ".join(f"c.{connection.ops.quote_name(f.column)}" for f in canary_fields)
+    canary_columns = _columns("c", canary_fields)
     message, canary, conversation = _quoted(Message, Canary, Conversation)
     read = (
         f"SELECT {canary_columns}, cv.title, m.created_at, m.id, m.role, m.content, m.parent_id, m.status"
@@ -132,12 +134,10 @@ def send_begin(
 
 def _message_stored(**fields: Any) -> Message:
     """A ``Message`` as the ORM would hold it after its ``create``, for a row written by SQL."""
-    message = Message(
+    return stored(Message(
         **fields, error="", source=Message.Source.PLATFORM.value, external_model="",
         token_count=None, time_to_first_token_ms=None, duration_ms=None,
-    )  # fmt: skip
-    message._state.adding, message._state.db = False, connection.alias
-    return message
+    ))  # fmt: skip
 
 
 # --- A finished step -----------------------------------------------------------------------------
@@ -155,9 +155,7 @@ def step_create(*, answer: Message, index: int, content: str) -> MessageStep:
     with connection.cursor() as cursor:
         cursor.execute(_step_sql(), (answer.pk, index, content))
         (step_id,) = cursor.fetchone()
-    step = MessageStep(id=step_id, message=answer, index=index, content=content)
-    step._state.adding, step._state.db = False, connection.alias
-    return step
+    return stored(MessageStep(id=step_id, message=answer, index=index, content=content))
 
 
 # --- An answer's end: one write, one read --------------------------------------------------------
@@ -165,8 +163,6 @@ def step_create(*, answer: Message, index: int, content: str) -> MessageStep:
 # answer. The read, after it (so a step kept by the conflict is read back), when the page shows the
 # answer: its steps with the user's feedback on each, the user's feedback on the answer, and the
 # answers to its turn (``turns.answer_siblings``: failed ones left out), as parts of one UNION ALL.
-
-_GIVEN = ("id", "thumbs", "rating", "comment", "tags", "correction", "created_at", "updated_at", "model_version_id")
 
 
 @functools.cache
@@ -180,14 +176,16 @@ def _final_sql() -> tuple[str, str]:
         f" token_count = %(token_count)s, duration_ms = %(duration_ms)s,"
         f" time_to_first_token_ms = %(time_to_first_token_ms)s WHERE id = %(answer)s"
     )
-    given = ", ".join(f"f.{name}" for name in _GIVEN)
+    given = ", ".join(f"f.{name}" for name in FEEDBACK_COLUMNS)
+    no_given = ", ".join(["NULL"] * len(FEEDBACK_COLUMNS))
     # The first SELECT types every column (a NULL in two UNION ALL parts before a typed one would be
     # read as text and then fail to match it).
     sibling_fields = Message._meta.concrete_fields
     no_sibling = ", ".join(f"NULL::{f.db_type(connection)}" for f in sibling_fields)
-    siblings = ", ".join(f"m.{connection.ops.quote_name(f.column)}" for f in sibling_fields)
+    siblings = _columns("m", sibling_fields)
     nothing = ", ".join(["NULL"] * len(sibling_fields))
-    created, pk = (2 + 3 + len(_GIVEN) + [f.attname for f in sibling_fields].index(n) for n in ("created_at", "id"))
+    names = [f.attname for f in sibling_fields]
+    created, pk = (2 + 3 + len(FEEDBACK_COLUMNS) + names.index(n) for n in ("created_at", "id"))
     read = (
         f"SELECT 0, st.id, st.index, st.content, {given}, {no_sibling}"
         f" FROM {step} st LEFT JOIN {feedback} f"
@@ -195,16 +193,16 @@ def _final_sql() -> tuple[str, str]:
         f" WHERE st.message_id = %(answer)s"
         f" UNION ALL SELECT 1, NULL, NULL, NULL, {given}, {nothing} FROM {feedback} f"
         f" WHERE f.message_id = %(answer)s AND f.user_id = %(user)s AND f.step_id IS NULL"
-        f" UNION ALL SELECT 2, NULL, NULL, NULL, {', '.join(['NULL'] * len(_GIVEN))}, {siblings} FROM {message} m"
+        f" UNION ALL SELECT 2, NULL, NULL, NULL, {no_given}, {siblings} FROM {message} m"
         f" WHERE m.parent_id = %(parent)s AND m.role = %(assistant)s AND m.status <> %(failed)s"
         f" ORDER BY 1, 3, {created}, {pk}"  # part; a step's index; a sibling's (created_at, id)
     )
     return write, read
 
 
-def answer_store_final(*, answer: Message, first_index: int, steps: list[str], shown: bool) -> list[Message] | None:
-    """``turns._answer_store_final`` (same contract; the answer's own row in the siblings is ``answer``)."""
-    write, read = _final_sql()
+def answer_store_final(*, answer: Message, first_index: int, steps: list[str]) -> None:
+    """``turns._answer_store_final``'s write: the steps left and the answer, in one statement."""
+    write, _ = _final_sql()
     with connection.cursor() as cursor:
         cursor.execute(
             write,
@@ -217,17 +215,12 @@ def answer_store_final(*, answer: Message, first_index: int, steps: list[str], s
         )  # fmt: skip
         if cursor.rowcount != 1:  # as the ORM's save(update_fields=...) says of a row gone
             raise DatabaseError(f"Answer {answer.pk} was not stored: its row is gone.")
-    if not shown:
-        return None
-    try:
-        return _answer_read_back(answer, read)
-    except DatabaseError:
-        logger.warning("answer %s is stored; reading it back for the page failed", answer.id, exc_info=True)
-        return None
 
 
-def _answer_read_back(answer: Message, read: str) -> list[Message]:
-    """The read (see above): loads the steps and the user's feedback onto ``answer``; the siblings."""
+def answer_read_back(answer: Message) -> list[Message]:
+    """``turns._answer_read_back`` in one read (see above; the answer's own row in the siblings is
+    ``answer``)."""
+    _, read = _final_sql()
     user_id = answer.conversation.user_id
     with connection.cursor() as cursor:
         cursor.execute(
@@ -243,17 +236,16 @@ def _answer_read_back(answer: Message, read: str) -> list[Message]:
     siblings: list[Message] = []
     names = [f.attname for f in Message._meta.concrete_fields]
     for part, step_id, index, content, *rest in rows:
-        given, sibling = rest[: len(_GIVEN)], rest[len(_GIVEN) :]
+        given, sibling = rest[: len(FEEDBACK_COLUMNS)], rest[len(FEEDBACK_COLUMNS) :]
         if part == 2:
-            stored = Message.from_db(connection.alias, names, sibling)
-            siblings.append(answer if stored.pk == answer.pk else stored)
+            row = Message.from_db(connection.alias, names, sibling)
+            siblings.append(answer if row.pk == answer.pk else row)
             continue
         step = None
         if part == 0:
-            step = MessageStep(id=step_id, message=answer, index=index, content=content)
-            step._state.adding, step._state.db = False, connection.alias
+            step = stored(MessageStep(id=step_id, message=answer, index=index, content=content))
             loaded.append(step)
-        feedback = _feedback_stored(given, user_id=user_id, answer=answer, step=step)
+        feedback = feedback_from(given, user_id=user_id, message=answer, step=step)
         if step is not None:
             step.my_feedback = feedback  # type: ignore[attr-defined]
         else:
@@ -265,18 +257,3 @@ def _answer_read_back(answer: Message, read: str) -> list[Message]:
     queryset._result_cache, queryset._prefetch_done = loaded, True  # type: ignore[attr-defined]
     cache["steps"] = queryset
     return siblings
-
-
-def _feedback_stored(given: list[Any], *, user_id: int, answer: Message, step: MessageStep | None) -> Feedback | None:
-    """The user's feedback from the read's columns (``_GIVEN``), or None where they gave none."""
-    values = dict(zip(_GIVEN, given, strict=True))
-    if values["id"] is None:
-        return None
-    tags = values.pop("tags")
-    feedback = Feedback(
-        user_id=user_id, message=answer, step=step,
-        tags=json.loads(tags) if isinstance(tags, str) else tags,  # Django has psycopg read jsonb as text
-        **values,
-    )  # fmt: skip
-    feedback._state.adding, feedback._state.db = False, connection.alias
-    return feedback

@@ -247,20 +247,23 @@ def _answer_store_final(*, answer: Message, first_index: int, steps: list[str], 
     (the answer is stored; the caller reads again)."""
     # A stop that lands while a finished step is being stored cannot tell whether its row was written
     # (the thread goes on; the await does not): a step already there is the same text, and is kept.
-    if connection.vendor == "postgresql":
-        return statements.answer_store_final(answer=answer, first_index=first_index, steps=steps, shown=shown)
-    with transaction.atomic():
-        MessageStep.objects.bulk_create(
-            [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)],
-            ignore_conflicts=True,
-        )
-        answer.save(
-            update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
-        )
+    if connection.vendor == "postgresql":  # one write, one read (``statements``)
+        statements.answer_store_final(answer=answer, first_index=first_index, steps=steps)
+        read_back = statements.answer_read_back
+    else:
+        with transaction.atomic():
+            MessageStep.objects.bulk_create(
+                [MessageStep(message=answer, index=first_index + i, content=c) for i, c in enumerate(steps)],
+                ignore_conflicts=True,
+            )
+            answer.save(
+                update_fields=["content", "status", "error", "token_count", "duration_ms", "time_to_first_token_ms"]
+            )
+        read_back = _answer_read_back
     if not shown:
         return None
     try:
-        return _answer_read_back(answer)
+        return read_back(answer)
     except DatabaseError:
         logger.warning("answer %s is stored; reading it back for the page failed", answer.id, exc_info=True)
         return None

@@ -26,6 +26,7 @@ from feedback.models import (
     MessageStep,
     UserSatisfaction,
 )
+from feedback.rows import FEEDBACK_COLUMNS, feedback_from, stored
 from models_registry.models import ModelVersion
 
 
@@ -166,16 +167,14 @@ def _sql() -> dict[str, str]:
     # Its columns named apart: it is also a subquery of "lock_target".
     target = (
         "SELECT m.role, m.status, m.content, m.conversation_id, m.model_version_id, v.kind, v.number,"
-        " st.id AS step_id, st.content AS step_content, f.id AS feedback_id, f.thumbs, f.rating, f.comment,"
-        " f.tags, f.correction, f.created_at, f.updated_at AS feedback_updated_at,"
-        " f.model_version_id AS feedback_version_id"
+        " st.id AS step_id, st.content AS step_content, {given}"
         " FROM {msg} m JOIN {conv} c ON c.id = m.conversation_id"
         " LEFT JOIN {ver} v ON v.id = m.model_version_id"
         " LEFT JOIN {step} st ON st.message_id = m.id AND st.index = %(step_index)s::integer"
         " LEFT JOIN {fb} f ON f.user_id = %(user)s AND f.message_id = m.id AND ("
         "(%(step_index)s::integer IS NULL AND f.step_id IS NULL) OR f.step_id = st.id)"
         " WHERE m.id = %(message)s AND c.user_id = %(user)s"
-    ).format(**t)
+    ).format(given=", ".join(f"f.{name} AS f_{name}" for name in FEEDBACK_COLUMNS), **t)
     # ``AND EXISTS (SELECT FROM f)``: when the feedback row is not as read, the satisfaction (computed
     # from that read) is not written either; the second attempt would overwrite it, but no statement
     # should store a total it knows to be wrong.
@@ -219,8 +218,7 @@ def _locked_target(*, user: User, message_id: uuid.UUID, step_index: int | None)
         row = cursor.fetchone()
     if row is None:  # the user's first rating: no satisfaction row yet
         return satisfaction_lock(user=user), _rating_target(user=user, message_id=message_id, step_index=step_index)
-    satisfaction = UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row[:7], strict=True)))
-    satisfaction._state.adding, satisfaction._state.db = False, connection.alias  # a stored row: save() updates
+    satisfaction = stored(UserSatisfaction(user_id=user.pk, **dict(zip(_SATISFACTION_FIELDS, row[:7], strict=True))))
     try:
         return satisfaction, _target_of(row[7:] if row[7] is not None else None, user, message_id, step_index)
     except FeedbackError as error:
@@ -263,25 +261,7 @@ def _target_of(row: Sequence[Any] | None, user: User, message_id: uuid.UUID, ste
             step = _step_of(message, step_index)  # raises, saying how many steps there are (unless just made)
         else:
             step = MessageStep(id=step_id, message=message, index=step_index, content=step_content)
-    feedback_id, thumbs, rating, comment, tags, correction, created_at, updated_at, feedback_version = given
-    if feedback_id is None:
-        return message, step, None
-    feedback = Feedback(
-        id=feedback_id,
-        user=user,
-        message=message,
-        step=step,
-        thumbs=thumbs,
-        rating=rating,
-        comment=comment,
-        tags=json.loads(tags) if isinstance(tags, str) else tags,  # Django has psycopg read jsonb as text
-        correction=correction,
-        created_at=created_at,
-        updated_at=updated_at,
-        model_version_id=feedback_version,
-    )
-    feedback._state.adding, feedback._state.db = False, connection.alias
-    return message, step, feedback
+    return message, step, feedback_from(given, user=user, message=message, step=step)
 
 
 def _feedback_and_satisfaction_write(
@@ -317,7 +297,7 @@ def _feedback_and_satisfaction_write(
     if was is None:
         (feedback.id,) = row
         feedback.created_at = now
-        feedback._state.adding, feedback._state.db = False, connection.alias
+        stored(feedback)
     feedback.updated_at = satisfaction.updated_at = now
     return True
 
