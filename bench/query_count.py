@@ -18,58 +18,32 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class DelayProxy:
-    """A loopback TCP proxy to ``target`` that holds every chunk it reads ``one_way`` seconds in each
-    direction before passing it on. A chunk is read only once the one before it in the same
-    direction has gone, so chunks that arrive apart while one is held wait longer: fine for
-    PostgreSQL's request-then-answer exchanges, where one side speaks at a time. It runs in a child
-    process of its own, so it does not wait for this one's GIL."""
+def delaying_proxy(rtt: float) -> int:
+    """The port of a ``tests.faults.TcpProxy`` to PostgreSQL holding each chunk ``rtt / 2`` seconds
+    each way, run in a child process of its own so that it does not wait for this one's GIL."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sys.path.insert(0, str(ROOT))
+            from tests.faults import TcpProxy
 
-    def __init__(self, target: tuple[str, int], one_way: float) -> None:
-        self.target, self.one_way = target, one_way
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                self._accept()
-            finally:
-                os._exit(0)
-        self.listener.close()
-        atexit.register(os.kill, self.pid, signal.SIGTERM)
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.listener.accept()
-            server = socket.create_connection(self.target)
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := source.recv(65536):
-                wait = time.perf_counter() + self.one_way
-                while (left := wait - time.perf_counter()) > 0:
-                    time.sleep(left)
-                sink.sendall(chunk)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            os.write(write_end, str(TcpProxy("127.0.0.1", 5432, delay=rtt / 2).port).encode())
+            signal.pause()
+        finally:
+            os._exit(0)
+    atexit.register(os.kill, pid, signal.SIGTERM)
+    return int(os.read(read_end, 16))
 
 
 def main() -> int:
@@ -82,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     port = 5432
     if args.rtt_ms:
-        port = DelayProxy(("127.0.0.1", 5432), args.rtt_ms / 2000).port
+        port = delaying_proxy(args.rtt_ms / 1000)
         print(f"PostgreSQL through a proxy adding {args.rtt_ms} ms per round trip")
 
     os.environ.update(

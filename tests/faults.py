@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,10 +28,15 @@ class TcpProxy:
     ``cut()`` resets every open connection and from then on resets each new one as soon as it is
     accepted (to the client: the server is gone, as after a crash or a failover); ``restore()``
     forwards again. The listening port stays the same throughout, so the client's URL does not change.
+
+    ``delay``: hold each chunk read that many seconds before passing it on, as a network's one-way
+    latency would (``bench/query_count.py --rtt-ms``). A chunk is read once the one before it in the
+    same direction has gone: fine for request-then-answer protocols, where one side speaks at a time.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, delay: float = 0.0) -> None:
         self.target = (target_host, target_port)
+        self.delay = delay
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -81,6 +87,8 @@ class TcpProxy:
                 _drop(client)
                 continue
             self.accepted += 1
+            for sock in (client, upstream):  # pass each chunk on as it comes (no waiting to coalesce)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 if self._cut:  # cut while connecting
                     _drop(client)
@@ -93,6 +101,8 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                if self.delay:
+                    time.sleep(self.delay)
                 sink.sendall(data)
         except OSError:
             pass
