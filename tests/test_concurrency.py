@@ -16,8 +16,10 @@ from django.db.models import Count
 from core.idempotency import idempotent
 from core.models import IdempotencyRecord
 from feedback import services
+from feedback.exceptions import NotFound
 from feedback.models import Feedback, MessageStep, UserSatisfaction
 from tests.factories import AssistantMessageFactory, ConversationFactory, UserFactory
+from training.erasure import user_forget
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -246,13 +248,17 @@ def test_an_upsert_that_read_before_its_answer_or_step_was_stored_rates_it():
     consistent(user)
 
 
-def test_an_erasure_waits_for_the_users_write_and_counts_what_it_wrote():
-    """``training.erasure`` takes the user's satisfaction lock, as every write of theirs does first."""
-    from training.erasure import user_forget
-
-    user = UserFactory(username="erased-racer")
+def a_rated_answer(username: str) -> tuple[Any, Any]:
+    """A new user and their answer, which they gave a thumbs up."""
+    user = UserFactory(username=username)
     answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
     services.feedback_upsert(user=user, message_id=answer.id, thumbs="up")
+    return user, answer
+
+
+def test_an_erasure_waits_for_the_users_write_and_counts_what_it_wrote():
+    """``training.erasure`` takes the user's satisfaction lock, as every write of theirs does first."""
+    user, answer = a_rated_answer("erased-racer")
 
     erasure = while_locked(
         user,
@@ -268,12 +274,7 @@ def test_an_erasure_waits_for_the_users_write_and_counts_what_it_wrote():
 
 def test_a_rating_that_waited_for_an_erasure_of_its_user_is_not_found():
     """The other order: the erasure holds the lock; the rating then finds nothing of the user's."""
-    from feedback.exceptions import NotFound
-    from training.erasure import user_forget
-
-    user = UserFactory(username="rated-too-late")
-    answer = AssistantMessageFactory(conversation=ConversationFactory(user=user))
-    services.feedback_upsert(user=user, message_id=answer.id, thumbs="up")
+    user, answer = a_rated_answer("rated-too-late")
 
     late = while_locked(
         user,
